@@ -20,7 +20,10 @@ from components.common.errors import InputError
 
 PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-SYNTHETIC_FAMILIES = ("count_shapes", "bar_chart", "digit_arithmetic", "triangle_angle")
+SYNTHETIC_FAMILIES = ("count_shapes", "bar_chart", "digit_arithmetic", "triangle_angle", "color_sum")
+# color_sum is built for the miniature ablation (bench/configs/ablation.yaml); the default mix keeps to
+# the four math-reasoning families.
+DEFAULT_SYNTHETIC_FAMILIES = SYNTHETIC_FAMILIES[:4]
 
 
 class ConfigError(InputError):
@@ -70,7 +73,7 @@ class ModelConfig(_Strict):
 class SyntheticConfig(_Strict):
     """The built-in generator of image problems with answers that are correct by construction."""
 
-    families: list[str] = Field(default_factory=lambda: list(SYNTHETIC_FAMILIES), min_length=1)
+    families: list[str] = Field(default_factory=lambda: list(DEFAULT_SYNTHETIC_FAMILIES), min_length=1)
     train_per_family: int = Field(64, ge=1, le=1_000_000)
     test_per_family: int = Field(16, ge=1, le=1_000_000)
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
@@ -214,6 +217,15 @@ class ResourcesConfig(_Strict):
         return data
 
 
+ZeroStage = Literal["none", "zero2", "zero3"]
+
+
+def check_lora_with_zero(lora_r: int, deepspeed: str) -> None:
+    """LoRA adapters cannot be merged while ZeRO-3 partitions the weights they sit on (SFT and GRPO)."""
+    if lora_r > 0 and deepspeed == "zero3":
+        raise ValueError("lora_r > 0 with deepspeed zero3 is not supported (merging partitioned adapters); use zero2")
+
+
 class SFTConfig(_Strict):
     """Cold-start supervised fine-tuning on structured chain-of-thought (paper section 3.1)."""
 
@@ -244,9 +256,7 @@ class SFTConfig(_Strict):
     lora_r: int = Field(0, ge=0, description="0 = full fine-tune")
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA adapters' input")
-    deepspeed: Literal["none", "zero2", "zero3"] = Field(
-        "none", description="ZeRO stage used when CUDA GPUs are present; ignored on CPU"
-    )
+    deepspeed: ZeroStage = Field("none", description="ZeRO stage used when CUDA GPUs are present; ignored on CPU")
     eval_steps: int = Field(0, ge=0, description="0 = evaluate at the end only")
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = Field(2, ge=1)
@@ -263,8 +273,7 @@ class SFTConfig(_Strict):
 
     @model_validator(mode="after")
     def _lora_not_with_zero3(self) -> SFTConfig:
-        if self.lora_r > 0 and self.deepspeed == "zero3":
-            raise ValueError("lora_r > 0 with deepspeed zero3 is not supported (merging partitioned adapters); use zero2")
+        check_lora_with_zero(self.lora_r, self.deepspeed)
         return self
 
 
@@ -315,6 +324,11 @@ class GRPOConfig(_Strict):
     shard_optimizer_state: bool = Field(
         True, description="with several GPUs (one process each), split the AdamW state across them (ZeRO-1)"
     )
+    deepspeed: ZeroStage = Field(
+        "none",
+        description="DeepSpeed ZeRO-2/3 engine for the policy (and reference) with CUDA GPUs, instead of our "
+        "data parallelism; needs shard_optimizer_state false; ignored on CPU unless DS_ACCELERATOR=cpu",
+    )
     save_steps: int = Field(20, ge=1)
     save_total_limit: int = Field(2, ge=1)
     min_pixels: int = Field(262_144, ge=784)
@@ -332,6 +346,16 @@ class GRPOConfig(_Strict):
         unknown = sorted(set(self.reward_weights) - {"accuracy", "format"})
         if unknown:
             raise ValueError(f"reward_weights has unknown rewards {unknown}; valid: ['accuracy', 'format']")
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_shard(self) -> GRPOConfig:
+        if self.deepspeed != "none" and self.shard_optimizer_state:
+            raise ValueError(
+                f"deepspeed={self.deepspeed} shards the optimizer state itself; set shard_optimizer_state=false "
+                "with it (or deepspeed=none to keep ZeRO-1 through torch's ZeroRedundancyOptimizer)"
+            )
+        check_lora_with_zero(self.lora_r, self.deepspeed)
         return self
 
 

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from components.common.config import SYNTHETIC_FAMILIES
-from components.data_prep.synthetic import COLORS, FAMILIES, generate, structured_cot
+from components.data_prep.synthetic import COLOR_VALUES, COLORS, FAMILIES, generate, structured_cot
 
 
 def _mask(image, rgb):
@@ -38,6 +38,16 @@ def reread_bar(scene) -> int:
     return round(top * heights[target] / max(heights))
 
 
+def reread_color_sum(scene) -> int:
+    """One blob per square, valued by its colour: 1 + difficulty squares, none touching."""
+    total, blobs = 0, 0
+    for color, value in COLOR_VALUES.items():
+        labels, n = ndimage.label(_mask(scene.image, COLORS[color]))
+        total, blobs = total + value * n, blobs + n
+    assert blobs == 1 + scene.difficulty
+    return total
+
+
 @pytest.mark.parametrize("family", SYNTHETIC_FAMILIES)
 @pytest.mark.parametrize("difficulty", [1, 2, 3])
 def test_answers_recheck(family, difficulty):
@@ -49,6 +59,8 @@ def test_answers_recheck(family, difficulty):
             assert recount_shapes(scene) == answer >= 1
         elif family == "bar_chart":
             assert abs(reread_bar(scene) - answer) <= max(1, answer // 10)
+        elif family == "color_sum":
+            assert reread_color_sum(scene) == answer
         elif family == "digit_arithmetic":
             nums = [int(x) for x in re.findall(r"\d+", scene.observations[0])]
             assert answer == (np.prod(nums) if "product" in scene.problem else sum(nums))
