@@ -7,9 +7,15 @@ data order needs no state of its own: it is a function of (seed, step) (see data
 sampler's parameters are stored to catch a resume against a different dataset or batch size.
 
 Files of ``checkpoint-<step>/``:
-    model.safetensors     every parameter of the policy (LoRA adapters included)
-    trainer_state.pt      optimizer, scheduler, RNG states, step, data order, metric history
+    model.safetensors     every parameter of the policy (LoRA adapters included), whole under ZeRO-3 too
+    trainer_state.pt      optimizer, scheduler, RNG states, step, data order, metric history, and the
+                          optimizer's layout (plain, or the DeepSpeed stage and process count)
+    zero-rank<r>-of-<n>.pt   with grpo.deepspeed only: rank r's ZeRO partition of the optimizer state
     config.json           the resolved GRPO config of the run that wrote it
+
+The plain engine's optimizer state is consolidated (any number of ranks resumes it); a ZeRO
+state resumes only into the same stage and process count, and a mismatch is an error naming
+grpo.deepspeed, before anything is loaded (the checkpoint stays as it is).
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 
 from components.common import checkpoints, storage
 from components.common.errors import InputError
 from components.grpo.data import PromptOrder
-from components.grpo.distributed import World, barrier, gather_objects, optimizer_state
+from components.grpo.distributed import World, barrier, gather_objects
+from components.grpo.engine import PLAIN_LAYOUT, PolicyEngine
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +65,31 @@ class Checkpointer:
         self.keep = keep
         self.config_json = config_json
 
-    def save(self, step: int, policy, optimizer, scheduler, order: PromptOrder, history: list[dict], world: World = World()) -> str:
-        """Every rank calls this (the optimizer state and RNG streams are collected); rank 0 writes."""
-        opt_state = optimizer_state(optimizer, world)
+    def save(self, step: int, engine: PolicyEngine, order: PromptOrder, history: list[dict], world: World = World()) -> str:
+        """Every rank calls this (weights may be gathered, optimizer state and RNG streams are collected,
+        ZeRO ranks write their partitions); rank 0 writes the rest and publishes."""
+        local = self.scratch / checkpoints.checkpoint_name(step)
+        if world.is_main:
+            shutil.rmtree(local, ignore_errors=True)
+            local.mkdir(parents=True)
+        barrier(world)  # the folder exists before any rank writes into it
+        engine.save_weights(local / WEIGHTS, world)
+        opt_state = engine.optimizer_state(local, world)
         rngs = gather_objects(rng_state(), world)
+        barrier(world)  # every rank's files are in `local`
         uri = checkpoints.checkpoint_name(step)
         if world.is_main:
-            uri = self._write(step, policy, opt_state, scheduler, order, history, rngs)
+            uri = self._publish(step, local, opt_state, engine, order, history, rngs)
         barrier(world)
         return uri
 
-    def _write(self, step, policy, opt_state, scheduler, order, history, rngs) -> str:
-        local = self.scratch / checkpoints.checkpoint_name(step)
-        shutil.rmtree(local, ignore_errors=True)
-        local.mkdir(parents=True)
-        safetensors.torch.save_model(policy, str(local / WEIGHTS))
+    def _publish(self, step, local: Path, opt_state, engine: PolicyEngine, order, history, rngs) -> str:
         torch.save(
             {
                 "step": step,
                 "optimizer": opt_state,
-                "scheduler": scheduler.state_dict(),
+                "layout": engine.layout(),
+                "scheduler": engine.scheduler.state_dict(),
                 "rng": rngs,  # one per rank
                 "data": order.state(),
                 "history": history,
@@ -92,8 +103,8 @@ class Checkpointer:
         log.info("checkpoint at step %d: %s", step, uri)
         return uri
 
-    def resume(self, policy, optimizer, scheduler, order: PromptOrder, world: World = World()) -> tuple[int, list[dict]]:
-        """Load the newest complete checkpoint into the given objects; (0, []) when there is none."""
+    def resume(self, engine: PolicyEngine, order: PromptOrder, world: World = World()) -> tuple[int, list[dict]]:
+        """Load the newest complete checkpoint into the engine (every rank calls this); (0, []) when there is none."""
         uri = checkpoints.latest_complete_checkpoint(self.root)
         if uri is None:
             return 0, []
@@ -109,9 +120,10 @@ class Checkpointer:
                 f"{uri}: checkpoint was written for data order {state['data']}, this run has {order.state()} "
                 "(a different dataset size, rollout_batch_size or seed); use a new checkpoint root to start over"
             )
-        safetensors.torch.load_model(policy, str(local / WEIGHTS), strict=True, device=str(next(policy.parameters()).device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        check_layout(state.get("layout", PLAIN_LAYOUT), engine.layout(), uri)
+        engine.load_weights(local / WEIGHTS)
+        engine.load_optimizer_state(state["optimizer"], local)
+        engine.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) == world.size:
             set_rng_state(rngs[world.rank])
@@ -120,3 +132,19 @@ class Checkpointer:
             torch.manual_seed(hash((state["step"], world.rank)) % 2**31)
         log.info("resumed from %s at step %d", uri, state["step"])
         return int(state["step"]), list(state["history"])
+
+
+def describe_layout(layout: dict[str, Any]) -> str:
+    if layout.get("deepspeed", "none") == "none":
+        return "grpo.deepspeed=none"
+    return f"grpo.deepspeed={layout['deepspeed']} over {layout['world_size']} processes"
+
+
+def check_layout(saved: dict[str, Any], current: dict[str, Any], uri: str) -> None:
+    """A checkpoint's optimizer state loads only into the layout that wrote it; say what to change if not."""
+    if saved != current:
+        raise InputError(
+            f"{uri}: its optimizer state was written with {describe_layout(saved)}, this run has "
+            f"{describe_layout(current)}; resume with the same grpo.deepspeed and number of GPUs, or use a new "
+            "output (checkpoint root) to start over (the checkpoint is left as it is)"
+        )

@@ -6,6 +6,7 @@ rank, so groups and advantages are local), computes its micro-batch losses with 
 summed across ranks before each optimizer step: the update equals that of one process holding
 the whole rollout batch. Optimizer state can be sharded across ranks (ZeRO stage 1, PyTorch's
 `ZeroRedundancyOptimizer`), which is what lets a 7B policy's AdamW state fit next to vLLM.
+Gradients and weights partitioned too (ZeRO-2/3) are DeepSpeed's job: see zero.py.
 
 With one process (CPU, one GPU, tests) every function here is a no-op.
 """
@@ -61,13 +62,22 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def all_reduce_sum(values: Sequence[float], world: World) -> list[float]:
-    """Element-wise sum over ranks of a few numbers (token counts, metric sums)."""
+def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp) -> list[float]:
     if not world.active:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_sum(values: Sequence[float], world: World) -> list[float]:
+    """Element-wise sum over ranks of a few numbers (token counts, metric sums)."""
+    return _all_reduce(values, world, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(values: Sequence[float], world: World) -> list[float]:
+    """Element-wise maximum over ranks (e.g. the most micro-batches any rank runs)."""
+    return _all_reduce(values, world, dist.ReduceOp.MAX)
 
 
 def sum_gradients(params: Sequence[torch.nn.Parameter], world: World) -> None:

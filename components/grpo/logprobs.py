@@ -52,6 +52,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def shares_vision_features(model: torch.nn.Module) -> bool:
     """True if the model's forward accepts precomputed vision features (``mm_encoder_outputs``)."""
+    model = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "mm_encoder_outputs" in inspect.signature(base.forward).parameters and hasattr(base, "get_image_features")
 
@@ -104,12 +105,29 @@ def completion_logprobs(
 
 
 @torch.no_grad()
-def batched_logprobs(model: torch.nn.Module, batch: RolloutBatch, micro_batch_size: int, temperature: float) -> torch.Tensor:
-    """No-grad log-probs for the whole batch, micro-batch by micro-batch: (N, C) on the batch's device."""
+def batched_logprobs(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    micro_batch_size: int,
+    temperature: float,
+    passes: int = 0,
+    stand_in: RolloutBatch | None = None,
+) -> torch.Tensor:
+    """No-grad log-probs for the whole batch, micro-batch by micro-batch: (N, C) on the batch's device.
+
+    With ``passes`` larger than this batch's micro-batch count, the remaining forwards run on
+    ``stand_in`` and are discarded: under ZeRO-3 every forward gathers weights collectively, so
+    every rank must run as many as the busiest one.
+    """
     out = torch.zeros(len(batch), batch.completion_len, device=batch.input_ids.device, dtype=torch.float32)
-    for start in range(0, len(batch), micro_batch_size):
+    starts = range(0, len(batch), micro_batch_size)
+    for start in starts:
         rows = torch.arange(start, min(start + micro_batch_size, len(batch)))
         micro = batch.select(rows.to(batch.prompt_index.device))
         logps, _ = completion_logprobs(model, micro, temperature)
         out[rows, : micro.completion_len] = logps
+    for _ in range(passes - len(starts)):
+        if stand_in is None:
+            raise ValueError(f"{passes} lockstep passes asked for, {len(starts)} micro-batches and no stand-in batch")
+        completion_logprobs(model, stand_in, temperature)
     return out

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
+from PIL import Image
 
+from components.common.errors import InputError
 from components.common.generation import Completion, PromptInput, chat_prompt
 
 
@@ -184,26 +186,90 @@ class Rollout:
     dropped_too_long: int
 
 
-def generate_rollout(
-    backend, processor, prompts: Sequence[PromptInput], sampling, system_prompt: str, max_prompt_length: int
-) -> Rollout:
-    """Sample ``sampling.n`` completions per prompt and lay them out for training.
+class PromptsTooLongError(InputError):
+    """No prompt of a rollout step fits in grpo.max_prompt_length (raised on every rank alike)."""
 
-    Prompts longer than ``max_prompt_length`` tokens (image tokens included) are dropped from
-    this step and counted, instead of truncated: cutting a prompt could cut an image.
+
+@dataclass
+class PromptFit:
+    """Which of the given prompts fit in max_prompt_length (image tokens included), from one encoding."""
+
+    encoded: EncodedPrompts | None  # None when no prompt was given
+    kept: list[int]
+    lengths: list[int]
+
+    @property
+    def shortest(self) -> int:
+        return min(self.lengths, default=0)
+
+
+def fit_prompts(processor, prompts: Sequence[PromptInput], system_prompt: str, max_prompt_length: int) -> PromptFit:
+    """Encode the prompts and keep those of at most ``max_prompt_length`` tokens.
+
+    Longer prompts are dropped from their step and counted, never truncated: a cut could split
+    an image. Several ranks compare their fits before generating (trainer.agree_on_prompts).
+    """
+    if not prompts:
+        return PromptFit(encoded=None, kept=[], lengths=[])
+    enc = encode_prompts(processor, prompts, system_prompt)
+    lengths = [int(n) for n in enc.lengths.tolist()]
+    return PromptFit(enc, [i for i, n in enumerate(lengths) if n <= max_prompt_length], lengths)
+
+
+def too_long_message(given: int, shortest: int, max_prompt_length: int) -> str:
+    return (
+        f"every prompt of this batch ({given}) is longer than max_prompt_length={max_prompt_length} tokens "
+        f"(shortest {shortest}); raise grpo.max_prompt_length or lower grpo.max_pixels"
+    )
+
+
+def generate_rollout(
+    backend,
+    processor,
+    prompts: Sequence[PromptInput],
+    sampling,
+    system_prompt: str,
+    max_prompt_length: int,
+    fit: PromptFit | None = None,
+) -> Rollout:
+    """Sample ``sampling.n`` completions per prompt that fits and lay them out for training.
+
+    Without ``fit`` the prompts are fitted here, and none fitting is a PromptsTooLongError.
+    With a ``fit`` the caller has decided (several ranks agreed that some rank has prompts):
+    none fitting on this rank gives an empty rollout that still counts the dropped prompts.
     """
     n_given = len(prompts)
-    enc = encode_prompts(processor, prompts, system_prompt)
-    kept = [i for i, n in enumerate(enc.lengths.tolist()) if n <= max_prompt_length]
-    if not kept:
-        raise ValueError(
-            f"every prompt of this batch is longer than max_prompt_length={max_prompt_length} tokens "
-            f"(shortest {int(enc.lengths.min())}); raise grpo.max_prompt_length or lower grpo.max_pixels"
-        )
-    if len(kept) < n_given:
-        prompts = [prompts[i] for i in kept]
+    if fit is None:
+        fit = fit_prompts(processor, prompts, system_prompt, max_prompt_length)
+        if not fit.kept:
+            raise PromptsTooLongError(too_long_message(n_given, fit.shortest, max_prompt_length))
+    if not fit.kept:
+        return Rollout(empty_rollout_batch(), [], [], dropped_too_long=n_given)
+    enc = fit.encoded
+    if len(fit.kept) < n_given:
+        prompts = [prompts[i] for i in fit.kept]
         enc = encode_prompts(processor, prompts, system_prompt)
     completions = backend.generate(prompts, sampling)
     placeholders = [t for t in (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)) if t is not None]
     batch = build_rollout_batch(enc, completions, processor.tokenizer.pad_token_id, placeholders)
-    return Rollout(batch, completions, kept, dropped_too_long=n_given - len(kept))
+    return Rollout(batch, completions, fit.kept, dropped_too_long=n_given - len(fit.kept))
+
+
+def empty_rollout_batch() -> RolloutBatch:
+    """No sequences (every prompt of this rank was too long): the rank takes part in the step with nothing."""
+    ids = torch.zeros(0, 1, dtype=torch.long)
+    index = torch.zeros(0, dtype=torch.long)
+    return RolloutBatch(ids, ids.clone(), None, torch.zeros(0, 1), index, None, None, index.clone())
+
+
+def stand_in_batch(processor, system_prompt: str) -> RolloutBatch:
+    """One short sequence over one blank image, with one completion token.
+
+    Under ZeRO a rank that has fewer micro-batches than another runs this instead (its loss
+    times zero): every forward/backward holds collectives, so all ranks must run as many. It
+    has an image so that it runs the same modules (vision tower included) as a real one.
+    """
+    enc = encode_prompts(processor, [PromptInput("", [Image.new("RGB", (56, 56))])], system_prompt)
+    pad = processor.tokenizer.pad_token_id
+    token = processor.tokenizer.eos_token_id if processor.tokenizer.eos_token_id is not None else pad
+    return build_rollout_batch(enc, [[Completion("", [int(token)], "stop")]], pad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from components.common.config import GRPOConfig, PipelineConfig
 from components.common.generation import make_backend
 from components.common.models import load_model, load_processor
 from components.common.rewards import REWARD_FUNCS
+from components.common.zero import zero_wanted
 from components.grpo.checkpointing import Checkpointer
 from components.grpo.data import load_rl_dataset
 from components.grpo.distributed import World, barrier, init_from_env
+from components.grpo.engine import PolicyEngine, build_engine
 from components.grpo.trainer import train
+from components.grpo.zero import ZeroEngine, reference_engine, standalone_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +75,29 @@ def prepare_policy(model: torch.nn.Module, cfg: GRPOConfig) -> tuple[torch.nn.Mo
     return model, ref
 
 
-def save_final_model(policy: torch.nn.Module, processor, out: Path) -> None:
-    """A plain model dir (safetensors + processor) that eval and later stages load by path."""
+def deepspeed_stage(cfg: GRPOConfig) -> str:
+    """`grpo.deepspeed` where it can run: with CUDA, or where the user asked DeepSpeed for its CPU
+    accelerator (DS_ACCELERATOR=cpu: tests, debugging); "none" otherwise (logged)."""
+    usable = torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
+    return cfg.deepspeed if zero_wanted("grpo", cfg.deepspeed, usable) else "none"
+
+
+def prepare_reference(ref: Any, engine: PolicyEngine) -> Any:
+    """Under ZeRO a frozen reference copy becomes an inference-only DeepSpeed engine (partitioned like the
+    policy under ZeRO-3, in the policy's dtype); an adapter-disabling factory or None stays as it is."""
+    if isinstance(engine, ZeroEngine) and isinstance(ref, torch.nn.Module):
+        return reference_engine(ref, engine.config)
+    return ref
+
+
+def save_final_model(policy: torch.nn.Module, processor, out: Path, standalone: bool = False) -> None:
+    """A plain model dir (safetensors + processor) that eval and later stages load by path.
+
+    `standalone`: save copies of the weights (under ZeRO-2 they are views into one flat buffer).
+    """
     out.mkdir(parents=True, exist_ok=True)
     model = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=standalone_state_dict(model) if standalone else None)
     processor.save_pretrained(out)
 
 
@@ -133,11 +155,13 @@ def run_grpo(
     processor = load_processor(paths.init_model, g.min_pixels, g.max_pixels)
     model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation).to(device)
     policy, ref = prepare_policy(model, g)
+    engine = build_engine(policy, g, world, deepspeed_stage(g))
+    ref = prepare_reference(ref, engine)
     dataset = load_rl_dataset(paths.data)
-    backend = build_backend(g, policy, processor, paths.init_model)
+    backend = build_backend(g, engine.module, processor, paths.init_model)
     checkpointer = Checkpointer(paths.checkpoint_root, paths.scratch / "checkpoint-staging", g.save_total_limit, g.model_dump_json())
     history = train(
-        g, policy, processor, dataset,
+        g, engine.module, processor, dataset,
         backend=backend,
         reward_funcs=reward_funcs or REWARD_FUNCS,
         reward_weights=reward_weights or g.reward_weights,
@@ -145,9 +169,12 @@ def run_grpo(
         checkpointer=checkpointer,
         log_fn=log_fn,
         world=world,
+        engine=engine,
     )  # fmt: skip
+    with engine.full_weights() as trained:  # ZeRO-3: gathered on every rank, written by rank 0
+        if world.is_main:
+            save_final_model(trained, processor, paths.output, standalone=engine.lockstep_backward)
     if world.is_main:
-        save_final_model(policy, processor, paths.output)
         (paths.output / "grpo_history.json").write_text(json.dumps(history))
         if history:
             plot_rewards(history, paths.output / "reward_curve.png")

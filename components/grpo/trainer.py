@@ -14,6 +14,12 @@
 When each rollout batch gets exactly one optimizer update, the policy that sampled is the
 policy being updated: its log-probs are the current ones, detached (ratio = 1), and the extra
 no-grad forward is skipped. With several updates per rollout they are computed up front.
+
+The policy trains through an engine (engine.py): our data parallelism by default, DeepSpeed
+ZeRO-2/3 with `grpo.deepspeed` (zero.py). Under ZeRO every rank must run as many passes as the
+others (its collectives live inside them), so a rank with fewer micro-batches runs zero-weight
+stand-ins, and ZeRO-3 generates on gathered weights. Before generating, the ranks agree on
+which prompts fit (`agree_on_prompts`): a rank with none left takes part with nothing.
 """
 
 from __future__ import annotations
@@ -23,23 +29,32 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import get_scheduler
 
 from components.common.config import GRPOConfig
-from components.common.generation import SamplingConfig
+from components.common.errors import InputError
+from components.common.generation import PromptInput, SamplingConfig
 from components.common.rewards import combine_rewards
 from components.grpo.advantages import group_advantages
 from components.grpo.data import PromptOrder, reward_columns, to_prompts
-from components.grpo.distributed import World, adamw, all_reduce_sum, gather_objects, shard, sum_gradients
+from components.grpo.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, shard
+from components.grpo.engine import PlainEngine, PolicyEngine, updates_per_rollout
 from components.grpo.logprobs import batched_logprobs, completion_logprobs
 from components.grpo.loss import agg_loss, grpo_token_loss, masked_mean
-from components.grpo.rollout import Rollout, RolloutBatch, generate_rollout
+from components.grpo.rollout import (
+    PromptFit,
+    PromptsTooLongError,
+    Rollout,
+    RolloutBatch,
+    fit_prompts,
+    generate_rollout,
+    stand_in_batch,
+    too_long_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +84,6 @@ class MeanMeter:
         return self
 
 
-def updates_per_rollout(cfg: GRPOConfig) -> int:
-    mini_batches = math.ceil(cfg.rollout_batch_size / cfg.update_batch_size) * cfg.epochs_per_rollout
-    return min(mini_batches, cfg.max_updates_per_rollout) if cfg.max_updates_per_rollout else mini_batches
-
-
-def build_optimizer(model: torch.nn.Module, cfg: GRPOConfig, world: World = World()) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW on the trainable parameters (state sharded across ranks when several train); the
-    schedule counts optimizer updates, not rollout steps."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, world, cfg.shard_optimizer_state, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    total = cfg.total_steps * updates_per_rollout(cfg)
-    name = "constant_with_warmup" if cfg.lr_scheduler_type == "constant" else cfg.lr_scheduler_type
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
-    return optimizer, scheduler
-
-
 # --------------------------------------------------------------------------- rewards
 
 
@@ -112,6 +111,9 @@ def reward_metrics(rewards: Sequence[float], per_func: Mapping[str, Sequence[flo
 
 
 def completion_metrics(rollout: Rollout) -> dict[str, float]:
+    """Lengths and finish reasons of this rank's completions (none but the drop count when it has none)."""
+    if not len(rollout.batch):
+        return {"prompts/dropped_too_long": float(rollout.dropped_too_long)}
     lengths = rollout.batch.completion_mask.sum(-1)
     flat = [c for group in rollout.completions for c in group]
     return {
@@ -145,26 +147,37 @@ def micro_batch_loss(
     return loss, metrics
 
 
+def lockstep_passes(count: int, lockstep: bool, world: World) -> int:
+    """How many forward (or backward) passes this rank runs: its own count, or the most any rank runs."""
+    return int(all_reduce_max([count], world)[0]) if lockstep else count
+
+
+def stand_in_loss(engine: PolicyEngine, stand_in: RolloutBatch | None, cfg: GRPOConfig) -> torch.Tensor:
+    """A zero loss through the whole model: the backward a rank without a micro-batch runs under ZeRO."""
+    if stand_in is None:
+        raise ValueError("a lockstep engine needs a stand-in batch (setup_run builds one)")
+    logp, _ = completion_logprobs(engine.forward, stand_in, cfg.temperature)
+    return logp.sum() * 0.0
+
+
 def update_policy(
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    engine: PolicyEngine,
     batch: RolloutBatch,
     cfg: GRPOConfig,
     world: World = World(),
+    stand_in: RolloutBatch | None = None,
 ) -> tuple[MeanMeter, dict[str, float]]:
     """Optimizer updates on one rollout batch: mini-batches of update_batch_size prompts (x G
     sequences), each accumulated over micro-batches of micro_batch_size sequences.
 
     With several ranks each holds 1/world of every mini-batch; the loss normalisers are summed
     over ranks and so are the gradients, so the step is that of the whole mini-batch. Every rank
-    runs the same number of updates (a rank whose share is empty contributes zero gradients).
+    runs the same number of updates (a rank whose share is empty contributes zero gradients;
+    under ZeRO it runs `stand_in` passes with zero loss, as many as the busiest rank's micro-batches).
     Returns the token-weighted loss metrics (a meter, merged across ranks by the caller) and
     the per-update ones (this rank's share of the loss, grad norm, learning rate).
     """
     seqs_per_update = cfg.update_batch_size // world.size * cfg.num_generations
-    params = [p for p in policy.parameters() if p.requires_grad]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and batch.input_ids.is_cuda else nullcontext()
     token_stats, update_stats = MeanMeter(), MeanMeter()
     per_epoch = math.ceil(cfg.rollout_batch_size / cfg.update_batch_size)
     starts = [i * seqs_per_update for _ in range(cfg.epochs_per_rollout) for i in range(per_epoch)]
@@ -175,21 +188,22 @@ def update_policy(
         if seqs == 0:  # every rank's share is empty (prompts dropped as too long): no step at all
             continue
         norms = {"num_tokens": tokens, "num_seqs": seqs, "max_len": cfg.max_completion_length}
-        optimizer.zero_grad(set_to_none=True)
+        micro_rows = list(mini.split(cfg.micro_batch_size)) if len(mini) else []
+        passes = lockstep_passes(len(micro_rows), engine.lockstep_backward, world)
+        engine.zero_grad()
         mini_loss = 0.0
-        for micro_rows in mini.split(cfg.micro_batch_size) if len(mini) else ():
-            micro = batch.select(micro_rows)
-            with autocast:
-                loss, metrics = micro_batch_loss(policy, micro, cfg, norms)
-            loss.backward()
-            mini_loss += loss.item()
-            token_stats.add(metrics, weight=micro.completion_mask.sum().item())
-        sum_gradients(params, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        update_stats.add({"loss": mini_loss, "grad_norm": grad_norm.item()})
-    return token_stats, {**update_stats.means(), "learning_rate": scheduler.get_last_lr()[0]}
+        for i in range(passes):
+            with engine.autocast(batch.input_ids.device):
+                if i < len(micro_rows):
+                    micro = batch.select(micro_rows[i])
+                    loss, metrics = micro_batch_loss(engine.forward, micro, cfg, norms)
+                    mini_loss += loss.item()
+                    token_stats.add(metrics, weight=micro.completion_mask.sum().item())
+                else:
+                    loss = stand_in_loss(engine, stand_in, cfg)
+            engine.backward(loss, boundary=i == passes - 1)
+        update_stats.add({"loss": mini_loss, "grad_norm": engine.step()})
+    return token_stats, {**update_stats.means(), "learning_rate": engine.scheduler.get_last_lr()[0]}
 
 
 # --------------------------------------------------------------------------- one step, then the loop
@@ -200,47 +214,98 @@ class GRPORun:
     """Everything a step touches; built once by `setup_run`."""
 
     cfg: GRPOConfig
-    policy: torch.nn.Module
+    engine: PolicyEngine  # the policy and its optimizer (plain, or DeepSpeed ZeRO)
     processor: Any
     dataset: Any  # datasets.Dataset with images, problem, answer (+ any columns rewards read)
     backend: Any  # GenerationBackend
     reward_funcs: Mapping[str, RewardFunc]
     reward_weights: Mapping[str, float]
-    ref_model: Any  # frozen module, adapter-disabling context factory, or None
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    ref_model: Any  # frozen module (or DeepSpeed engine), adapter-disabling context factory, or None
     order: PromptOrder
     sampling: SamplingConfig
     off_policy: bool  # several updates per rollout, or a sampler with its own numerics
     world: World
+    stand_in: RolloutBatch | None  # the zero-weight micro-batch of lockstep (ZeRO) passes
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.engine.module
 
 
 def setup_run(
-    cfg: GRPOConfig, policy, processor, dataset, *, backend, reward_funcs, reward_weights, ref_model=None, world: World = World()
-) -> GRPORun:
+    cfg: GRPOConfig, policy, processor, dataset, *, backend, reward_funcs, reward_weights, ref_model=None,
+    world: World = World(), engine: PolicyEngine | None = None,
+) -> GRPORun:  # fmt: skip
+    """The run's state; `engine` wraps `policy` (default: the plain engine, built here)."""
     for name in ("rollout_batch_size", "update_batch_size"):
         if getattr(cfg, name) % world.size:
             raise ValueError(f"grpo.{name}={getattr(cfg, name)} must be a multiple of the {world.size} training processes")
-    optimizer, scheduler = build_optimizer(policy, cfg, world)
+    engine = engine if engine is not None else PlainEngine(policy, cfg, world)
+    device = next(engine.module.parameters()).device
+    stand_in = stand_in_batch(processor, cfg.system_prompt).to(device) if engine.lockstep_backward else None
     return GRPORun(
-        cfg, policy, processor, dataset, backend, reward_funcs, reward_weights, ref_model, optimizer, scheduler,
+        cfg, engine, processor, dataset, backend, reward_funcs, reward_weights, ref_model,
         order=PromptOrder(len(dataset), cfg.rollout_batch_size, cfg.seed),
         sampling=SamplingConfig(cfg.max_completion_length, cfg.temperature, cfg.top_p, cfg.num_generations),
         off_policy=updates_per_rollout(cfg) > 1 or getattr(backend, "needs_old_logps", False),
         world=world,
+        stand_in=stand_in,
     )  # fmt: skip
+
+
+def agree_on_prompts(run: GRPORun, prompts: list[PromptInput], fit: PromptFit, step: int) -> None:
+    """Every rank learns what every rank kept before anyone generates, and all decide alike.
+
+    A rank whose whole share is too long takes part in the step with an empty batch (the
+    others train on theirs, as one process holding the whole batch would); if no rank kept a
+    prompt, every rank raises the same PromptsTooLongError, where one raising alone would leave
+    the others waiting in a collective.
+    """
+    zero3_ranks = run.engine.lockstep_forward and run.world.active
+    mine = {"kept": len(fit.kept), "given": len(prompts), "shortest": fit.shortest,
+            "no_image": sum(not prompts[i].images for i in fit.kept) if zero3_ranks else 0}  # fmt: skip
+    parts = gather_objects(mine, run.world)
+    if sum(p["kept"] for p in parts) == 0:
+        shortest = min(p["shortest"] for p in parts if p["given"])
+        message = too_long_message(sum(p["given"] for p in parts), shortest, run.cfg.max_prompt_length)
+        raise PromptsTooLongError(f"rollout step {step + 1}: {message}")
+    if any(p["no_image"] for p in parts):
+        raise InputError(
+            f"rollout step {step + 1}: {sum(p['no_image'] for p in parts)} prompts without an image, and "
+            f"grpo.deepspeed=zero3 over {run.world.size} processes runs the vision tower's weight gathers in "
+            "lockstep on every rank; use grpo.deepspeed=zero2 (or none), or give every RL row an image"
+        )
+
+
+def lockstep_logprobs(model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
+    """`batched_logprobs`, with as many forwards as the busiest rank under ZeRO-3 (stand-ins for the rest)."""
+    passes = lockstep_passes(math.ceil(len(batch) / run.cfg.micro_batch_size), run.engine.lockstep_forward, run.world)
+    return batched_logprobs(model, batch, run.cfg.micro_batch_size, run.cfg.temperature, passes, run.stand_in)
+
+
+def push_weights(engine: PolicyEngine, backend: Any) -> None:
+    """The sampler follows the policy. HF generate runs on the policy module itself: nothing to send.
+    An engine of its own (vLLM) is sent the whole weights (gathered first under ZeRO-3, on every rank)."""
+    if getattr(backend, "model", None) is engine.module:
+        return
+    with engine.full_weights() as policy:
+        backend.sync_weights(policy)
 
 
 def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
     """One rollout batch, from prompts to optimizer updates; returns (metrics, this rank's completion texts)."""
-    cfg, policy = run.cfg, run.policy
-    device = next(policy.parameters()).device
+    cfg, engine = run.cfg, run.engine
+    device = next(engine.module.parameters()).device
     t_start = time.perf_counter()
     # -- rollout: G completions per prompt (this rank's share of the prompts), as one padded batch
     rows = run.dataset[shard(run.order.indices(step), run.world)]
-    rollout = generate_rollout(
-        run.backend, run.processor, to_prompts(rows), run.sampling, cfg.system_prompt, cfg.max_prompt_length
-    )
+    prompts = to_prompts(rows)
+    fit = fit_prompts(run.processor, prompts, cfg.system_prompt, cfg.max_prompt_length)
+    agree_on_prompts(run, prompts, fit, step)
+    with engine.full_weights():  # ZeRO-3: whole weights, so each rank generates on its own
+        rollout = generate_rollout(
+            run.backend, run.processor, prompts, run.sampling, cfg.system_prompt, cfg.max_prompt_length, fit
+        )
     batch = rollout.batch.to(device)
     t_rollout = time.perf_counter()
 
@@ -250,19 +315,22 @@ def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
     rewards, per_func = score_completions(
         run.reward_funcs, run.reward_weights, texts, reward_columns(kept_rows, cfg.num_generations)
     )
-    advantages, adv_metrics = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
+    advantages, adv_metrics = (
+        group_advantages(rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
+        if len(rewards) else (torch.zeros(0), {})  # this rank kept no prompt
+    )  # fmt: skip
     batch.advantages = advantages.to(device)
     t_reward = time.perf_counter()
 
     # -- log-probs that stay fixed during the updates
     if cfg.kl_coef > 0:
-        batch.ref_logps = reference_logprobs(run.ref_model, policy, batch, cfg)
+        batch.ref_logps = reference_logprobs(run.ref_model, batch, run)
     if run.off_policy:
-        batch.old_logps = batched_logprobs(policy, batch, cfg.micro_batch_size, cfg.temperature)
+        batch.old_logps = lockstep_logprobs(engine.forward, batch, run)
 
     # -- optimizer updates, then the sampler follows the new weights
-    token_stats, update_metrics = update_policy(policy, run.optimizer, run.scheduler, batch, cfg, run.world)
-    run.backend.sync_weights(policy)
+    token_stats, update_metrics = update_policy(engine, batch, cfg, run.world, run.stand_in)
+    push_weights(engine, run.backend)
     t_end = time.perf_counter()
 
     local = {
@@ -301,10 +369,10 @@ def combine_ranks(parts: list[dict[str, Any]]) -> dict[str, float]:
     metrics.update(tokens.means())
     seqs = MeanMeter()
     for p in parts:
-        seqs.add(p["seq_metrics"], weight=max(p["seqs"], 1))
+        seqs.add(p["seq_metrics"], weight=p["seqs"])  # a rank with no sequences (all prompts too long) weighs 0
     metrics.update(seqs.means())
-    for key in parts[0]["seq_metrics"]:
-        values = [p["seq_metrics"][key] for p in parts]
+    for key in dict.fromkeys(k for p in parts for k in p["seq_metrics"]):
+        values = [p["seq_metrics"][key] for p in parts if key in p["seq_metrics"]]
         if key in SUMMED:
             metrics[key] = sum(values)
         elif key.endswith("max_length") or key.startswith("time/"):
@@ -330,20 +398,22 @@ def train(
     log_fn: MetricsFn | None = None,
     show_progress: bool = True,
     world: World = World(),
+    engine: PolicyEngine | None = None,
 ) -> list[dict[str, float]]:
     """Run GRPO from the last checkpoint (or step 0) to cfg.total_steps; returns per-step metrics.
 
     ``ref_model`` is a frozen module, or a zero-argument context-manager factory under which
     ``policy`` itself acts as the reference (LoRA: adapters disabled); None when kl_coef is 0.
+    ``engine`` trains ``policy`` (engine.py; default: the plain engine).
     Under torchrun every rank calls this; rank 0 logs (``log_fn`` is only called there).
     """
     run = setup_run(cfg, policy, processor, dataset, backend=backend, reward_funcs=reward_funcs,
-                    reward_weights=reward_weights, ref_model=ref_model, world=world)  # fmt: skip
+                    reward_weights=reward_weights, ref_model=ref_model, world=world, engine=engine)  # fmt: skip
     start, history = 0, []
     if checkpointer is not None:
-        start, history = checkpointer.resume(policy, run.optimizer, run.scheduler, run.order, world)
+        start, history = checkpointer.resume(run.engine, run.order, world)
     if start:
-        backend.sync_weights(policy)  # an engine started from the initial weights must catch up
+        push_weights(run.engine, backend)  # an engine started from the initial weights must catch up
     steps = range(start, cfg.total_steps)
     bar = tqdm(steps, initial=start, total=cfg.total_steps, desc="grpo", disable=not (show_progress and world.is_main))
     for step in bar:
@@ -359,15 +429,15 @@ def train(
 
         # -- checkpoint
         if checkpointer is not None and ((step + 1) % cfg.save_steps == 0 or step + 1 == cfg.total_steps):
-            checkpointer.save(step + 1, policy, run.optimizer, run.scheduler, run.order, history, world)
+            checkpointer.save(step + 1, run.engine, run.order, history, world)
     return history
 
 
 @torch.no_grad()
-def reference_logprobs(ref_model, policy: torch.nn.Module, batch: RolloutBatch, cfg: GRPOConfig) -> torch.Tensor:
+def reference_logprobs(ref_model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
     if ref_model is None:
         raise ValueError("kl_coef > 0 needs a reference model")
-    if isinstance(ref_model, torch.nn.Module):
-        return batched_logprobs(ref_model, batch, cfg.micro_batch_size, cfg.temperature)
+    if isinstance(ref_model, torch.nn.Module):  # a frozen copy (a DeepSpeed inference engine under ZeRO)
+        return lockstep_logprobs(ref_model, batch, run)
     with ref_model():  # the policy with its adapters disabled
-        return batched_logprobs(policy, batch, cfg.micro_batch_size, cfg.temperature)
+        return lockstep_logprobs(run.engine.forward, batch, run)

@@ -2,7 +2,9 @@
 
 Each rank gets every world-th prompt of the rollout batch (as `shard` does); with the global
 normalisers and summed gradients, the weights after the updates must match a single process
-that updates on the whole batch, with and without a sharded optimizer (ZeRO-1).
+that updates on the whole batch, with and without a sharded optimizer (ZeRO-1). When one rank's
+prompts are all too long, the ranks agree before generating: that rank takes part with nothing,
+or, when no rank has a prompt left, every rank raises the same error (none waits in a collective).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from components.common.models import load_model
 from components.grpo.distributed import World
-from components.grpo.trainer import build_optimizer, update_policy
+from components.grpo.engine import PlainEngine
+from components.grpo.trainer import update_policy
 from tests.grpo.conftest import ROOT, TINY_CONFIG, tiny_config
 from tests.grpo.test_logprobs import sampled_batch
 
@@ -55,8 +59,7 @@ def _worker(rank: int, size: int, tmp: str, shard_state: bool) -> None:
     model, cfg, batch = torch.load(f"{tmp}/problem.pt", weights_only=False)
     cfg = cfg.model_copy(update={"shard_optimizer_state": shard_state})
     world = World(rank, size, 0)
-    optimizer, scheduler = build_optimizer(model, cfg, world)
-    _, update = update_policy(model, optimizer, scheduler, batch.select(rank_rows(batch, rank, size)), cfg, world)
+    _, update = update_policy(PlainEngine(model, cfg, world), batch.select(rank_rows(batch, rank, size)), cfg, world)
     if rank == 0:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"state": model.state_dict(), "grads": grads, "update": update}, f"{tmp}/rank0.pt")
@@ -68,8 +71,7 @@ def test_two_ranks_update_like_one_process(tiny_assets, tiny_policy, tmp_path, s
     model, cfg, batch = make_problem(tiny_assets, tiny_policy)
     torch.save((model, cfg, batch), tmp_path / "problem.pt")
 
-    optimizer, scheduler = build_optimizer(model, cfg)
-    _, single = update_policy(model, optimizer, scheduler, batch, cfg)
+    _, single = update_policy(PlainEngine(model, cfg), batch, cfg)
     mp.start_processes(_worker, args=(2, str(tmp_path), shard_state), nprocs=2, join=True, start_method="spawn")
     two = torch.load(tmp_path / "rank0.pt", weights_only=False)
 
@@ -87,17 +89,22 @@ def test_two_ranks_update_like_one_process(tiny_assets, tiny_policy, tmp_path, s
     assert moved > 0 and worst <= 2 * 2 * cfg.learning_rate, (worst, moved)
 
 
+ZERO3_ON_CPU = ("grpo.deepspeed=zero3", "grpo.shard_optimizer_state=false")
+
+
 @pytest.mark.slow
-def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path):
+@pytest.mark.parametrize("zero", [pytest.param((), id="plain"), pytest.param(ZERO3_ON_CPU, id="deepspeed-zero3")])
+def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
     """`torchrun --nproc_per_node 2 -m components.grpo` (gloo): both ranks train, rank 0 logs and
-    saves, and a rerun resumes from the checkpoint with both ranks' RNG streams."""
+    saves, and a rerun resumes from the checkpoint with both ranks' RNG streams. With ZeRO-3 on
+    DeepSpeed's CPU accelerator (its first use compiles a CPU kernel once, ~70 s)."""
     out = tmp_path / "model"
-    sets = [a for s in (*SETTINGS, "grpo.total_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=8",
+    sets = [a for s in (*SETTINGS, *zero, "grpo.total_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=8",
                         f"output_dir={tmp_path / 'runs'}") for a in ("--set", s)]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "components.grpo",
            "--config", str(TINY_CONFIG), *sets, "--init-model", str(tiny_assets["model"]), "--data", str(tiny_assets["rl"]),
            "--output", str(out), "--run-id", "ddp", "--summary-json", str(tmp_path / "summary.json")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
     assert json.loads((tmp_path / "summary.json").read_text())["grpo/steps"] == 2
@@ -110,3 +117,68 @@ def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path):
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from" in second.stderr and "at step 2" in second.stderr
     assert [h["step"] for h in json.loads((out / "grpo_history.json").read_text())] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- a rank whose every prompt is too long
+
+LONG = " Explain every step of the count in great detail." * 8  # ~190 more tokens: prompts of ~250 > 128
+AGREE = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=4", "grpo.num_generations=2", "grpo.micro_batch_size=2",
+         "grpo.max_completion_length=6", "grpo.max_prompt_length=128", "grpo.kl_coef=0.05", "grpo.learning_rate=1e-3",
+         "grpo.shard_optimizer_state=false")  # fmt: skip
+
+
+def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int, ...]) -> dict:
+    """One GRPO step on 2 ranks where the prompts of `long_ranks` are all longer than max_prompt_length."""
+    from components.common.generation import HFBackend
+    from components.common.models import load_model, load_processor
+    from components.grpo.data import PromptOrder, load_rl_dataset
+    from components.grpo.engine import build_engine
+    from components.grpo.stage import prepare_policy, prepare_reference
+    from components.grpo.trainer import grpo_step, setup_run
+    from tests.grpo.ranks import skip_deepspeed_shm_kernel
+    from tests.grpo.test_trainer import DENSE
+
+    skip_deepspeed_shm_kernel()
+    cfg = tiny_config(*AGREE).grpo
+    dataset = load_rl_dataset(assets["rl"]).select(range(8))
+    order = PromptOrder(len(dataset), cfg.rollout_batch_size, cfg.seed).indices(0)
+    long_rows = {row for rank in long_ranks for row in order[rank :: world.size]}
+    dataset = dataset.map(lambda row, i: {"problem": row["problem"] + (LONG if i in long_rows else "")}, with_indices=True)
+    torch.manual_seed(world.rank)
+    processor = load_processor(assets["model"], cfg.min_pixels, cfg.max_pixels)
+    policy, ref = prepare_policy(load_model(assets["model"]), cfg)
+    engine = build_engine(policy, cfg, world, stage)
+    backend = HFBackend(engine.module, processor, cfg.system_prompt)
+    run = setup_run(cfg, engine.module, processor, dataset, backend=backend, **DENSE,
+                    ref_model=prepare_reference(ref, engine), world=world, engine=engine)  # fmt: skip
+    metrics, _ = grpo_step(run, 0)
+    with engine.full_weights() as trained:
+        return {"metrics": metrics, "state": {k: v.detach().clone() for k, v in trained.state_dict().items()}}
+
+
+@pytest.mark.parametrize("stage", ["none", pytest.param("zero3", id="deepspeed-zero3")])
+def test_a_rank_with_only_too_long_prompts_takes_part_with_nothing(tiny_assets, tmp_path, stage):
+    """Rank 1's 2 prompts are too long: it trains on nothing (under ZeRO-3 it runs stand-in passes to keep the
+    collectives in step), rank 0 trains on its 2, both finish the step with the same weights and metrics."""
+    from tests.grpo.ranks import errors_of, run_ranks
+
+    ranks = run_ranks(_too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (1,))
+    assert not errors_of(ranks), errors_of(ranks)
+    first, second = ranks
+    assert first["metrics"]["prompts/dropped_too_long"] == 2 and first["metrics"]["completions/mean_length"] > 0
+    assert first["metrics"] == second["metrics"]
+    start = load_model(tiny_assets["model"]).state_dict()
+    assert max((first["state"][k] - v).abs().max().item() for k, v in start.items()) > 0  # rank 0's prompts trained
+    assert all(torch.equal(first["state"][k], second["state"][k]) for k in start)
+
+
+@pytest.mark.parametrize("stage", ["none", pytest.param("zero3", id="deepspeed-zero3")])
+def test_every_prompt_too_long_is_the_same_error_on_every_rank(tiny_assets, tmp_path, stage):
+    """Before, the rank raised alone and the other waited in the step's first collective (run_ranks times out)."""
+    from tests.grpo.ranks import run_ranks
+
+    ranks = run_ranks(_too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (0, 1))
+    assert [r.get("error") for r in ranks] == ["PromptsTooLongError"] * 2, ranks
+    assert ranks[0]["message"] == ranks[1]["message"]
+    assert "rollout step 1: every prompt of this batch (4) is longer than max_prompt_length=128" in ranks[0]["message"]
+    assert "raise grpo.max_prompt_length or lower grpo.max_pixels" in ranks[0]["message"]

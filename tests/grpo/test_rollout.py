@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
-from components.grpo.rollout import build_rollout_batch, encode_prompts, generate_rollout
+from components.grpo.rollout import PromptsTooLongError, build_rollout_batch, encode_prompts, generate_rollout
 from tests.grpo.test_logprobs import SYSTEM, prompts_from
 
 
@@ -21,7 +21,7 @@ def test_too_long_prompts_are_dropped_and_counted(tiny_assets, tiny_policy):
     assert rollout.kept == [1] and rollout.dropped_too_long == 1
     assert len(rollout.batch) == 3 and rollout.batch.prompt_index.tolist() == [0, 0, 0]
     assert int(rollout.batch.attention_mask[0].sum()) - int(rollout.batch.completion_mask[0].sum()) == lengths[0]
-    with pytest.raises(ValueError, match="max_prompt_length"):
+    with pytest.raises(PromptsTooLongError, match="max_prompt_length"):
         generate_rollout(HFBackend(model, processor, SYSTEM), processor, [long], SamplingConfig(4), SYSTEM, limit)
 
 
