@@ -327,7 +327,7 @@ class GRPOConfig(_Strict):
     deepspeed: ZeroStage = Field(
         "none",
         description="DeepSpeed ZeRO-2/3 engine for the policy (and reference) with CUDA GPUs, instead of our "
-        "data parallelism; needs shard_optimizer_state false; ignored on CPU unless DS_ACCELERATOR=cpu",
+        "data parallelism (turns the default shard_optimizer_state off); ignored on CPU unless DS_ACCELERATOR=cpu",
     )
     save_steps: int = Field(20, ge=1)
     save_total_limit: int = Field(2, ge=1)
@@ -350,11 +350,15 @@ class GRPOConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_way_to_shard(self) -> GRPOConfig:
+        """DeepSpeed shards the optimizer state itself: the ZeRO-1 default steps aside, an explicit
+        `shard_optimizer_state: true` next to it is a contradiction worth stopping on."""
         if self.deepspeed != "none" and self.shard_optimizer_state:
-            raise ValueError(
-                f"deepspeed={self.deepspeed} shards the optimizer state itself; set shard_optimizer_state=false "
-                "with it (or deepspeed=none to keep ZeRO-1 through torch's ZeroRedundancyOptimizer)"
-            )
+            if "shard_optimizer_state" in self.model_fields_set:
+                raise ValueError(
+                    f"deepspeed={self.deepspeed} shards the optimizer state itself; set shard_optimizer_state=false "
+                    "with it (or deepspeed=none to keep ZeRO-1 through torch's ZeroRedundancyOptimizer)"
+                )
+            object.__setattr__(self, "shard_optimizer_state", False)
         check_lora_with_zero(self.lora_r, self.deepspeed)
         return self
 

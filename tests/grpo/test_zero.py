@@ -70,7 +70,10 @@ def test_resolve_auto_names_what_is_left():
 
 def test_config_errors_name_the_fields():
     with pytest.raises(ValueError, match=r"grpo: .*deepspeed=zero2 shards the optimizer state itself; set shard_optimizer_state=false"):
-        config_from_dict({"grpo": {"deepspeed": "zero2"}})  # shard_optimizer_state defaults to true
+        config_from_dict({"grpo": {"deepspeed": "zero2", "shard_optimizer_state": True}})
+    defaulted = config_from_dict({"grpo": {"deepspeed": "zero3"}}).grpo  # the ZeRO-1 default steps aside
+    assert defaulted.shard_optimizer_state is False
+    assert config_from_dict({"grpo": defaulted.model_dump(mode="json")}).grpo == defaulted
     with pytest.raises(ValueError, match=r"grpo: .*lora_r > 0 with deepspeed zero3 is not supported"):
         config_from_dict({"grpo": {"deepspeed": "zero3", "shard_optimizer_state": False, "lora_r": 8}})
     assert config_from_dict({"grpo": {"deepspeed": "zero2", "shard_optimizer_state": False, "lora_r": 8}}).grpo.lora_r == 8
