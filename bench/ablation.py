@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # each seed logs to a sqlite store 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_facts  # noqa: E402
 from components.common.config import PipelineConfig, apply_overrides, config_from_dict  # noqa: E402
 
 VARIANTS = ("base", "SFT", "RL", "SFT+RL")  # the paper's rows, its order
@@ -375,8 +375,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
     config_path = Path(args.config).resolve()
     bench = load_bench_config(config_path, args.quick, args.overrides, args.seeds, args.base_kind)
     load_before = os.getloadavg()
@@ -402,14 +400,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summarize(per_seed, bench.min_margin),
         "per_seed": per_seed,
         "total_s": round(time.perf_counter() - start, 1),
-        "cpus": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **machine_facts(load_before),
     }
 
 

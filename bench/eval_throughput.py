@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import software_facts  # noqa: E402
 from components.common.answers import warm_up  # noqa: E402
 from components.common.config import PipelineConfig, config_from_dict  # noqa: E402
 from components.common.generation import SamplingConfig  # noqa: E402
@@ -121,10 +121,7 @@ def run(args: argparse.Namespace) -> dict:
         "samples": len(samples),
         "max_new_tokens": args.max_new_tokens,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **software_facts(),
         "results": results,
     }
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_facts  # noqa: E402
 from components.common.config import load_config  # noqa: E402
 
 GOAL_S = 300.0  # the whole tiny DAG under 5 minutes on 2 cores
@@ -235,8 +235,6 @@ def timed_run(args: argparse.Namespace, workdir: Path) -> dict:
 
 def report_of(args, cfg, tasks: list[TaskStats], mlflow_s: dict[str, float], total: float,
               sampler: TreeSampler, load_before: tuple[float, float, float], found_store: bool) -> dict:
-    import torch
-
     rows = [
         {**asdict(t), "wall_s": round(t.wall_s, 2), "mlflow_stage_s": _round(mlflow_s.get(t.task)),
          "share_of_total": round(t.wall_s / total, 3)}
@@ -262,14 +260,7 @@ def report_of(args, cfg, tasks: list[TaskStats], mlflow_s: dict[str, float], tot
         "stages": rows,
         "samples": sampler.samples,
         "interval_s": args.interval,
-        "cpus": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **machine_facts(load_before),
     }
 
 
