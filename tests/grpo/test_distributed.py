@@ -182,3 +182,30 @@ def test_every_prompt_too_long_is_the_same_error_on_every_rank(tiny_assets, tmp_
     assert ranks[0]["message"] == ranks[1]["message"]
     assert "rollout step 1: every prompt of this batch (4) is longer than max_prompt_length=128" in ranks[0]["message"]
     assert "raise grpo.max_prompt_length or lower grpo.max_pixels" in ranks[0]["message"]
+
+
+def _no_image_worker(world, tmp) -> None:
+    """agree_on_prompts under a ZeRO-3-like engine (weights gathered inside every forward) where rank 1's
+    prompt has no image: its forward would skip the vision tower's gathers that rank 0 runs."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from components.common.generation import PromptInput
+    from components.grpo.rollout import PromptFit
+    from components.grpo.trainer import agree_on_prompts
+
+    images = [] if world.rank == 1 else [Image.new("RGB", (56, 56))]
+    run = SimpleNamespace(engine=SimpleNamespace(lockstep_forward=True), world=world,
+                          cfg=SimpleNamespace(max_prompt_length=128))  # fmt: skip
+    agree_on_prompts(run, [PromptInput("q", images)], PromptFit(encoded=None, kept=[0], lengths=[10]), step=0)
+
+
+def test_zero3_prompt_without_an_image_is_the_same_error_on_every_rank(tmp_path):
+    from tests.grpo.ranks import run_ranks
+
+    ranks = run_ranks(_no_image_worker, tmp_path)
+    assert [r.get("error") for r in ranks] == ["InputError"] * 2, ranks
+    assert ranks[0]["message"] == ranks[1]["message"]
+    assert ranks[0]["message"].startswith("rollout step 1: 1 prompts without an image, and grpo.deepspeed=zero3 over 2 processes")
+    assert "use grpo.deepspeed=zero2 (or none), or give every RL row an image" in ranks[0]["message"]
