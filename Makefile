@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast bench compile images clean
+.PHONY: install run test test-fast lint docs bench compile images clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ test: install
 test-fast: install
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
+# ruff (lint + format) on everything; mypy on the modules listed in pyproject's [tool.mypy] files.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
 compile: install
 	$(BIN)/coldstart compile --config $(CONFIG) --output pipeline.yaml
 
@@ -35,4 +44,4 @@ images:
 	docker/build.sh
 
 clean:
-	rm -rf outputs pipeline.yaml .pytest_cache
+	rm -rf outputs pipeline.yaml .pytest_cache site

@@ -60,7 +60,9 @@ class BaseSpec:
     """What the ablation's "base" model is (see the module docstring)."""
 
     kind: str = "random"  # random | instruct
-    families: list[str] = field(default_factory=list)  # instruct data: families disjoint from the target's
+    families: list[str] = field(
+        default_factory=list
+    )  # instruct data: families disjoint from the target's
     difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
     train_per_family: int = 128
     seed_offset: int = 1000  # the instruct draw uses data.seed + this
@@ -78,8 +80,13 @@ class BenchConfig:
     digest: str  # of everything above: two results with one digest came from one configuration
 
 
-def load_bench_config(path: Path, quick: bool, overrides: list[str], seeds: list[int] | None,
-                      base_kind: str | None = None) -> BenchConfig:
+def load_bench_config(
+    path: Path,
+    quick: bool,
+    overrides: list[str],
+    seeds: list[int] | None,
+    base_kind: str | None = None,
+) -> BenchConfig:
     """The YAML's sections, with `quick:` (if --quick) and then `--set` applied to `pipeline:`."""
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(raw) - {"seeds", "seed_keys", "min_margin", "base", "pipeline", "quick"})
@@ -101,8 +108,16 @@ def load_bench_config(path: Path, quick: bool, overrides: list[str], seeds: list
         raise SystemExit(f"{path}: base.kind must be random or instruct, got {spec.kind!r}")
     keys = list(raw.get("seed_keys", ["model.tiny.seed", "data.seed", "sft.seed", "grpo.seed"]))
     margin = float(raw.get("min_margin", 0.03))
-    blob = json.dumps({"seeds": seeds, "seed_keys": keys, "min_margin": margin, "base": base, "pipeline": pipeline},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "seeds": seeds,
+            "seed_keys": keys,
+            "min_margin": margin,
+            "base": base,
+            "pipeline": pipeline,
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
     config_from_dict(pipeline, str(path))  # fail now, not after the first seed
     return BenchConfig(seeds, keys, margin, spec, pipeline, digest)
@@ -126,7 +141,9 @@ def instruct_data(cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str) 
 
     overlap = set(spec.families) & set(cfg.data.synthetic.families)
     if overlap or not spec.families:
-        raise SystemExit(f"base.families must be given and disjoint from the target's families (shared: {sorted(overlap)})")
+        raise SystemExit(
+            f"base.families must be given and disjoint from the target's families (shared: {sorted(overlap)})"
+        )
     icfg = config_from_dict(apply_overrides(cfg.model_dump(mode="json"), [
         f"data.synthetic.families={json.dumps(spec.families)}",
         f"data.synthetic.difficulties={json.dumps(spec.difficulties)}",
@@ -134,14 +151,22 @@ def instruct_data(cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str) 
         "data.synthetic.test_per_family=1",
         f"data.seed={cfg.data.seed + spec.seed_offset}",
     ]), "instruct data")  # fmt: skip
-    out = DataPrepOutputs(work / "instruct_data" / "sft", work / "instruct_data" / "rl", work / "instruct_data" / "eval")
+    out = DataPrepOutputs(
+        work / "instruct_data" / "sft",
+        work / "instruct_data" / "rl",
+        work / "instruct_data" / "eval",
+    )
     data_prep_main(icfg, out, run_id)
-    direct = datasets.load_from_disk(str(out.sft)).map(lambda row: {"solution": spec.response.format(answer=row["answer"])})
+    direct = datasets.load_from_disk(str(out.sft)).map(
+        lambda row: {"solution": spec.response.format(answer=row["answer"])}
+    )
     direct.save_to_disk(str(work / "instruct_data" / "direct"))
     return work / "instruct_data" / "direct"
 
 
-def make_base(cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str, timings: dict[str, float]) -> Path:
+def make_base(
+    cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str, timings: dict[str, float]
+) -> Path:
     """The tiny preset (data_prep's base model task); `instruct`: then the SFT stage on direct answers."""
     from components.data_prep.cli import base_model_main
     from components.sft.cli import main as sft_main
@@ -190,7 +215,12 @@ def run_seed(bench: BenchConfig, seed: int, work: Path) -> dict[str, Any]:
     lap("grpo")
     rl_base = grpo_main(cfg, base, data.rl, work / "rl", run_id, "grpo_from_base")
     lap("grpo_from_base")
-    models = {"base": str(base), "SFT": str(work / "sft"), "RL": str(work / "rl"), "SFT+RL": str(work / "sft_rl")}
+    models = {
+        "base": str(base),
+        "SFT": str(work / "sft"),
+        "RL": str(work / "rl"),
+        "SFT+RL": str(work / "sft_rl"),
+    }
     metrics = eval_main(cfg, models, data.eval, work / "eval", run_id)
     lap("eval")
 
@@ -208,7 +238,10 @@ def run_seed(bench: BenchConfig, seed: int, work: Path) -> dict[str, Any]:
         "rl_rows": data_metrics.get("data/rl_rows"),
         "sft_loss_last": sft_metrics.get("sft/train/loss_last"),
         "grpo_reward": {
-            name: {"first_steps": s.get("grpo/reward/mean_first_steps"), "last_steps": s.get("grpo/reward/mean_last_steps")}
+            name: {
+                "first_steps": s.get("grpo/reward/mean_first_steps"),
+                "last_steps": s.get("grpo/reward/mean_last_steps"),
+            }
             for name, s in (("SFT+RL", rl_sft), ("RL", rl_base))
         },
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -239,8 +272,12 @@ def answer_diagnostics(predictions: Path, rl_data: Path) -> dict[str, Any]:
         counts = Counter(rows.extracted).most_common(3)
         gain[model] = float(rows.correct.mean() - (golds == counts[0][0]).mean())
         tops[model] = [[_short(answer), n] for answer, n in counts]
-    return {"prior_answer": prior, "prior_accuracy": float((golds == prior).mean()),
-            "gain_over_constant": gain, "top_answers": tops}
+    return {
+        "prior_answer": prior,
+        "prior_accuracy": float((golds == prior).mean()),
+        "gain_over_constant": gain,
+        "top_answers": tops,
+    }
 
 
 def _short(answer: str, width: int = 12) -> str:
@@ -257,7 +294,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarize(per_seed: list[dict[str, Any]], min_margin: float) -> dict[str, Any]:
     """Mean +- std per variant, and each claim's paired differences (better - worse, per seed)."""
-    table = {m: dict(zip(("mean", "std"), mean_std([s["accuracy"][m] for s in per_seed]))) for m in VARIANTS}
+    table = {
+        m: dict(zip(("mean", "std"), mean_std([s["accuracy"][m] for s in per_seed]), strict=False))
+        for m in VARIANTS
+    }
     if all("prior_accuracy" in s for s in per_seed):
         prior = mean_std([s["prior_accuracy"] for s in per_seed])
         table[PRIOR_ROW] = {"mean": prior[0], "std": prior[1]}
@@ -266,22 +306,36 @@ def summarize(per_seed: list[dict[str, Any]], min_margin: float) -> dict[str, An
         diffs = [s["accuracy"][better] - s["accuracy"][worse] for s in per_seed]
         mean, std = mean_std(diffs)
         holds = all(d > 0 for d in diffs) and mean >= min_margin
-        claims.append({"claim": f"{better} > {worse}", "diffs": diffs, "mean_diff": mean, "std_diff": std,
-                       "min_diff": min(diffs), "holds": holds})
+        claims.append(
+            {
+                "claim": f"{better} > {worse}",
+                "diffs": diffs,
+                "mean_diff": mean,
+                "std_diff": std,
+                "min_diff": min(diffs),
+                "holds": holds,
+            }
+        )
     return {"table": table, "claims": claims, "ordering_holds": all(c["holds"] for c in claims)}
 
 
 def reads_images(per_seed: list[dict[str, Any]], tolerance: float = 0.005) -> list[str]:
     """The trained variants that beat their own constant answer in some seed (see answer_diagnostics)."""
-    return [m for m in VARIANTS[1:] if any(s.get("gain_over_constant", {}).get(m, 0.0) > tolerance for s in per_seed)]
+    return [
+        m
+        for m in VARIANTS[1:]
+        if any(s.get("gain_over_constant", {}).get(m, 0.0) > tolerance for s in per_seed)
+    ]
 
 
 def prior_remark(report: dict[str, Any]) -> str:
     readers = reads_images(report["per_seed"])
     if readers:
         return f"Answers that depend on the problem beyond a constant guess: {', '.join(readers)}."
-    return ("No trained model beats its own most frequent answer given to every problem: the accuracies are "
-            "answer frequencies (the answer prior), with no sign of reading the image.")
+    return (
+        "No trained model beats its own most frequent answer given to every problem: the accuracies are "
+        "answer frequencies (the answer prior), with no sign of reading the image."
+    )
 
 
 def pct(x: float) -> str:
@@ -290,8 +344,10 @@ def pct(x: float) -> str:
 
 def table_lines(report: dict[str, Any]) -> list[str]:
     seeds = [s["seed"] for s in report["per_seed"]]
-    lines = ["| model | accuracy % (mean ± std) | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-             "|---|---:|" + "---:|" * len(seeds)]
+    lines = [
+        "| model | accuracy % (mean ± std) | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---:|" + "---:|" * len(seeds),
+    ]
     for m in VARIANTS:
         row = report["summary"]["table"][m]
         per = " | ".join(pct(s["accuracy"][m]) for s in report["per_seed"])
@@ -307,49 +363,71 @@ def claim_lines(report: dict[str, Any]) -> list[str]:
     lines = ["| claim | mean diff (points) | per seed | holds |", "|---|---:|---|---|"]
     for c in report["summary"]["claims"]:
         per = ", ".join(f"{100 * d:+.1f}" for d in c["diffs"])
-        lines.append(f"| {c['claim']} | {100 * c['mean_diff']:+.1f} ± {100 * c['std_diff']:.1f} | {per} | "
-                     f"{'yes' if c['holds'] else 'no'} |")
+        lines.append(
+            f"| {c['claim']} | {100 * c['mean_diff']:+.1f} ± {100 * c['std_diff']:.1f} | {per} | "
+            f"{'yes' if c['holds'] else 'no'} |"
+        )
     return lines
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\nablation ({report['config']}{', quick' if report['quick'] else ''}; digest {report['config_digest']}; "
-          f"base: {report['base_kind']}; {len(report['per_seed'])} seeds; {report['total_s']:.0f}s; "
-          f"load {report['load_avg_before'][0]:.1f} -> {report['load_avg_after'][0]:.1f})")
+    print(
+        f"\nablation ({report['config']}{', quick' if report['quick'] else ''}; digest {report['config_digest']}; "
+        f"base: {report['base_kind']}; {len(report['per_seed'])} seeds; {report['total_s']:.0f}s; "
+        f"load {report['load_avg_before'][0]:.1f} -> {report['load_avg_after'][0]:.1f})"
+    )
     print("\n".join(table_lines(report)))
     print()
     print("\n".join(claim_lines(report)))
     verdict = "holds" if report["summary"]["ordering_holds"] else "does NOT hold"
-    print(f"ordering SFT+RL > SFT, SFT+RL > RL > base {verdict} (margin >= {pct(report['min_margin'])} points, every seed)")
+    print(
+        f"ordering SFT+RL > SFT, SFT+RL > RL > base {verdict} (margin >= {pct(report['min_margin'])} points, every seed)"
+    )
     print(prior_remark(report))
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     s0 = report["per_seed"][0]
     lines = [
-        f"# Ablation in miniature ({report['time']})", "",
+        f"# Ablation in miniature ({report['time']})",
+        "",
         f"`python bench/ablation.py --config {report['config']}`{' --quick' if report['quick'] else ''}; "
         f"config digest `{report['config_digest']}`; base: `{report['base_kind']}`; seeds {report['seeds']}; "
         f"{s0['eval_rows']} held-out problems and {s0['rl_rows']} RL problems per seed; total {report['total_s']:.0f} s on "
         f"{report['cpus']} CPUs (torch {report['torch_threads']} threads, load average {report['load_avg_before'][0]:.1f} "
-        f"before, {report['load_avg_after'][0]:.1f} after).", "",
-        "Accuracy on the synthetic held-out split (greedy decoding, the eval stage's scoring):", "",
-        *table_lines(report), "",
+        f"before, {report['load_avg_after'][0]:.1f} after).",
+        "",
+        "Accuracy on the synthetic held-out split (greedy decoding, the eval stage's scoring):",
+        "",
+        *table_lines(report),
+        "",
         "Paired differences (a claim holds when positive in every seed and >= "
         f"{pct(report['min_margin'])} points on average):",
-        "", *claim_lines(report), "",
-        f"Ordering {'holds' if report['summary']['ordering_holds'] else 'does not hold'}. {prior_remark(report)}", "",
+        "",
+        *claim_lines(report),
+        "",
+        f"Ordering {'holds' if report['summary']['ordering_holds'] else 'does not hold'}. {prior_remark(report)}",
+        "",
         "Per seed: each model's most frequent answers (answer x count); its gain over answering every problem with",
         "its own most frequent answer (0 = the answer does not depend on the image); GRPO mean reward (first ->",
-        "last 5 steps); stage seconds:", "",
+        "last 5 steps); stage seconds:",
+        "",
     ]
     for s in report["per_seed"]:
-        rewards = ", ".join(f"{k} {v['first_steps']:.2f} -> {v['last_steps']:.2f}" for k, v in s["grpo_reward"].items())
+        rewards = ", ".join(
+            f"{k} {v['first_steps']:.2f} -> {v['last_steps']:.2f}"
+            for k, v in s["grpo_reward"].items()
+        )
         times = ", ".join(f"{k} {v:.0f}" for k, v in s["timings_s"].items())
-        tops = "; ".join(f"{m}: " + " ".join(f"{a}x{n}" for a, n in top) for m, top in s.get("top_answers", {}).items())
+        tops = "; ".join(
+            f"{m}: " + " ".join(f"{a}x{n}" for a, n in top)
+            for m, top in s.get("top_answers", {}).items()
+        )
         off = ", ".join(f"{m} {100 * v:+.1f}" for m, v in s.get("gain_over_constant", {}).items())
-        lines.append(f"- seed {s['seed']} (prior answer {s.get('prior_answer')}): answers {tops}; "
-                     f"gain over constant {off}; reward {rewards}; seconds {times}")
+        lines.append(
+            f"- seed {s['seed']} (prior answer {s.get('prior_answer')}): answers {tops}; "
+            f"gain over constant {off}; reward {rewards}; seconds {times}"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -357,20 +435,52 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="bench config (default bench/configs/ablation.yaml)")
-    parser.add_argument("--quick", action="store_true",
-                        help="CI smoke run: the config's quick section, 1 seed, no ordering check")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a pipeline config value, e.g. --set grpo.total_steps=20 (repeatable)")
-    parser.add_argument("--workdir", default=None, help="keep every seed's models and data here (default: a temp dir)")
-    parser.add_argument("--output", default=None, help="JSON path (default bench/results/ablation[_quick].json)")
-    parser.add_argument("--base-kind", choices=("random", "instruct"), default=None, help="override the config's base.kind")
-    parser.add_argument("--no-assert", action="store_true", help="exit 0 even if the ordering does not hold")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="bench config (default bench/configs/ablation.yaml)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: the config's quick section, 1 seed, no ordering check",
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default: the config's)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline config value, e.g. --set grpo.total_steps=20 (repeatable)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="keep every seed's models and data here (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--output", default=None, help="JSON path (default bench/results/ablation[_quick].json)"
+    )
+    parser.add_argument(
+        "--base-kind",
+        choices=("random", "instruct"),
+        default=None,
+        help="override the config's base.kind",
+    )
+    parser.add_argument(
+        "--no-assert", action="store_true", help="exit 0 even if the ordering does not hold"
+    )
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    args.output = Path(args.output or ROOT / "bench" / "results" / f"ablation{'_quick' if args.quick else ''}.json")
+    args.output = Path(
+        args.output or ROOT / "bench" / "results" / f"ablation{'_quick' if args.quick else ''}.json"
+    )
     return args
 
 
@@ -385,8 +495,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for seed in bench.seeds:
             seed_start = time.perf_counter()
             per_seed.append(run_seed(bench, seed, root / f"seed{seed}"))
-            print(f"seed {seed}: " + ", ".join(f"{m} {pct(a)}%" for m, a in per_seed[-1]["accuracy"].items())
-                  + f" ({time.perf_counter() - seed_start:.0f}s)", flush=True)
+            print(
+                f"seed {seed}: "
+                + ", ".join(f"{m} {pct(a)}%" for m, a in per_seed[-1]["accuracy"].items())
+                + f" ({time.perf_counter() - seed_start:.0f}s)",
+                flush=True,
+            )
     shown = config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path
     return {
         "benchmark": "ablation",

@@ -37,18 +37,34 @@ from components.eval.stage import generate_responses, make_eval_backend, score_r
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small run (seconds): 32 samples, 1 repeat")
-    parser.add_argument("--samples", type=int, default=None, help="prompts per measurement (default 128; quick 32)")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,8,32; quick 8,32)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small run (seconds): 32 samples, 1 repeat"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="prompts per measurement (default 128; quick 32)"
+    )
+    parser.add_argument(
+        "--batch-sizes", default=None, help="comma-separated (default 1,8,32; quick 8,32)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64; quick 32")
     parser.add_argument("--repeats", type=int, default=None, help="default 3; quick 1")
-    parser.add_argument("--model", default=None, help="model dir (default: the tiny model, built in a temp dir)")
+    parser.add_argument(
+        "--model", default=None, help="model dir (default: the tiny model, built in a temp dir)"
+    )
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
-    parser.add_argument("--output", default=None, help="JSON path (default bench/results/eval_throughput[_quick].json)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON path (default bench/results/eval_throughput[_quick].json)",
+    )
     args = parser.parse_args(argv)
     args.samples = args.samples or (32 if args.quick else 128)
-    args.batch_sizes = [int(b) for b in (args.batch_sizes or ("8,32" if args.quick else "1,8,32")).split(",")]
+    args.batch_sizes = [
+        int(b) for b in (args.batch_sizes or ("8,32" if args.quick else "1,8,32")).split(",")
+    ]
     args.max_new_tokens = args.max_new_tokens or (32 if args.quick else 64)
     args.repeats = args.repeats or (1 if args.quick else 3)
     suffix = "_quick" if args.quick else ""
@@ -57,17 +73,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bench_config(args: argparse.Namespace, batch_size: int) -> PipelineConfig:
-    return config_from_dict({
-        "data": {"min_pixels": 3136, "max_pixels": 3136},
-        "eval": {"max_new_tokens": args.max_new_tokens, "batch_size": batch_size, "backend": args.backend},
-    }, "bench")
+    return config_from_dict(
+        {
+            "data": {"min_pixels": 3136, "max_pixels": 3136},
+            "eval": {
+                "max_new_tokens": args.max_new_tokens,
+                "batch_size": batch_size,
+                "backend": args.backend,
+            },
+        },
+        "bench",
+    )
 
 
 def synthetic_samples(n: int) -> list[EvalSample]:
     from components.data_prep.stage import synthetic_splits
 
-    cfg = config_from_dict({"data": {"synthetic": {"train_per_family": 1, "test_per_family": max(1, n // 4 + 1),
-                                                   "image_size": 56}, "min_pixels": 3136, "max_pixels": 3136}})
+    cfg = config_from_dict(
+        {
+            "data": {
+                "synthetic": {
+                    "train_per_family": 1,
+                    "test_per_family": max(1, n // 4 + 1),
+                    "image_size": 56,
+                },
+                "min_pixels": 3136,
+                "max_pixels": 3136,
+            }
+        }
+    )
     rows = synthetic_splits(cfg.data).eval[:n]
     return [EvalSample(r["id"], "synthetic", r["problem"], r["images"], r["answer"]) for r in rows]
 
@@ -82,7 +116,9 @@ def tiny_model_dir(tmp: Path) -> Path:
 def measure(backend, samples: list[EvalSample], cfg: PipelineConfig) -> dict[str, float]:
     sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens)
     start = time.perf_counter()
-    completions = generate_responses(backend, samples, sampling, cfg.eval.batch_size, cfg.eval.sort_by_length)
+    completions = generate_responses(
+        backend, samples, sampling, cfg.eval.batch_size, cfg.eval.sort_by_length
+    )
     generated = time.perf_counter()
     metrics, _ = score_responses("bench", samples, completions, cfg.eval.answer_timeout_s)
     done = time.perf_counter()
@@ -104,14 +140,20 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else tiny_model_dir(Path(tmp))
         backend = make_eval_backend(bench_config(args, args.batch_sizes[0]), model_dir)
-        measure(backend, samples[: min(8, len(samples))], bench_config(args, args.batch_sizes[0]))  # warm-up
+        measure(
+            backend, samples[: min(8, len(samples))], bench_config(args, args.batch_sizes[0])
+        )  # warm-up
         runs: dict[int, list[dict[str, float]]] = {b: [] for b in args.batch_sizes}
         for _ in range(args.repeats):
             for batch_size in args.batch_sizes:  # interleaved: drift hits every configuration alike
                 backend.batch_size = batch_size
                 runs[batch_size].append(measure(backend, samples, bench_config(args, batch_size)))
     results = [
-        {"batch_size": b, **{k: statistics.median(r[k] for r in rs) for k in rs[0]}, "repeats": len(rs)}
+        {
+            "batch_size": b,
+            **{k: statistics.median(r[k] for r in rs) for k in rs[0]},
+            "repeats": len(rs),
+        }
         for b, rs in runs.items()
     ]
     return {
@@ -127,12 +169,18 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\neval throughput: {report['model']} ({report['backend']}, {report['device']}, "
-          f"{report['torch_threads']} threads), {report['samples']} samples, {report['max_new_tokens']} new tokens")
-    print(f"{'batch':>6} {'samples/s':>10} {'tokens/s':>10} {'scoring/s':>10} {'accuracy':>9} {'failed':>7}")
+    print(
+        f"\neval throughput: {report['model']} ({report['backend']}, {report['device']}, "
+        f"{report['torch_threads']} threads), {report['samples']} samples, {report['max_new_tokens']} new tokens"
+    )
+    print(
+        f"{'batch':>6} {'samples/s':>10} {'tokens/s':>10} {'scoring/s':>10} {'accuracy':>9} {'failed':>7}"
+    )
     for r in report["results"]:
-        print(f"{r['batch_size']:>6} {r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} "
-              f"{r['scoring_samples_per_s']:>10.0f} {100 * r['accuracy']:>8.1f}% {int(r['errors']):>7}")
+        print(
+            f"{r['batch_size']:>6} {r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} "
+            f"{r['scoring_samples_per_s']:>10.0f} {100 * r['accuracy']:>8.1f}% {int(r['errors']):>7}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

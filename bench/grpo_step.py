@@ -30,8 +30,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
+import datasets
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,13 @@ def build_assets(workdir: Path) -> tuple[Path, Path]:
     from components.common.tiny_model import build_tiny_model
     from components.data_prep.stage import DataPrepOutputs, run_data_prep
 
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.synthetic.train_per_family=16", "data.synthetic.test_per_family=2"])
-    run_data_prep(cfg, DataPrepOutputs(workdir / "sft", workdir / "rl", workdir / "eval"), workdir / "cache")
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        ["data.synthetic.train_per_family=16", "data.synthetic.test_per_family=2"],
+    )
+    run_data_prep(
+        cfg, DataPrepOutputs(workdir / "sft", workdir / "rl", workdir / "eval"), workdir / "cache"
+    )
     build_tiny_model(workdir / "model", cfg.model.tiny, cfg.data.min_pixels, cfg.data.max_pixels)
     return workdir / "model", workdir / "rl"
 
@@ -67,7 +72,9 @@ def our_run(args, model_dir: Path, rl_dir: Path):
     ]).grpo  # fmt: skip
     processor = load_processor(model_dir, cfg.min_pixels, cfg.max_pixels)
     policy, ref = prepare_policy(load_model(model_dir), cfg)
-    backend = make_backend("hf", policy, processor, cfg.system_prompt, batch_size=cfg.generation_batch_size)
+    backend = make_backend(
+        "hf", policy, processor, cfg.system_prompt, batch_size=cfg.generation_batch_size
+    )
     run = setup_run(cfg, policy, processor, load_rl_dataset(rl_dir), backend=backend,
                     reward_funcs=REWARD_FUNCS, reward_weights={"accuracy": 1.0}, ref_model=ref)  # fmt: skip
     return run
@@ -79,7 +86,10 @@ def trl_dataset(rl_dir: Path, system_prompt: str) -> datasets.Dataset:
 
     ds = datasets.load_from_disk(str(rl_dir))
     return ds.map(
-        lambda row: {"prompt": prompt_messages(row["problem"], system_prompt, 1), "image": row["images"][0]},
+        lambda row: {
+            "prompt": prompt_messages(row["problem"], system_prompt, 1),
+            "image": row["images"][0],
+        },
         remove_columns=["images", "solution"],
     )
 
@@ -186,16 +196,24 @@ def print_report(result: dict) -> None:
           f"{s['measured_steps']} interleaved steps, {s['threads']} thread(s); medians in seconds\n")  # fmt: skip
     print(f"{'':24s}{'ours':>10s}{'TRL':>10s}")
     print(f"{'step (rollout + update)':24s}{med['ours_step_s']:10.3f}{med['trl_step_s']:10.3f}")
-    print(f"{'  rollout (gen + reward)':24s}{med['ours_rollout_s'] + med['ours_reward_s']:10.3f}{med['trl_rollout_s']:10.3f}")
+    print(
+        f"{'  rollout (gen + reward)':24s}{med['ours_rollout_s'] + med['ours_reward_s']:10.3f}{med['trl_rollout_s']:10.3f}"
+    )
     print(f"{'    generate':24s}{med['ours_rollout_s']:10.3f}{med['trl_generate_s']:10.3f}")
     print(f"{'  update':24s}{med['ours_update_s']:10.3f}{med['trl_update_s']:10.3f}")
-    print(f"{'mean completion length':24s}{med['ours_mean_length']:10.1f}{med.get('trl_mean_length', float('nan')):10.1f}")
+    print(
+        f"{'mean completion length':24s}{med['ours_mean_length']:10.1f}{med.get('trl_mean_length', float('nan')):10.1f}"
+    )
     print(f"\nratio TRL / ours = {result['speedup_trl_over_ours']:.2f} (> 1: ours is faster)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="measured steps (one more is warm-up)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="measured steps (one more is warm-up)"
+    )
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens per completion")
@@ -203,14 +221,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 measured steps (CI)")
     parser.add_argument("--model", type=Path, help="model dir (default: build the tiny preset)")
-    parser.add_argument("--data", type=Path, help="RL dataset dir (default: build the synthetic set)")
+    parser.add_argument(
+        "--data", type=Path, help="RL dataset dir (default: build the synthetic set)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if args.quick:
         args.steps = 3
     with tempfile.TemporaryDirectory() as tmp:
         args.workdir = Path(tmp)
-        model_dir, rl_dir = (args.model, args.data) if args.model and args.data else build_assets(args.workdir)
+        model_dir, rl_dir = (
+            (args.model, args.data) if args.model and args.data else build_assets(args.workdir)
+        )
         result = run_interleaved(args, model_dir, rl_dir)
     print_report(result)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ hand-offs and the launcher. Results go to bench/results/pipeline_wallclock[_quic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -48,20 +49,48 @@ EXECUTOR_MODULE = "kfp.dsl.executor_main"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"),
-                        help="pipeline config (default configs/tiny.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override passed to `coldstart run` (repeatable)")
-    parser.add_argument("--quick", action="store_true",
-                        help="CI smoke run: few rows and steps (%s)" % " ".join(QUICK_OVERRIDES))
-    parser.add_argument("--ablation", action="store_true", help="run the ablation DAG (RL-only branch, 4-model eval)")
-    parser.add_argument("--interval", type=float, default=0.2, help="seconds between process-tree samples")
-    parser.add_argument("--workdir", default=None, help="output_dir of the run (default: a temp dir, deleted)")
-    parser.add_argument("--output", default=None, help="JSON path (default bench/results/pipeline_wallclock[_quick].json)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "tiny.yaml"),
+        help="pipeline config (default configs/tiny.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to `coldstart run` (repeatable)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: few rows and steps ({})".format(" ".join(QUICK_OVERRIDES)),
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="run the ablation DAG (RL-only branch, 4-model eval)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=0.2, help="seconds between process-tree samples"
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="output_dir of the run (default: a temp dir, deleted)"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON path (default bench/results/pipeline_wallclock[_quick].json)",
+    )
     args = parser.parse_args(argv)
     suffix = "_quick" if args.quick else ""
-    args.output = Path(args.output or ROOT / "bench" / "results" / f"pipeline_wallclock{suffix}.json")
+    args.output = Path(
+        args.output or ROOT / "bench" / "results" / f"pipeline_wallclock{suffix}.json"
+    )
     return args
 
 
@@ -76,7 +105,9 @@ class TaskStats:
     component: str  # the kfp component function, e.g. grpo_op
     task_dir: str  # the task's folder under the pipeline root, e.g. grpo-op-2
     pid: int
-    start: float  # first time it was seen (epoch s; psutil's create_time can be ~1 s off time.time())
+    start: (
+        float  # first time it was seen (epoch s; psutil's create_time can be ~1 s off time.time())
+    )
     end: float = 0.0  # last time it was seen alive
     peak_rss_mb: float = 0.0  # largest sum of RSS over the task's process tree in one sample
     peak_procs: int = 0
@@ -135,10 +166,8 @@ class TreeSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):  # the run ended under us
                 self.sample()
-            except psutil.NoSuchProcess:  # the run ended under us
-                pass
             self._stop.wait(self.interval_s)
 
     def sample(self) -> None:
@@ -186,7 +215,9 @@ def mlflow_stage_times(tracking_uri: str, experiment: str) -> dict[str, float]:
     if found is None:
         return {}
     times: dict[str, float] = {}
-    for run in client.search_runs([found.experiment_id], filter_string="tags.`coldstart.role` = 'stage'"):
+    for run in client.search_runs(
+        [found.experiment_id], filter_string="tags.`coldstart.role` = 'stage'"
+    ):
         stage = run.data.tags.get("coldstart.stage", run.info.run_name)
         if run.info.end_time and run.info.start_time:
             times[stage] = (run.info.end_time - run.info.start_time) / 1000.0
@@ -201,7 +232,14 @@ def run_overrides(args: argparse.Namespace, output_dir: Path) -> list[str]:
 
 
 def run_command(args: argparse.Namespace, overrides: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(Path(args.config).resolve())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "run",
+        "--config",
+        str(Path(args.config).resolve()),
+    ]
     for item in overrides:
         cmd += ["--set", item]
     return cmd + (["--ablation"] if args.ablation else [])
@@ -211,7 +249,9 @@ def timed_run(args: argparse.Namespace, workdir: Path) -> dict:
     """Run `coldstart run` once under the sampler; returns the report (raises if the run fails)."""
     overrides = run_overrides(args, workdir / "out")
     cmd = run_command(args, overrides)
-    cfg = load_config(args.config, overrides + (["ablation=true"] if args.ablation else []))  # as `coldstart run`
+    cfg = load_config(
+        args.config, overrides + (["ablation=true"] if args.ablation else [])
+    )  # as `coldstart run`
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the run's own sqlite store under output_dir
     log_path = workdir / "run.log"
@@ -226,18 +266,33 @@ def timed_run(args: argparse.Namespace, workdir: Path) -> dict:
     total = time.time() - start
     printed = log_path.read_text(errors="replace")
     if code != 0:
-        raise RuntimeError(f"coldstart run failed (exit {code}); last lines:\n" + "\n".join(printed.splitlines()[-40:]))
+        raise RuntimeError(
+            f"coldstart run failed (exit {code}); last lines:\n"
+            + "\n".join(printed.splitlines()[-40:])
+        )
     match = re.search(r"^MLflow:\s+(\S+)", printed, re.MULTILINE)
     mlflow_s = mlflow_stage_times(match.group(1), cfg.tracking.experiment) if match else {}
     tasks = sorted(sampler.tasks.values(), key=lambda t: t.start)
     return report_of(args, cfg, tasks, mlflow_s, total, sampler, load_before, bool(match))
 
 
-def report_of(args, cfg, tasks: list[TaskStats], mlflow_s: dict[str, float], total: float,
-              sampler: TreeSampler, load_before: tuple[float, float, float], found_store: bool) -> dict:
+def report_of(
+    args,
+    cfg,
+    tasks: list[TaskStats],
+    mlflow_s: dict[str, float],
+    total: float,
+    sampler: TreeSampler,
+    load_before: tuple[float, float, float],
+    found_store: bool,
+) -> dict:
     rows = [
-        {**asdict(t), "wall_s": round(t.wall_s, 2), "mlflow_stage_s": _round(mlflow_s.get(t.task)),
-         "share_of_total": round(t.wall_s / total, 3)}
+        {
+            **asdict(t),
+            "wall_s": round(t.wall_s, 2),
+            "mlflow_stage_s": _round(mlflow_s.get(t.task)),
+            "share_of_total": round(t.wall_s / total, 3),
+        }
         for t in tasks
     ]
     in_tasks = busy_seconds([(t.start, t.end) for t in tasks])
@@ -298,39 +353,56 @@ def table_lines(report: dict) -> list[str]:
     ]
     for r in report["stages"]:
         stage_s = "-" if r["mlflow_stage_s"] is None else f"{r['mlflow_stage_s']:.1f}"
-        lines.append(f"| {r['task']} | {r['task_dir']} | {r['wall_s']:.1f} | {stage_s} | "
-                     f"{100 * r['share_of_total']:.0f}% | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |")
-    lines.append(f"| orchestration | kfp.local | {report['orchestration_s']:.1f} | - | "
-                 f"{100 * report['orchestration_s'] / report['total_s']:.0f}% | - | - |")
-    lines.append(f"| **total** | | **{report['total_s']:.1f}** | | | | {report['peak_rss_total_mb']:.0f} (tree) |")
+        lines.append(
+            f"| {r['task']} | {r['task_dir']} | {r['wall_s']:.1f} | {stage_s} | "
+            f"{100 * r['share_of_total']:.0f}% | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    lines.append(
+        f"| orchestration | kfp.local | {report['orchestration_s']:.1f} | - | "
+        f"{100 * report['orchestration_s'] / report['total_s']:.0f}% | - | - |"
+    )
+    lines.append(
+        f"| **total** | | **{report['total_s']:.1f}** | | | | {report['peak_rss_total_mb']:.0f} (tree) |"
+    )
     return lines
 
 
 def print_table(report: dict) -> None:
     goal = "within" if report["within_goal"] else "OVER"
-    print(f"\npipeline wall clock: {report['config']}{' (quick)' if report['quick'] else ''}"
-          f"{' --ablation' if report['ablation'] else ''}, {report['cpus']} CPUs, load before "
-          f"{report['load_avg_before'][0]:.1f} after {report['load_avg_after'][0]:.1f}")
+    print(
+        f"\npipeline wall clock: {report['config']}{' (quick)' if report['quick'] else ''}"
+        f"{' --ablation' if report['ablation'] else ''}, {report['cpus']} CPUs, load before "
+        f"{report['load_avg_before'][0]:.1f} after {report['load_avg_after'][0]:.1f}"
+    )
     print("\n".join(table_lines(report)))
-    print(f"total {report['total_s']:.0f}s: {goal} the {report['goal_s']:.0f}s goal; "
-          f"dominant stage: {report['dominant_stage']}")
+    print(
+        f"total {report['total_s']:.0f}s: {goal} the {report['goal_s']:.0f}s goal; "
+        f"dominant stage: {report['dominant_stage']}"
+    )
 
 
 def write_markdown(report: dict, path: Path) -> None:
     head = [
-        f"# Pipeline wall clock ({report['time']})", "",
+        f"# Pipeline wall clock ({report['time']})",
+        "",
         f"`coldstart run --config {report['config']}`{' --ablation' if report['ablation'] else ''}"
         + (f" with `--set {' '.join(report['overrides'])}`" if report["overrides"] else "")
         + f"; config digest `{report['config_digest']}`; {report['cpus']} CPUs, OMP_NUM_THREADS="
         f"{report['omp_num_threads'] or 'unset'} (torch {report['torch_threads']} threads); load average "
-        f"{report['load_avg_before'][0]:.1f} before, {report['load_avg_after'][0]:.1f} after.", "",
+        f"{report['load_avg_before'][0]:.1f} before, {report['load_avg_after'][0]:.1f} after.",
+        "",
         "Wall = the task's process lifetime (start-up and imports included); MLflow stage = its `stage_run`;",
         "peak RSS = the largest sum over the task's process tree in one sample "
-        f"(every {report['interval_s']} s).", "",
+        f"(every {report['interval_s']} s).",
+        "",
     ]
     goal = "within" if report["within_goal"] else "over"
-    tail = ["", f"Total {report['total_s']:.0f} s ({goal} the {report['goal_s']:.0f} s goal); "
-            f"dominant stage: {report['dominant_stage']}.", ""]
+    tail = [
+        "",
+        f"Total {report['total_s']:.0f} s ({goal} the {report['goal_s']:.0f} s goal); "
+        f"dominant stage: {report['dominant_stage']}.",
+        "",
+    ]
     path.write_text("\n".join(head + table_lines(report) + tail))
 
 

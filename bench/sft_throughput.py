@@ -41,27 +41,62 @@ from bench.machine import software_facts  # noqa: E402
 PIXELS = 3136  # 56x56: the tiny config's image size
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {},
-    "3b": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-           "num_key_value_heads": 2, "vision_depth": 32, "vision_hidden_size": 1280, "vision_num_heads": 16},
+    "3b": {
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vision_depth": 32,
+        "vision_hidden_size": 1280,
+        "vision_num_heads": 16,
+    },
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one configuration, 1 repeat, few steps")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one configuration, 1 repeat, few steps"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,4,8; quick 4)")
-    parser.add_argument("--checkpointing", default=None, help="gradient checkpointing: off,on (default both; quick off)")
-    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 20; quick 10)")
+    parser.add_argument(
+        "--batch-sizes", default=None, help="comma-separated (default 1,4,8; quick 4)"
+    )
+    parser.add_argument(
+        "--checkpointing",
+        default=None,
+        help="gradient checkpointing: off,on (default both; quick off)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed optimizer steps (default 20; quick 10)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=None, help="default 3; quick 1")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (sft.bf16)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100/H200 bf16 dense)")
-    parser.add_argument("--output", default=None, help="JSON path (default bench/results/sft_throughput[_quick].json)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement, JSON spec
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="accelerator peak for MFU (H100/H200 bf16 dense)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON path (default bench/results/sft_throughput[_quick].json)",
+    )
+    parser.add_argument(
+        "--worker", default=None, help=argparse.SUPPRESS
+    )  # internal: one measurement, JSON spec
     args = parser.parse_args(argv)
-    args.batch_sizes = [int(b) for b in (args.batch_sizes or ("4" if args.quick else "1,4,8")).split(",")]
-    args.checkpointing = [c == "on" for c in (args.checkpointing or ("off" if args.quick else "off,on")).split(",")]
+    args.batch_sizes = [
+        int(b) for b in (args.batch_sizes or ("4" if args.quick else "1,4,8")).split(",")
+    ]
+    args.checkpointing = [
+        c == "on" for c in (args.checkpointing or ("off" if args.quick else "off,on")).split(",")
+    ]
     args.steps = args.steps or (10 if args.quick else 20)
     args.repeats = args.repeats or (1 if args.quick else 3)
     suffix = ("_quick" if args.quick else "") + ("" if args.preset == "tiny" else f"_{args.preset}")
@@ -79,8 +114,16 @@ def build_inputs(root: Path, preset: str) -> tuple[Path, Path]:
     from components.data_prep.stage import DataPrepOutputs, run_data_prep
 
     model = build_tiny_model(root / "model", TinyModelConfig(**PRESETS[preset]), PIXELS, PIXELS)
-    cfg = config_from_dict({"data": {"synthetic": {"train_per_family": 32, "test_per_family": 1, "image_size": 56},
-                                     "min_pixels": PIXELS, "max_pixels": PIXELS, "sft_holdout_fraction": 0.05}})
+    cfg = config_from_dict(
+        {
+            "data": {
+                "synthetic": {"train_per_family": 32, "test_per_family": 1, "image_size": 56},
+                "min_pixels": PIXELS,
+                "max_pixels": PIXELS,
+                "sft_holdout_fraction": 0.05,
+            }
+        }
+    )
     run_data_prep(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root / "cache")
     return model, root / "sft"
 
@@ -118,13 +161,22 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
             control.should_save = False
 
-    cfg = config_from_dict({
-        "output_dir": spec["out"],
-        "data": {"min_pixels": PIXELS, "max_pixels": PIXELS},
-        "sft": {"max_steps": spec["warmup"] + spec["steps"], "per_device_train_batch_size": spec["batch_size"],
-                "gradient_checkpointing": spec["checkpointing"], "bf16": spec["bf16"], "logging_steps": 10**6,
-                "save_steps": 10**6, "learning_rate": 1e-4},
-    }, "bench")
+    cfg = config_from_dict(
+        {
+            "output_dir": spec["out"],
+            "data": {"min_pixels": PIXELS, "max_pixels": PIXELS},
+            "sft": {
+                "max_steps": spec["warmup"] + spec["steps"],
+                "per_device_train_batch_size": spec["batch_size"],
+                "gradient_checkpointing": spec["checkpointing"],
+                "bf16": spec["bf16"],
+                "logging_steps": 10**6,
+                "save_steps": 10**6,
+                "learning_rate": 1e-4,
+            },
+        },
+        "bench",
+    )
     paths = SFTPaths(Path(spec["model"]), Path(spec["data"]), Path(spec["out"]))
     trainer, _ = build_trainer(cfg, paths, TrackerCallback(None))
     clock = StepClock()
@@ -133,14 +185,20 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
     (t0, n0), (t1, n1) = clock.marks[spec["warmup"] - 1], clock.marks[-1]
     steps = len(clock.marks) - spec["warmup"]
     tokens_per_s = (n1 - n0) / (t1 - t0)
-    out = {"tokens_per_s": tokens_per_s, "step_ms": 1000 * (t1 - t0) / steps, "tokens_per_step": (n1 - n0) / steps}
+    out = {
+        "tokens_per_s": tokens_per_s,
+        "step_ms": 1000 * (t1 - t0) / steps,
+        "tokens_per_step": (n1 - n0) / steps,
+    }
     if torch.cuda.is_available():
         out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
         seq_len = out["tokens_per_step"] / spec["batch_size"]
         flops = model_flops_per_token(trainer.model.config, seq_len) * tokens_per_s
         out["mfu"] = flops / (spec["peak_tflops"] * 1e12)
     else:
-        out["peak_mem_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        out["peak_mem_mib"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )  # KiB on Linux
     return out
 
 
@@ -165,14 +223,29 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="sft-bench-") as tmp:
         model, data = build_inputs(Path(tmp), args.preset)
         for _ in range(args.repeats):
-            for batch_size, checkpointing in combos:  # interleaved: drift hits every configuration alike
-                spec = {"model": str(model), "data": str(data), "out": str(Path(tmp) / "out"), "batch_size": batch_size,
-                        "checkpointing": checkpointing, "bf16": args.bf16, "steps": args.steps, "warmup": args.warmup,
-                        "peak_tflops": args.peak_tflops}
+            for (
+                batch_size,
+                checkpointing,
+            ) in combos:  # interleaved: drift hits every configuration alike
+                spec = {
+                    "model": str(model),
+                    "data": str(data),
+                    "out": str(Path(tmp) / "out"),
+                    "batch_size": batch_size,
+                    "checkpointing": checkpointing,
+                    "bf16": args.bf16,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "peak_tflops": args.peak_tflops,
+                }
                 runs[(batch_size, checkpointing)].append(run_worker(spec))
     results = [
-        {"batch_size": b, "gradient_checkpointing": c, **{k: statistics.median(r[k] for r in rs) for k in rs[0]},
-         "repeats": len(rs)}
+        {
+            "batch_size": b,
+            "gradient_checkpointing": c,
+            **{k: statistics.median(r[k] for r in rs) for k in rs[0]},
+            "repeats": len(rs),
+        }
         for (b, c), rs in runs.items()
     ]
     return {
@@ -187,15 +260,21 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nsft throughput: {report['preset']} model on {report['device']} ({report['torch_threads']} threads, "
-          f"bf16={report['bf16']}), median of {report['results'][0]['repeats']} runs of {report['timed_steps']} steps")
+    print(
+        f"\nsft throughput: {report['preset']} model on {report['device']} ({report['torch_threads']} threads, "
+        f"bf16={report['bf16']}), median of {report['results'][0]['repeats']} runs of {report['timed_steps']} steps"
+    )
     mfu = "mfu" in report["results"][0]
-    print(f"{'batch':>6} {'grad ckpt':>10} {'tokens/s':>10} {'ms/step':>9} {'tokens/step':>12} {'peak MiB':>9}"
-          + (f" {'MFU':>6}" if mfu else ""))
+    print(
+        f"{'batch':>6} {'grad ckpt':>10} {'tokens/s':>10} {'ms/step':>9} {'tokens/step':>12} {'peak MiB':>9}"
+        + (f" {'MFU':>6}" if mfu else "")
+    )
     for r in report["results"]:
-        print(f"{r['batch_size']:>6} {'on' if r['gradient_checkpointing'] else 'off':>10} {r['tokens_per_s']:>10.0f} "
-              f"{r['step_ms']:>9.1f} {r['tokens_per_step']:>12.0f} {r['peak_mem_mib']:>9.0f}"
-              + (f" {100 * r['mfu']:>5.1f}%" if mfu else ""))
+        print(
+            f"{r['batch_size']:>6} {'on' if r['gradient_checkpointing'] else 'off':>10} {r['tokens_per_s']:>10.0f} "
+            f"{r['step_ms']:>9.1f} {r['tokens_per_step']:>12.0f} {r['peak_mem_mib']:>9.0f}"
+            + (f" {100 * r['mfu']:>5.1f}%" if mfu else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

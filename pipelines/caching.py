@@ -40,7 +40,9 @@ def init_local(pipeline_root: Path, cache: bool) -> None:
     )
 
 
-def run_local_pipeline(pipeline_func: Callable[..., Any], pipeline_root: Path, cache: bool, **arguments: Any) -> Any:
+def run_local_pipeline(
+    pipeline_func: Callable[..., Any], pipeline_root: Path, cache: bool, **arguments: Any
+) -> Any:
     """Call a pipeline under kfp.local with or without the cache, leaving the cache usable."""
     init_local(pipeline_root, cache)
     try:
@@ -50,7 +52,11 @@ def run_local_pipeline(pipeline_func: Callable[..., Any], pipeline_root: Path, c
             settle_metadata_artifacts(pipeline_root / ".kfp_cache")
 
 
-METADATA_ONLY = ("system.Metrics", "system.ClassificationMetrics", "system.SlicedClassificationMetrics")
+METADATA_ONLY = (
+    "system.Metrics",
+    "system.ClassificationMetrics",
+    "system.SlicedClassificationMetrics",
+)
 
 
 def _cached_artifacts(entry: dict) -> Iterator[dict]:
@@ -71,7 +77,12 @@ def settle_metadata_artifacts(cache_root: Path) -> int:
             continue
         for art in _cached_artifacts(entry):
             uri = art.get("uri") or ""
-            if art.get("schema_title") in METADATA_ONLY and uri and "://" not in uri and not os.path.exists(uri):
+            if (
+                art.get("schema_title") in METADATA_ONLY
+                and uri
+                and "://" not in uri
+                and not os.path.exists(uri)
+            ):
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
                 Path(uri).write_text(json.dumps(art.get("metadata") or {}))
                 written += 1
@@ -85,7 +96,10 @@ def enable_caching_override(no_cache: bool) -> bool | None:
 
 def spec_tasks(spec: dict) -> Iterator[tuple[str, dict]]:
     """Every task of a compiled pipeline spec, inside conditions and loops too."""
-    dags = [spec.get("root", {}).get("dag", {}), *(c.get("dag", {}) for c in spec.get("components", {}).values())]
+    dags = [
+        spec.get("root", {}).get("dag", {}),
+        *(c.get("dag", {}) for c in spec.get("components", {}).values()),
+    ]
     for dag in dags:
         yield from (dag.get("tasks") or {}).items()
 
@@ -116,7 +130,9 @@ def dir_fingerprint(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     for f in files:
         stat = f.stat()
-        digest.update(f"{f.relative_to(root) if f != root else f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{f.relative_to(root) if f != root else f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
     return digest.hexdigest()[:16]
 
 

@@ -14,9 +14,17 @@ from pipelines import rerun, runs, submit
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (default: configs/tiny.yaml values)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)")
+    parser.add_argument(
+        "--config", default=None, help="YAML config (default: configs/tiny.yaml values)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -45,12 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local)")
     _add_config_args(run)
-    run.add_argument("--ablation", action="store_true",
-                     help="also train RL-only and evaluate base / SFT / RL / SFT+RL side by side (as the paper)")
-    run.add_argument("--no-cache", action="store_true",
-                     help="run every stage even if an earlier run under this output_dir had the same inputs")
+    run.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train RL-only and evaluate base / SFT / RL / SFT+RL side by side (as the paper)",
+    )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every stage even if an earlier run under this output_dir had the same inputs",
+    )
     run.set_defaults(func=cmd_run)
-    comp = sub.add_parser("compile", help="write the pipeline YAML for a Kubeflow Pipelines cluster")
+    comp = sub.add_parser(
+        "compile", help="write the pipeline YAML for a Kubeflow Pipelines cluster"
+    )
     _add_config_args(comp)
     comp.add_argument("--output", default="pipeline.yaml")
     comp.set_defaults(func=cmd_compile)

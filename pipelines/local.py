@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-
 from components.common.config import PipelineConfig
 from components.common.tracking import resolve_tracking_uri
 from pipelines.caching import run_local_pipeline

@@ -28,10 +28,14 @@ def build_pipeline(cfg: PipelineConfig):
     from one run to the next and the cache (KFP's, or kfp.local's) can hit.
     """
 
-    @dsl.pipeline(name=cfg.name, description="SFT cold start, then GRPO with verifiable rewards, then eval")
+    @dsl.pipeline(
+        name=cfg.name, description="SFT cold start, then GRPO with verifiable rewards, then eval"
+    )
     def coldstart_pipeline(config_json: str = cfg.to_json(), ablation: bool = cfg.ablation):
         run_id = ""  # resolved from KFP_RUN_ID in each stage (components/common/run_id.py)
-        data = data_prep_op(config_json=config_json, pipeline_run_id=run_id).set_display_name("data_prep")
+        data = data_prep_op(config_json=config_json, pipeline_run_id=run_id).set_display_name(
+            "data_prep"
+        )
         configure_task(data, cfg, "data_prep")
         base = base_model_op(config_json=config_json).set_display_name("base_model")
         configure_task(base, cfg, "base_model")
@@ -39,15 +43,24 @@ def build_pipeline(cfg: PipelineConfig):
 
         sft_model = None
         if cfg.sft.enabled:
-            sft = select_sft_op(cfg)(config_json=config_json, pipeline_run_id=run_id, base_model=base_model,
-                         sft_data=data.outputs["sft_data"]).set_display_name("sft")
+            sft = select_sft_op(cfg)(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                base_model=base_model,
+                sft_data=data.outputs["sft_data"],
+            ).set_display_name("sft")
             configure_task(sft, cfg, "sft")
             sft_model = sft.outputs["model"]
 
         final_model = None
         if cfg.grpo.enabled:
-            grpo = grpo_op(config_json=config_json, pipeline_run_id=run_id, init_model=sft_model or base_model,
-                           rl_data=data.outputs["rl_data"], run_name="grpo").set_display_name("grpo")
+            grpo = grpo_op(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                init_model=sft_model or base_model,
+                rl_data=data.outputs["rl_data"],
+                run_name="grpo",
+            ).set_display_name("grpo")
             configure_task(grpo, cfg, "grpo")
             final_model = grpo.outputs["model"]
 
@@ -61,14 +74,24 @@ def build_pipeline(cfg: PipelineConfig):
             models["sft_rl_model" if sft_model is not None else "rl_model"] = final_model
 
         def evaluate(**extra):
-            task = eval_op(config_json=config_json, pipeline_run_id=run_id, eval_data=data.outputs["eval_data"],
-                           **models, **extra).set_display_name("eval")
+            task = eval_op(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                eval_data=data.outputs["eval_data"],
+                **models,
+                **extra,
+            ).set_display_name("eval")
             return configure_task(task, cfg, "eval")
 
         if cfg.sft.enabled and cfg.grpo.enabled:
             with dsl.If(ablation == True, name="ablation"):  # noqa: E712 (kfp condition, not Python)
-                rl_only = grpo_op(config_json=config_json, pipeline_run_id=run_id, init_model=base_model,
-                                  rl_data=data.outputs["rl_data"], run_name="grpo_from_base")
+                rl_only = grpo_op(
+                    config_json=config_json,
+                    pipeline_run_id=run_id,
+                    init_model=base_model,
+                    rl_data=data.outputs["rl_data"],
+                    run_name="grpo_from_base",
+                )
                 configure_task(rl_only.set_display_name("grpo_from_base"), cfg, "grpo")
                 evaluate(rl_model=rl_only.outputs["model"])
             with dsl.Else(name="no-ablation"):

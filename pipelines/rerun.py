@@ -16,11 +16,27 @@ from pathlib import Path
 
 from components.common.config import PipelineConfig, load_config
 from components.common.errors import InputError
-from pipelines.stage_pipeline import STAGES, StageSpec, build_stage_pipeline, check_inputs, rerun_run_id
-from pipelines.submit import add_config_args, add_server_args, exit_code, server_options, submit_pipeline
+from pipelines.stage_pipeline import (
+    STAGES,
+    StageSpec,
+    build_stage_pipeline,
+    check_inputs,
+    rerun_run_id,
+)
+from pipelines.submit import (
+    add_config_args,
+    add_server_args,
+    exit_code,
+    server_options,
+    submit_pipeline,
+)
 
 MODEL_NAMES = {
-    "base": "base_model", "sft": "sft_model", "rl": "rl_model", "sft_rl": "sft_rl_model", "init": "init_model",
+    "base": "base_model",
+    "sft": "sft_model",
+    "rl": "rl_model",
+    "sft_rl": "sft_rl_model",
+    "init": "init_model",
 }
 PRIMARY_MODEL = {"sft": "base_model", "grpo": "init_model"}
 
@@ -68,7 +84,9 @@ def local_uris(uris: dict[str, str]) -> dict[str, str]:
     out = {}
     for name, uri in uris.items():
         if "://" in uri:
-            raise InputError(f"{name}: {uri} is remote; --local reads local directories (copy it down first)")
+            raise InputError(
+                f"{name}: {uri} is remote; --local reads local directories (copy it down first)"
+            )
         path = Path(uri).expanduser().resolve()
         if not path.exists():
             raise InputError(f"{name}: {path} does not exist")
@@ -79,7 +97,9 @@ def local_uris(uris: dict[str, str]) -> dict[str, str]:
 def cluster_uris(uris: dict[str, str]) -> dict[str, str]:
     local = {name: uri for name, uri in uris.items() if "://" not in uri}
     if local:
-        raise InputError(f"on the cluster inputs must be object-store URIs (s3://...); local paths: {local}")
+        raise InputError(
+            f"on the cluster inputs must be object-store URIs (s3://...); local paths: {local}"
+        )
     return uris
 
 
@@ -92,7 +112,9 @@ def rerun_local(cfg: PipelineConfig, stage: str, uris: dict[str, str], cache: bo
     root = Path(cfg.output_dir) / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     run_id = rerun_run_id(cfg, stage, uris) if cache else None
-    run_local_pipeline(build_stage_pipeline(cfg, stage, uris, run_id), root, cache, config_json=cfg.to_json())
+    run_local_pipeline(
+        build_stage_pipeline(cfg, stage, uris, run_id), root, cache, config_json=cfg.to_json()
+    )
     return root
 
 
@@ -103,12 +125,16 @@ def newest_run_dir(root: Path, stage: str) -> Path | None:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     if not args.local and not args.host:
-        raise InputError("give --local (run here) or --host URL (the KFP API server; or set KF_PIPELINES_ENDPOINT)")
+        raise InputError(
+            "give --local (run here) or --host URL (the KFP API server; or set KF_PIPELINES_ENDPOINT)"
+        )
     cfg = load_config(args.config, args.overrides)
     uris = input_uris(args)
     if args.local:
         root = rerun_local(cfg, args.stage, local_uris(uris), cache=not args.no_cache)
-        print(f"\nrerun {args.stage} finished; artifacts: {newest_run_dir(root, args.stage) or root}")
+        print(
+            f"\nrerun {args.stage} finished; artifacts: {newest_run_dir(root, args.stage) or root}"
+        )
         return 0
     uris = cluster_uris(uris)
     run_id = None if args.no_cache else rerun_run_id(cfg, args.stage, uris)
@@ -117,14 +143,33 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("rerun", help="run one stage alone on existing artifacts (locally or on the cluster)")
+    parser = sub.add_parser(
+        "rerun", help="run one stage alone on existing artifacts (locally or on the cluster)"
+    )
     parser.add_argument("stage", choices=sorted(STAGES))
-    parser.add_argument("--local", action="store_true", help="run here through kfp.local (instead of --host)")
-    parser.add_argument("--model", dest="models", action="append", default=[], metavar="[NAME=]URI",
-                        help=f"a model input; NAME in {sorted(MODEL_NAMES)} (bare URI: sft's base, grpo's init)")
-    parser.add_argument("--init-model", default=None, metavar="URI", help="grpo: the model to start from")
-    parser.add_argument("--base-model", default=None, metavar="URI", help="default: built from model.name_or_path")
-    parser.add_argument("--data", default=None, metavar="URI", help="the stage's dataset (sft/, rl/ or eval/ folder)")
+    parser.add_argument(
+        "--local", action="store_true", help="run here through kfp.local (instead of --host)"
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="[NAME=]URI",
+        help=f"a model input; NAME in {sorted(MODEL_NAMES)} (bare URI: sft's base, grpo's init)",
+    )
+    parser.add_argument(
+        "--init-model", default=None, metavar="URI", help="grpo: the model to start from"
+    )
+    parser.add_argument(
+        "--base-model", default=None, metavar="URI", help="default: built from model.name_or_path"
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="URI",
+        help="the stage's dataset (sft/, rl/ or eval/ folder)",
+    )
     add_config_args(parser)
     add_server_args(parser, host_required=False)
     parser.set_defaults(func=cmd_rerun)

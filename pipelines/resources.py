@@ -13,7 +13,12 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.common.config import ClusterConfig, PipelineConfig, ResourcesConfig, TolerationConfig
+from components.common.config import (
+    ClusterConfig,
+    PipelineConfig,
+    ResourcesConfig,
+    TolerationConfig,
+)
 from components.common.images import STAGE_IMAGES, image_ref
 
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
@@ -37,8 +42,13 @@ def stage_resources(cfg: PipelineConfig, stage: str) -> ResourcesConfig:
 
 def launcher_resources(res: ResourcesConfig) -> ResourcesConfig:
     """The pod of a task that waits on other pods: little CPU and memory, the stage's retries."""
-    return ResourcesConfig(cpu="500m", memory="1Gi", shm_size="64Mi", retries=res.retries,
-                           retry_backoff_s=res.retry_backoff_s)
+    return ResourcesConfig(
+        cpu="500m",
+        memory="1Gi",
+        shm_size="64Mi",
+        retries=res.retries,
+        retry_backoff_s=res.retry_backoff_s,
+    )
 
 
 def image_kind(cfg: PipelineConfig, stage: str) -> str:
@@ -78,7 +88,9 @@ def configure_task(task: PipelineTask, cfg: PipelineConfig, stage: str) -> Pipel
     apply_model_cache(task, cfg.cluster)
     # The KFP run id as env (Downward API): env vars are not part of the cache fingerprint, unlike
     # a `pipeline_run_id` input, which makes every run's fingerprint unique.
-    kubernetes.use_field_path_as_env(task, env_name="KFP_RUN_ID", field_path="metadata.labels['pipeline/runid']")
+    kubernetes.use_field_path_as_env(
+        task, env_name="KFP_RUN_ID", field_path="metadata.labels['pipeline/runid']"
+    )
     task.set_caching_options(enable_caching=cfg.cluster.caching)
     return task
 
@@ -94,7 +106,11 @@ def _is_trainjob_launcher(task: PipelineTask, cfg: PipelineConfig, stage: str) -
 
 
 def apply_resources(
-    task: PipelineTask, res: ResourcesConfig, stage: str, cluster: ClusterConfig | None = None, kind: str | None = None
+    task: PipelineTask,
+    res: ResourcesConfig,
+    stage: str,
+    cluster: ClusterConfig | None = None,
+    kind: str | None = None,
 ) -> PipelineTask:
     task.set_container_image(task_image(res, kind or STAGE_IMAGES[stage], cluster))
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu_limit or res.cpu)
@@ -107,13 +123,17 @@ def apply_resources(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=res.shm_size
     )
     if res.retries:
-        task.set_retry(num_retries=res.retries, backoff_duration=f"{res.retry_backoff_s}s", backoff_factor=2.0)
+        task.set_retry(
+            num_retries=res.retries, backoff_duration=f"{res.retry_backoff_s}s", backoff_factor=2.0
+        )
     if res.timeout_s:
         kubernetes.set_timeout(task, res.timeout_s)
     return task
 
 
-def apply_scheduling(task: PipelineTask, res: ResourcesConfig, cluster: ClusterConfig) -> PipelineTask:
+def apply_scheduling(
+    task: PipelineTask, res: ResourcesConfig, cluster: ClusterConfig
+) -> PipelineTask:
     """GPU tasks go to GPU nodes (node selector + tolerations of the cluster section), plus the stage's own."""
     uses_gpu = res.accelerator_count > 0
     selector = {**(cluster.gpu_node_selector if uses_gpu else {}), **res.node_selector}
@@ -128,7 +148,11 @@ def apply_scheduling(task: PipelineTask, res: ResourcesConfig, cluster: ClusterC
 
 def _add_toleration(task: PipelineTask, tol: TolerationConfig) -> None:
     kubernetes.add_toleration(
-        task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect,
+        task,
+        key=tol.key,
+        operator=tol.operator,
+        value=tol.value,
+        effect=tol.effect,
         toleration_seconds=tol.toleration_seconds,
     )
 
@@ -136,14 +160,21 @@ def _add_toleration(task: PipelineTask, tol: TolerationConfig) -> None:
 def apply_credentials(task: PipelineTask, cluster: ClusterConfig) -> PipelineTask:
     """S3 keys (required) and MLflow auth (optional) from Secrets; endpoints from a ConfigMap."""
     if cluster.s3_secret:
-        kubernetes.use_secret_as_env(task, secret_name=cluster.s3_secret, secret_key_to_env=cluster.s3_secret_keys)
+        kubernetes.use_secret_as_env(
+            task, secret_name=cluster.s3_secret, secret_key_to_env=cluster.s3_secret_keys
+        )
     if cluster.mlflow_secret:
         kubernetes.use_secret_as_env(
-            task, secret_name=cluster.mlflow_secret, secret_key_to_env=cluster.mlflow_secret_keys, optional=True
+            task,
+            secret_name=cluster.mlflow_secret,
+            secret_key_to_env=cluster.mlflow_secret_keys,
+            optional=True,
         )
     if cluster.env_config_map:
         kubernetes.use_config_map_as_env(
-            task, config_map_name=cluster.env_config_map, config_map_key_to_env=cluster.env_config_map_keys,
+            task,
+            config_map_name=cluster.env_config_map,
+            config_map_key_to_env=cluster.env_config_map_keys,
             optional=True,
         )
     return task
@@ -152,7 +183,9 @@ def apply_credentials(task: PipelineTask, cluster: ClusterConfig) -> PipelineTas
 def apply_model_cache(task: PipelineTask, cluster: ClusterConfig) -> PipelineTask:
     """A shared PVC for downloaded models and hub files, so a retried or later task does not refetch."""
     if cluster.model_cache_pvc:
-        kubernetes.mount_pvc(task, pvc_name=cluster.model_cache_pvc, mount_path=cluster.model_cache_mount)
+        kubernetes.mount_pvc(
+            task, pvc_name=cluster.model_cache_pvc, mount_path=cluster.model_cache_mount
+        )
         task.set_env_variable("HF_HOME", f"{cluster.model_cache_mount.rstrip('/')}/huggingface")
         task.set_env_variable("COLDSTART_MODEL_CACHE", cluster.model_cache_mount)
     return task

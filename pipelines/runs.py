@@ -52,12 +52,20 @@ MAX_KEY_METRICS = 3
 def register(subparsers: Any) -> None:
     """Add `runs` and its sub-commands to the `coldstart` parser."""
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--tracking-uri", default=None,
-                       help="MLflow server URL or store URI (default: $MLFLOW_TRACKING_URI, else the local store "
-                       "under --output-dir)")
-    store.add_argument("--output-dir", default="outputs",
-                       help="output_dir of a local `coldstart run` (default: outputs)")
-    store.add_argument("--experiment", default="coldstart", help="MLflow experiment (default: coldstart)")
+    store.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow server URL or store URI (default: $MLFLOW_TRACKING_URI, else the local store "
+        "under --output-dir)",
+    )
+    store.add_argument(
+        "--output-dir",
+        default="outputs",
+        help="output_dir of a local `coldstart run` (default: outputs)",
+    )
+    store.add_argument(
+        "--experiment", default="coldstart", help="MLflow experiment (default: coldstart)"
+    )
     runs = subparsers.add_parser("runs", help="browse MLflow runs: list, show, compare, sync")
     sub = runs.add_subparsers(dest="runs_command", required=True)
 
@@ -69,15 +77,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("--filter", default=None, help="only params/metrics whose name contains this")
     p.add_argument("--system", action="store_true", help="also list system/* metrics")
     p.set_defaults(func=cmd_show)
-    p = sub.add_parser("compare", parents=[store], help="eval scores side by side, reward curves in one PNG")
+    p = sub.add_parser(
+        "compare", parents=[store], help="eval scores side by side, reward curves in one PNG"
+    )
     p.add_argument("runs", metavar="RUN", nargs="+")
-    p.add_argument("--metric", default="score", help="per-benchmark eval metric to tabulate (default: score; "
-                   "falls back to accuracy)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write the overlaid reward curves to this PNG")
+    p.add_argument(
+        "--metric",
+        default="score",
+        help="per-benchmark eval metric to tabulate (default: score; falls back to accuracy)",
+    )
+    p.add_argument(
+        "--plot", default=None, metavar="PNG", help="write the overlaid reward curves to this PNG"
+    )
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("sync", parents=[store], help="send logs spilled while the tracking server was down")
-    p.add_argument("--pending", default=None, help="spill folder (default: <output-dir>/mlflow/pending; s3:// allowed)")
-    p.add_argument("--timeout", type=float, default=30.0, help="give up on a spill after this many seconds of outage")
+    p = sub.add_parser(
+        "sync", parents=[store], help="send logs spilled while the tracking server was down"
+    )
+    p.add_argument(
+        "--pending",
+        default=None,
+        help="spill folder (default: <output-dir>/mlflow/pending; s3:// allowed)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="give up on a spill after this many seconds of outage",
+    )
     p.set_defaults(func=cmd_sync)
 
 
@@ -126,20 +152,27 @@ class Store:
             exp = self.call(self.client.get_experiment_by_name, self.experiment_name)
             if exp is None:
                 names = [e.name for e in self.call(self.client.search_experiments)]
-                raise InputError(f"no experiment {self.experiment_name!r} at {self.uri}; there are: {names}")
+                raise InputError(
+                    f"no experiment {self.experiment_name!r} at {self.uri}; there are: {names}"
+                )
             self._experiment_id = exp.experiment_id
         return self._experiment_id
 
     def search(self, filter_string: str = "", max_results: int = 1000) -> list[Any]:
         return self.call(
-            self.client.search_runs, [self.experiment_id], filter_string=filter_string,
-            max_results=max_results, order_by=["attributes.start_time DESC"],
+            self.client.search_runs,
+            [self.experiment_id],
+            filter_string=filter_string,
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
         )
 
     def children(self, run: Any) -> list[Any]:
         kids = self.call(
-            self.client.search_runs, [run.info.experiment_id],
-            filter_string=f"tags.`{PARENT}` = '{run.info.run_id}'", order_by=["attributes.start_time ASC"],
+            self.client.search_runs,
+            [run.info.experiment_id],
+            filter_string=f"tags.`{PARENT}` = '{run.info.run_id}'",
+            order_by=["attributes.start_time ASC"],
         )
         return list(kids)
 
@@ -147,7 +180,9 @@ class Store:
         """A run by id, id prefix, name or kfp pipeline run id; an error names the candidates."""
         if re.fullmatch(r"[0-9a-f]{32}", ref):
             return self.call(self.client.get_run, ref)
-        matches = self.search(f"attributes.run_name = '{ref}'") or self.search(f"tags.`{PIPELINE_RUN}` = '{ref}'")
+        matches = self.search(f"attributes.run_name = '{ref}'") or self.search(
+            f"tags.`{PIPELINE_RUN}` = '{ref}'"
+        )
         if not matches and re.fullmatch(r"[0-9a-f]{4,31}", ref):
             matches = [r for r in self.search() if r.info.run_id.startswith(ref)]
         pipelines = [r for r in matches if r.data.tags.get(ROLE) == "pipeline"]
@@ -231,7 +266,10 @@ def styled(status: str) -> str:
 
 def label_runs(runs: list[Any]) -> list[str]:
     names = [r.info.run_name or r.info.run_id[:8] for r in runs]
-    return [n if names.count(n) == 1 else f"{n} ({r.info.run_id[:8]})" for n, r in zip(names, runs, strict=True)]
+    return [
+        n if names.count(n) == 1 else f"{n} ({r.info.run_id[:8]})"
+        for n, r in zip(names, runs, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------- list
@@ -250,13 +288,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     for parent in parents:
         stages = store.children(parent)
         table.add_row(
-            f"[bold]{parent.info.run_name}[/]", parent.info.run_id[:12], styled(pipeline_status(parent, stages)),
-            fmt_time(parent.info.start_time), duration(parent, stages), key_metrics(merged_metrics(stages)),
+            f"[bold]{parent.info.run_name}[/]",
+            parent.info.run_id[:12],
+            styled(pipeline_status(parent, stages)),
+            fmt_time(parent.info.start_time),
+            duration(parent, stages),
+            key_metrics(merged_metrics(stages)),
         )
         for stage in stages:
             table.add_row(
-                f"  └ {stage.data.tags.get(STAGE, stage.info.run_name)}", stage.info.run_id[:12],
-                styled(stage.info.status), fmt_time(stage.info.start_time), duration(stage),
+                f"  └ {stage.data.tags.get(STAGE, stage.info.run_name)}",
+                stage.info.run_id[:12],
+                styled(stage.info.status),
+                fmt_time(stage.info.start_time),
+                duration(stage),
                 key_metrics(stage.data.metrics),
             )
     out.print(table)
@@ -287,10 +332,16 @@ def _info_table(run: Any, stages: list[Any]) -> Table:
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     rows = [
-        ("id", run.info.run_id), ("status", styled(status)), ("started", fmt_time(run.info.start_time)),
-        ("duration", duration(run, stages)), ("role", tags.get(ROLE, "-")), ("stage", tags.get(STAGE, "-")),
-        ("pipeline run", tags.get(PIPELINE_RUN, "-")), ("parent", tags.get(PARENT, "-")),
-        ("config hash", tags.get(CONFIG_HASH, "-")), ("registered model", tags.get(REGISTERED, "-")),
+        ("id", run.info.run_id),
+        ("status", styled(status)),
+        ("started", fmt_time(run.info.start_time)),
+        ("duration", duration(run, stages)),
+        ("role", tags.get(ROLE, "-")),
+        ("stage", tags.get(STAGE, "-")),
+        ("pipeline run", tags.get(PIPELINE_RUN, "-")),
+        ("parent", tags.get(PARENT, "-")),
+        ("config hash", tags.get(CONFIG_HASH, "-")),
+        ("registered model", tags.get(REGISTERED, "-")),
         ("artifacts", run.info.artifact_uri),
     ]
     for name, value in rows:
@@ -304,8 +355,13 @@ def _stages_table(stages: list[Any]) -> Table:
     for column in ("stage", "id", "status", "duration", "key metrics"):
         table.add_column(column, overflow="fold")
     for stage in stages:
-        table.add_row(stage.data.tags.get(STAGE, stage.info.run_name), stage.info.run_id, styled(stage.info.status),
-                      duration(stage), key_metrics(stage.data.metrics))
+        table.add_row(
+            stage.data.tags.get(STAGE, stage.info.run_name),
+            stage.info.run_id,
+            styled(stage.info.status),
+            duration(stage),
+            key_metrics(stage.data.metrics),
+        )
     return table
 
 
@@ -321,17 +377,29 @@ def _params_table(run: Any, needle: str | None) -> Table:
 
 def _metrics_table(store: Store, run: Any, needle: str | None, system: bool) -> Table:
     keys = sorted(
-        k for k in run.data.metrics if (system or not k.startswith("system/")) and (not needle or needle in k)
+        k
+        for k in run.data.metrics
+        if (system or not k.startswith("system/")) and (not needle or needle in k)
     )
     hidden = sum(k.startswith("system/") for k in run.data.metrics) if not system else 0
     note = f", {hidden} system/* hidden (--system)" if hidden else ""
     table = Table(title=f"metrics ({len(keys)}{note})", title_justify="left")
-    for column, justify in (("metric", "left"), ("last", "right"), ("step", "right"), ("points", "right")):
+    for column, justify in (
+        ("metric", "left"),
+        ("last", "right"),
+        ("step", "right"),
+        ("points", "right"),
+    ):
         table.add_column(column, justify=justify)
     for key in keys:
         history = store.call(store.client.get_metric_history, run.info.run_id, key)
         last = max(history, key=lambda m: (m.step, m.timestamp)) if history else None
-        table.add_row(key, fmt_value(run.data.metrics[key]), str(last.step if last else "-"), str(len(history)))
+        table.add_row(
+            key,
+            fmt_value(run.data.metrics[key]),
+            str(last.step if last else "-"),
+            str(len(history)),
+        )
     return table
 
 
@@ -375,13 +443,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if diff is not None:
         out.print(diff)
     if args.plot:
-        curves = {f"{label}:{name}": points for label, fam in zip(labels, families, strict=True)
-                  for name, points in reward_curves(store, fam).items()}
+        curves = {
+            f"{label}:{name}": points
+            for label, fam in zip(labels, families, strict=True)
+            for name, points in reward_curves(store, fam).items()
+        }
         if curves:
             plot_curves(curves, Path(args.plot))
             out.print(f"reward curves ({len(curves)}) written to {args.plot}")
         else:
-            out.print(f"no reward curves ({' or '.join(REWARD_KEYS)}) in these runs; {args.plot} not written")
+            out.print(
+                f"no reward curves ({' or '.join(REWARD_KEYS)}) in these runs; {args.plot} not written"
+            )
     return 0
 
 
@@ -391,7 +464,9 @@ def eval_rows(metrics: dict[str, float], metric: str) -> dict[str, float]:
     for key, value in metrics.items():
         found = re.fullmatch(rf"eval/(.+)/({re.escape(metric)}|average)", key)
         if found:
-            rows[found.group(1) if found.group(2) == metric else f"{found.group(1)}/average"] = value
+            rows[found.group(1) if found.group(2) == metric else f"{found.group(1)}/average"] = (
+                value
+            )
     return rows
 
 
@@ -400,9 +475,14 @@ def _eval_table(labels: list[str], metrics: list[dict[str, float]], metric: str)
         return any(not k.endswith("/average") for k in rows)
 
     per_run = [eval_rows(m, metric) for m in metrics]
-    if metric == "score" and not any(per_benchmark(rows) for rows in per_run):  # older eval: accuracy only
+    if metric == "score" and not any(
+        per_benchmark(rows) for rows in per_run
+    ):  # older eval: accuracy only
         metric, per_run = "accuracy", [eval_rows(m, "accuracy") for m in metrics]
-    keys = sorted({k for rows in per_run for k in rows}, key=lambda k: (k.rsplit("/", 1)[0], k.endswith("/average"), k))
+    keys = sorted(
+        {k for rows in per_run for k in rows},
+        key=lambda k: (k.rsplit("/", 1)[0], k.endswith("/average"), k),
+    )
     table = Table(title=f"eval {metric} (%)", title_justify="left")
     table.add_column("model / benchmark")
     for label in labels:
@@ -416,7 +496,9 @@ def _eval_table(labels: list[str], metrics: list[dict[str, float]], metric: str)
             cells.append("-" if None in values else f"{100 * (values[1] - values[0]):+.1f}")
         table.add_row(key, *cells)
     if not keys:
-        table.add_row("(no eval/ metrics in these runs)", *["-"] * (len(labels) + (len(labels) == 2)))
+        table.add_row(
+            "(no eval/ metrics in these runs)", *["-"] * (len(labels) + (len(labels) == 2))
+        )
     return table
 
 
@@ -442,7 +524,9 @@ def reward_curves(store: Store, runs: list[Any]) -> dict[str, list[tuple[int, fl
         if key is None:
             continue
         history = store.call(store.client.get_metric_history, run.info.run_id, key)
-        points = sorted({m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}.items())
+        points = sorted(
+            {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}.items()
+        )
         curves[run.data.tags.get(STAGE, run.info.run_name)] = points
     return curves
 
@@ -476,6 +560,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     limit_client_retries()
     root = args.pending or str(Path(args.output_dir).resolve() / "mlflow" / "pending")
     sent, left = replay_pending(root, outage_timeout_s=args.timeout)
-    print(f"replayed {sent} spilled log buffer(s) from {root}; {left} left (server still unreachable)" if left
-          else f"replayed {sent} spilled log buffer(s) from {root}")
+    print(
+        f"replayed {sent} spilled log buffer(s) from {root}; {left} left (server still unreachable)"
+        if left
+        else f"replayed {sent} spilled log buffer(s) from {root}"
+    )
     return 1 if left else 0

@@ -9,7 +9,7 @@ under kfp.local. (No `from __future__ import annotations` here: kfp reads the an
 import hashlib
 import importlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import Dataset, Model
@@ -75,7 +75,9 @@ def check_inputs(stage: str, uris: dict) -> StageSpec:
         raise InputError(f"{stage} has no input {unknown}; its inputs: {sorted(names) or 'none'}")
     missing = [i.name for i in spec.inputs if i.required and i.name not in uris]
     if missing:
-        raise InputError(f"rerun {stage} needs {missing} (existing artifacts, e.g. from an earlier run)")
+        raise InputError(
+            f"rerun {stage} needs {missing} (existing artifacts, e.g. from an earlier run)"
+        )
     return spec
 
 
@@ -89,7 +91,7 @@ def rerun_run_id(cfg: PipelineConfig, stage: str, uris: dict) -> str:
     return f"rerun-{stage.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def build_stage_pipeline(cfg: PipelineConfig, stage: str, uris: dict, run_id: Optional[str] = None):
+def build_stage_pipeline(cfg: PipelineConfig, stage: str, uris: dict, run_id: str | None = None):
     """A pipeline that imports `uris` ({input name: URI}) and runs `stage` on them.
 
     `run_id` groups the stage's MLflow run; None = the KFP job id (a fresh group every run).
@@ -108,14 +110,18 @@ def build_stage_pipeline(cfg: PipelineConfig, stage: str, uris: dict, run_id: Op
                 args[inp.name] = _import(inp, uris[inp.name])
             elif inp.from_config:
                 args[inp.name] = _base_model(cfg, config_json)
-        task = op(config_json=config_json, pipeline_run_id=pipeline_run_id, **args).set_display_name(stage)
+        task = op(
+            config_json=config_json, pipeline_run_id=pipeline_run_id, **args
+        ).set_display_name(stage)
         configure_task(task, cfg, stage)
 
     return stage_pipeline
 
 
 def _import(inp: StageInput, uri: str):
-    task = dsl.importer(artifact_uri=uri, artifact_class=inp.kind, reimport=False, metadata=import_metadata(uri))
+    task = dsl.importer(
+        artifact_uri=uri, artifact_class=inp.kind, reimport=False, metadata=import_metadata(uri)
+    )
     return task.set_display_name(f"import-{inp.name}").output
 
 

@@ -53,32 +53,70 @@ class SubmitResult:
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (default: the built-in tiny values)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)")
+    parser.add_argument(
+        "--config", default=None, help="YAML config (default: the built-in tiny values)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)",
+    )
 
 
 def add_server_args(parser: argparse.ArgumentParser, host_required: bool = True) -> None:
     env_host = os.environ.get("KF_PIPELINES_ENDPOINT")
-    parser.add_argument("--host", default=env_host, required=host_required and not env_host,
-                        help="KFP API server URL, e.g. http://localhost:8888 (default: $KF_PIPELINES_ENDPOINT)")
+    parser.add_argument(
+        "--host",
+        default=env_host,
+        required=host_required and not env_host,
+        help="KFP API server URL, e.g. http://localhost:8888 (default: $KF_PIPELINES_ENDPOINT)",
+    )
     parser.add_argument("--namespace", default=None, help="profile namespace (multi-user Kubeflow)")
-    parser.add_argument("--experiment", default=None, help="KFP experiment (default: tracking.experiment)")
-    parser.add_argument("--run-name", default=None, help="display name of the run (default: <name> <time>)")
-    parser.add_argument("--no-cache", action="store_true", help="run every task even if a cached result exists")
-    parser.add_argument("--watch", action="store_true", help="follow the run until it ends; exit 1 unless it succeeded")
-    parser.add_argument("--poll-interval", type=float, default=10.0, help="seconds between status polls (--watch)")
-    parser.add_argument("--watch-timeout", type=float, default=0.0, help="stop watching after this long; 0 = never")
-    parser.add_argument("--ui-host", default=None, help="base URL of the KFP UI for the printed link (default: --host)")
+    parser.add_argument(
+        "--experiment", default=None, help="KFP experiment (default: tracking.experiment)"
+    )
+    parser.add_argument(
+        "--run-name", default=None, help="display name of the run (default: <name> <time>)"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="run every task even if a cached result exists"
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the run until it ends; exit 1 unless it succeeded",
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=10.0, help="seconds between status polls (--watch)"
+    )
+    parser.add_argument(
+        "--watch-timeout", type=float, default=0.0, help="stop watching after this long; 0 = never"
+    )
+    parser.add_argument(
+        "--ui-host",
+        default=None,
+        help="base URL of the KFP UI for the printed link (default: --host)",
+    )
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
     if not args.host:
-        raise InputError("--host is required (or set KF_PIPELINES_ENDPOINT), e.g. --host http://localhost:8888")
+        raise InputError(
+            "--host is required (or set KF_PIPELINES_ENDPOINT), e.g. --host http://localhost:8888"
+        )
     return ServerOptions(
-        host=args.host.rstrip("/"), namespace=args.namespace, experiment=args.experiment, run_name=args.run_name,
-        no_cache=args.no_cache, watch=args.watch, poll_interval_s=args.poll_interval,
-        watch_timeout_s=args.watch_timeout, ui_host=args.ui_host,
+        host=args.host.rstrip("/"),
+        namespace=args.namespace,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        no_cache=args.no_cache,
+        watch=args.watch,
+        poll_interval_s=args.poll_interval,
+        watch_timeout_s=args.watch_timeout,
+        ui_host=args.ui_host,
     )
 
 
@@ -88,7 +126,9 @@ def make_client(opts: ServerOptions) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return kfp.Client(
-            host=opts.host, namespace=opts.namespace or "kubeflow", existing_token=os.environ.get(TOKEN_ENV) or None,
+            host=opts.host,
+            namespace=opts.namespace or "kubeflow",
+            existing_token=os.environ.get(TOKEN_ENV) or None,
             ui_host=opts.ui_host,
         )
 
@@ -101,8 +141,10 @@ def cluster_warnings(cfg: PipelineConfig) -> list[str]:
     """Settings that work locally but lose data on a cluster."""
     notes = []
     if not cfg.output_dir.startswith("s3://"):
-        notes.append(f"output_dir {cfg.output_dir!r} is not s3://: on the cluster it is inside each pod and lost "
-                     "with it (checkpoints, caches); set output_dir: s3://bucket/prefix")
+        notes.append(
+            f"output_dir {cfg.output_dir!r} is not s3://: on the cluster it is inside each pod and lost "
+            "with it (checkpoints, caches); set output_dir: s3://bucket/prefix"
+        )
     return notes
 
 
@@ -126,14 +168,22 @@ def submit_pipeline(
             disable_caching_in_package(package)
         with contextlib.redirect_stdout(io.StringIO()):  # the client prints its own links
             result = client.create_run_from_pipeline_package(
-                package, arguments={"config_json": cfg.to_json()},
+                package,
+                arguments={"config_json": cfg.to_json()},
                 run_name=opts.run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H-%M-%S')}",
-                experiment_name=experiment, namespace=opts.namespace, pipeline_root=cfg.cluster.pipeline_root,
-                enable_caching=enable_caching_override(opts.no_cache), service_account=cfg.cluster.service_account,
+                experiment_name=experiment,
+                namespace=opts.namespace,
+                pipeline_root=cfg.cluster.pipeline_root,
+                enable_caching=enable_caching_override(opts.no_cache),
+                service_account=cfg.cluster.service_account,
             )
     url = run_url(opts, result.run_id)
     print(f"submitted run {result.run_id} (experiment {experiment!r})\n{url}")
-    final = watch_run(client, result.run_id, opts.poll_interval_s, opts.watch_timeout_s) if opts.watch else None
+    final = (
+        watch_run(client, result.run_id, opts.poll_interval_s, opts.watch_timeout_s)
+        if opts.watch
+        else None
+    )
     return SubmitResult(result.run_id, url, experiment, final)
 
 
@@ -157,7 +207,9 @@ def watch_run(client: Any, run_id: str, poll_interval_s: float, timeout_s: float
         if state in TERMINAL_STATES:
             return state
         if timeout_s and time.monotonic() - start > timeout_s:
-            raise InputError(f"run {run_id} still {state} after --watch-timeout {timeout_s:.0f}s (it keeps running)")
+            raise InputError(
+                f"run {run_id} still {state} after --watch-timeout {timeout_s:.0f}s (it keeps running)"
+            )
         time.sleep(poll_interval_s)
 
 
@@ -173,7 +225,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("submit", help="start a run of the pipeline on a Kubeflow Pipelines server")
+    parser = sub.add_parser(
+        "submit", help="start a run of the pipeline on a Kubeflow Pipelines server"
+    )
     add_config_args(parser)
     add_server_args(parser)
     parser.set_defaults(func=cmd_submit)

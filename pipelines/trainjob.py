@@ -17,8 +17,9 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -65,14 +66,24 @@ def _env(cfg: PipelineConfig, inputs: TrainJobInputs) -> list:
     ]
     refs = []
     if cluster.s3_secret:
-        refs += [("secretKeyRef", cluster.s3_secret, k, v, False) for k, v in cluster.s3_secret_keys.items()]
+        refs += [
+            ("secretKeyRef", cluster.s3_secret, k, v, False)
+            for k, v in cluster.s3_secret_keys.items()
+        ]
     if cluster.mlflow_secret:
-        refs += [("secretKeyRef", cluster.mlflow_secret, k, v, True) for k, v in cluster.mlflow_secret_keys.items()]
+        refs += [
+            ("secretKeyRef", cluster.mlflow_secret, k, v, True)
+            for k, v in cluster.mlflow_secret_keys.items()
+        ]
     if cluster.env_config_map:
-        refs += [("configMapKeyRef", cluster.env_config_map, k, v, True)
-                 for k, v in cluster.env_config_map_keys.items()]
+        refs += [
+            ("configMapKeyRef", cluster.env_config_map, k, v, True)
+            for k, v in cluster.env_config_map_keys.items()
+        ]
     for ref, name, key, var, optional in refs:
-        env.append({"name": var, "valueFrom": {ref: {"name": name, "key": key, "optional": optional}}})
+        env.append(
+            {"name": var, "valueFrom": {ref: {"name": name, "key": key, "optional": optional}}}
+        )
     return env
 
 
@@ -99,14 +110,24 @@ def render_trainjob(cfg: PipelineConfig, inputs: TrainJobInputs, namespace: str)
         "numProcPerNode": tj.procs_per_node or max(1, cfg.sft.resources.accelerator_count),
         "resourcesPerNode": _resources_per_node(cfg),
     }
-    spec = {"runtimeRef": {"name": tj.runtime, "apiGroup": API_GROUP, "kind": tj.runtime_kind}, "trainer": trainer}
+    spec = {
+        "runtimeRef": {"name": tj.runtime, "apiGroup": API_GROUP, "kind": tj.runtime_kind},
+        "trainer": trainer,
+    }
     if tj.timeout_s:
         spec["activeDeadlineSeconds"] = tj.timeout_s
     labels = {
-        "app.kubernetes.io/part-of": "coldstart", "coldstart/stage": "sft", "coldstart/run-id": _label(inputs.run_id),
+        "app.kubernetes.io/part-of": "coldstart",
+        "coldstart/stage": "sft",
+        "coldstart/run-id": _label(inputs.run_id),
     }
     metadata = {"name": trainjob_name(inputs), "namespace": namespace, "labels": labels}
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "TrainJob", "metadata": metadata, "spec": spec}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "TrainJob",
+        "metadata": metadata,
+        "spec": spec,
+    }
 
 
 def trainjob_state(obj: dict) -> tuple:
@@ -127,9 +148,11 @@ class TrainJobClient:
         ns = manifest["metadata"]["namespace"]
         self.api.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, manifest)
 
-    def get(self, namespace: str, name: str) -> Optional[dict]:
+    def get(self, namespace: str, name: str) -> dict | None:
         try:
-            return self.api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+            return self.api.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL, name
+            )
         except Exception as exc:  # kubernetes.client.ApiException; 404 = gone
             if getattr(exc, "status", None) == 404:
                 return None
@@ -158,24 +181,35 @@ def create_or_attach(client: TrainJobClient, manifest: dict, sleep: Callable = t
 
 
 def wait_for_trainjob(
-    client: TrainJobClient, namespace: str, name: str, poll_s: float, timeout_s: float = 0.0,
-    sleep: Callable = time.sleep, clock: Callable = time.monotonic,
+    client: TrainJobClient,
+    namespace: str,
+    name: str,
+    poll_s: float,
+    timeout_s: float = 0.0,
+    sleep: Callable = time.sleep,
+    clock: Callable = time.monotonic,
 ) -> None:
     """Poll until Complete; raise with the condition's reason on Failed, a vanished job or a timeout."""
     start = clock()
     while True:
         obj = client.get(namespace, name)
         if obj is None:
-            raise RuntimeError(f"TrainJob {namespace}/{name} disappeared while running (deleted by someone?)")
+            raise RuntimeError(
+                f"TrainJob {namespace}/{name} disappeared while running (deleted by someone?)"
+            )
         state, reason = trainjob_state(obj)
         if state == "Complete":
             return
         if state == "Failed":
-            raise RuntimeError(f"TrainJob {namespace}/{name} failed ({reason}); "
-                               f"see: kubectl -n {namespace} logs -l jobset.sigs.k8s.io/jobset-name={name}")
+            raise RuntimeError(
+                f"TrainJob {namespace}/{name} failed ({reason}); "
+                f"see: kubectl -n {namespace} logs -l jobset.sigs.k8s.io/jobset-name={name}"
+            )
         if timeout_s and clock() - start > timeout_s:
             client.delete(namespace, name)
-            raise TimeoutError(f"TrainJob {namespace}/{name} not done after {timeout_s:.0f}s; deleted it")
+            raise TimeoutError(
+                f"TrainJob {namespace}/{name} not done after {timeout_s:.0f}s; deleted it"
+            )
         sleep(poll_s)
 
 
@@ -184,7 +218,9 @@ def current_namespace(path: str = NAMESPACE_FILE) -> str:
         with open(path) as f:
             return f.read().strip()
     except FileNotFoundError:
-        raise InputError("not running in a pod: set cluster.trainjob.namespace to the TrainJob's namespace") from None
+        raise InputError(
+            "not running in a pod: set cluster.trainjob.namespace to the TrainJob's namespace"
+        ) from None
 
 
 def kubernetes_client() -> TrainJobClient:
@@ -197,12 +233,16 @@ def kubernetes_client() -> TrainJobClient:
     return TrainJobClient(client.CustomObjectsApi())
 
 
-def launch_and_wait(cfg: PipelineConfig, inputs: TrainJobInputs, client: Optional[TrainJobClient] = None) -> dict:
+def launch_and_wait(
+    cfg: PipelineConfig, inputs: TrainJobInputs, client: TrainJobClient | None = None
+) -> dict:
     """Run SFT as a TrainJob; returns the launcher's metrics."""
     local = [u for u in (inputs.base_model, inputs.sft_data, inputs.output) if "://" not in u]
     if local:
-        raise InputError(f"the TrainJob launcher needs object-store URIs (a cluster with an s3:// pipeline root); "
-                         f"got local paths {local}. Use cluster.sft_launcher: pod locally.")
+        raise InputError(
+            f"the TrainJob launcher needs object-store URIs (a cluster with an s3:// pipeline root); "
+            f"got local paths {local}. Use cluster.sft_launcher: pod locally."
+        )
     tj = cfg.cluster.trainjob
     manifest = render_trainjob(cfg, inputs, tj.namespace or current_namespace())
     client = client or kubernetes_client()
@@ -212,7 +252,10 @@ def launch_and_wait(cfg: PipelineConfig, inputs: TrainJobInputs, client: Optiona
     wait_for_trainjob(client, ns, name, tj.poll_interval_s, tj.timeout_s)
     if tj.delete_when_done:
         client.delete(ns, name)
-    return {"sft/trainjob_nodes": float(tj.num_nodes), "sft/trainjob_seconds": time.monotonic() - start}
+    return {
+        "sft/trainjob_nodes": float(tj.num_nodes),
+        "sft/trainjob_seconds": time.monotonic() - start,
+    }
 
 
 @dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
@@ -229,7 +272,9 @@ def sft_trainjob_op(
     from components.common.run_id import resolve_run_id
     from pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
 
-    inputs = TrainJobInputs(resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri)
+    inputs = TrainJobInputs(
+        resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri
+    )
     for name, value in launch_and_wait(config_from_json(config_json), inputs).items():
         metrics.log_metric(name.replace("/", "_"), value)
     model.metadata["trainjob"] = trainjob_name(inputs)

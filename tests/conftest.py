@@ -6,12 +6,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests pick their own store
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import yaml  # noqa: E402
+import pytest
+import yaml
 
-from components.common.config import PipelineConfig, config_from_dict  # noqa: E402
+from components.common.config import PipelineConfig, config_from_dict
 
 pytest_plugins = ["tests.servers"]
 
@@ -23,7 +23,9 @@ def tiny_config(tmp: Path, **sections) -> PipelineConfig:
     """configs/tiny.yaml with fewer problems, output under `tmp`; `sections` replace top-level keys."""
     data = yaml.safe_load(TINY_YAML.read_text())
     data["output_dir"] = str(tmp / "outputs")
-    data["data"]["synthetic"].update({"train_per_family": 12, "test_per_family": 4, "image_size": 56})
+    data["data"]["synthetic"].update(
+        {"train_per_family": 12, "test_per_family": 4, "image_size": 56}
+    )
     data["data"].update({"min_pixels": 3136, "max_pixels": 3136, "sft_holdout_fraction": 0.1})
     data.update(sections)
     return config_from_dict(data, "test")
@@ -34,7 +36,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from components.common.config import TinyModelConfig
     from components.common.tiny_model import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TinyModelConfig(), 3136, 3136)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "model", TinyModelConfig(), 3136, 3136
+    )
 
 
 @pytest.fixture(scope="session")

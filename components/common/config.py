@@ -20,7 +20,13 @@ from components.common.errors import InputError
 
 PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-SYNTHETIC_FAMILIES = ("count_shapes", "bar_chart", "digit_arithmetic", "triangle_angle", "color_sum")
+SYNTHETIC_FAMILIES = (
+    "count_shapes",
+    "bar_chart",
+    "digit_arithmetic",
+    "triangle_angle",
+    "color_sum",
+)
 # color_sum is built for the miniature ablation (bench/configs/ablation.yaml); the default mix keeps to
 # the four math-reasoning families.
 DEFAULT_SYNTHETIC_FAMILIES = SYNTHETIC_FAMILIES[:4]
@@ -47,7 +53,9 @@ class TinyModelConfig(_Strict):
     vision_depth: int = Field(2, ge=1, le=32)
     vision_hidden_size: int = Field(32, ge=16)
     vision_num_heads: int = Field(2, ge=1)
-    vocab_size: int = Field(1024, ge=300, le=200_000, description="BPE vocabulary incl. byte alphabet")
+    vocab_size: int = Field(
+        1024, ge=300, le=200_000, description="BPE vocabulary incl. byte alphabet"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -73,7 +81,9 @@ class ModelConfig(_Strict):
 class SyntheticConfig(_Strict):
     """The built-in generator of image problems with answers that are correct by construction."""
 
-    families: list[str] = Field(default_factory=lambda: list(DEFAULT_SYNTHETIC_FAMILIES), min_length=1)
+    families: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SYNTHETIC_FAMILIES), min_length=1
+    )
     train_per_family: int = Field(64, ge=1, le=1_000_000)
     test_per_family: int = Field(16, ge=1, le=1_000_000)
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
@@ -120,24 +130,35 @@ class DistillConfig(_Strict):
 
     enabled: bool = False
     teacher: str = Field("", description="teacher model: directory, s3:// prefix, hub id or 'tiny'")
-    samples_per_problem: int = Field(4, ge=1, le=256, description="k completions sampled per problem")
-    keep_per_problem: int = Field(1, ge=1, le=256, description="at most this many verified answers kept per problem")
-    temperature: float = Field(0.7, gt=0.0, le=2.0, description="sampling temperature of the teacher")
+    samples_per_problem: int = Field(
+        4, ge=1, le=256, description="k completions sampled per problem"
+    )
+    keep_per_problem: int = Field(
+        1, ge=1, le=256, description="at most this many verified answers kept per problem"
+    )
+    temperature: float = Field(
+        0.7, gt=0.0, le=2.0, description="sampling temperature of the teacher"
+    )
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(2048, ge=1, le=65_536)
     batch_size: int = Field(8, ge=1, description="prompts per generate call (HF backend)")
     backend: Literal["hf", "vllm"] = "hf"
     system_prompt: str = Field(STRUCTURED_REASONING_PROMPT, min_length=1)
     unverified: Literal["drop", "keep_original"] = Field(
-        "drop", description="problems with no verified answer: drop them, or keep their original solution"
+        "drop",
+        description="problems with no verified answer: drop them, or keep their original solution",
     )
-    answer_timeout_s: float = Field(1.0, gt=0.0, le=60.0, description="time bound of one answer check")
+    answer_timeout_s: float = Field(
+        1.0, gt=0.0, le=60.0, description="time bound of one answer check"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
     def _teacher_given(self) -> DistillConfig:
         if self.enabled and not self.teacher:
-            raise ValueError("distill.enabled needs distill.teacher (a model directory, s3:// prefix or hub id)")
+            raise ValueError(
+                "distill.enabled needs distill.teacher (a model directory, s3:// prefix or hub id)"
+            )
         if self.keep_per_problem > self.samples_per_problem:
             raise ValueError(
                 f"keep_per_problem ({self.keep_per_problem}) must be <= samples_per_problem ({self.samples_per_problem})"
@@ -154,14 +175,18 @@ class DataConfig(_Strict):
     min_pixels: int = Field(3136, ge=784, description="images smaller than this are upscaled")
     max_pixels: int = Field(12544, ge=784, description="images larger than this are downscaled")
     skip_invalid: bool = Field(False, description="skip (and count) bad rows instead of failing")
-    sft_holdout_fraction: float = Field(0.01, ge=0.0, lt=0.5, description="held out for SFT eval loss")
+    sft_holdout_fraction: float = Field(
+        0.01, ge=0.0, lt=0.5, description="held out for SFT eval loss"
+    )
     distill: DistillConfig = DistillConfig()
     seed: int = 0
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> DataConfig:
         if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
+            raise ValueError(
+                f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})"
+            )
         if self.source == "files" and not (self.sft_files or self.rl_files):
             raise ValueError("source 'files' needs sft_files and/or rl_files")
         return self
@@ -170,40 +195,56 @@ class DataConfig(_Strict):
 class TolerationConfig(_Strict):
     """One Kubernetes toleration (pod spec `tolerations[]`), e.g. for tainted GPU nodes."""
 
-    key: str | None = Field(None, description="taint key; empty with operator Exists = tolerate every taint")
+    key: str | None = Field(
+        None, description="taint key; empty with operator Exists = tolerate every taint"
+    )
     operator: Literal["Equal", "Exists"] = "Equal"
     value: str | None = Field(None, description="taint value (operator Equal only)")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(None, ge=0, description="NoExecute only: evict after this long")
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="NoExecute only: evict after this long"
+    )
 
     @model_validator(mode="after")
     def _operator_fits(self) -> TolerationConfig:
         if self.operator == "Exists" and self.value:
             raise ValueError("a toleration with operator Exists takes no value")
         if not self.key and self.operator != "Exists":
-            raise ValueError("a toleration without key needs operator Exists (it then matches every taint)")
+            raise ValueError(
+                "a toleration without key needs operator Exists (it then matches every taint)"
+            )
         return self
 
 
 class ResourcesConfig(_Strict):
     """What a stage's pod asks the cluster for; ignored by kfp.local."""
 
-    image: str | None = Field(None, description="container image; default: the stage's image from images.py")
+    image: str | None = Field(
+        None, description="container image; default: the stage's image from images.py"
+    )
     cpu: str = Field("2", description="CPU request (and limit unless cpu_limit is set)")
     memory: str = Field("8Gi", description="memory request (and limit unless memory_limit is set)")
     cpu_limit: str | None = Field(None, description="CPU limit; None = same as the request")
     memory_limit: str | None = Field(None, description="memory limit; None = same as the request")
-    accelerator_type: str | None = Field(None, description="resource name, e.g. nvidia.com/gpu (the default when count > 0)")
+    accelerator_type: str | None = Field(
+        None, description="resource name, e.g. nvidia.com/gpu (the default when count > 0)"
+    )
     accelerator_count: int = Field(0, ge=0, le=16)
-    shm_size: str = Field("16Gi", description="size of the memory-backed emptyDir mounted at /dev/shm")
+    shm_size: str = Field(
+        "16Gi", description="size of the memory-backed emptyDir mounted at /dev/shm"
+    )
     timeout_s: int = Field(0, ge=0, description="pod activeDeadlineSeconds; 0 = no timeout")
     retries: int = Field(0, ge=0, le=10, description="retries of a failed pod (transient failures)")
-    retry_backoff_s: int = Field(60, ge=1, le=3600, description="wait before the first retry; doubles each time")
+    retry_backoff_s: int = Field(
+        60, ge=1, le=3600, description="wait before the first retry; doubles each time"
+    )
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="extra node labels this stage's pod requires (added to cluster.gpu_node_selector)"
+        default_factory=dict,
+        description="extra node labels this stage's pod requires (added to cluster.gpu_node_selector)",
     )
     tolerations: list[TolerationConfig] = Field(
-        default_factory=list, description="extra tolerations of this stage's pod (added to cluster.gpu_tolerations)"
+        default_factory=list,
+        description="extra tolerations of this stage's pod (added to cluster.gpu_tolerations)",
     )
 
     @model_validator(mode="before")
@@ -223,7 +264,9 @@ ZeroStage = Literal["none", "zero2", "zero3"]
 def check_lora_with_zero(lora_r: int, deepspeed: str) -> None:
     """LoRA adapters cannot be merged while ZeRO-3 partitions the weights they sit on (SFT and GRPO)."""
     if lora_r > 0 and deepspeed == "zero3":
-        raise ValueError("lora_r > 0 with deepspeed zero3 is not supported (merging partitioned adapters); use zero2")
+        raise ValueError(
+            "lora_r > 0 with deepspeed zero3 is not supported (merging partitioned adapters); use zero2"
+        )
 
 
 class SFTConfig(_Strict):
@@ -241,7 +284,9 @@ class SFTConfig(_Strict):
     max_steps: int = Field(-1, ge=-1, description="-1 = run num_train_epochs")
     per_device_train_batch_size: int = Field(1, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    global_batch_size: int | None = Field(None, ge=1, description="checked against devices x batch x accumulation")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="checked against devices x batch x accumulation"
+    )
     max_length: int = Field(4096, ge=16, description="tokens per sequence, image tokens included")
     overlong: Literal["truncate", "error"] = Field(
         "truncate",
@@ -252,11 +297,17 @@ class SFTConfig(_Strict):
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, gt=0.0)
     freeze_vision_tower: bool = True
-    train_merger: bool = Field(True, description="train the vision-language merger (aligner) when the tower is frozen")
+    train_merger: bool = Field(
+        True, description="train the vision-language merger (aligner) when the tower is frozen"
+    )
     lora_r: int = Field(0, ge=0, description="0 = full fine-tune")
     lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA adapters' input")
-    deepspeed: ZeroStage = Field("none", description="ZeRO stage used when CUDA GPUs are present; ignored on CPU")
+    lora_dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, description="dropout on the LoRA adapters' input"
+    )
+    deepspeed: ZeroStage = Field(
+        "none", description="ZeRO stage used when CUDA GPUs are present; ignored on CPU"
+    )
     eval_steps: int = Field(0, ge=0, description="0 = evaluate at the end only")
     save_steps: int = Field(50, ge=1)
     save_total_limit: int = Field(2, ge=1)
@@ -267,7 +318,9 @@ class SFTConfig(_Strict):
         "stays small (copies published to s3 stay)",
     )
     logging_steps: int = Field(1, ge=1)
-    dataloader_num_workers: int = Field(0, ge=0, le=64, description="processes that run the collator")
+    dataloader_num_workers: int = Field(
+        0, ge=0, le=64, description="processes that run the collator"
+    )
     seed: int = 0
     resources: ResourcesConfig = ResourcesConfig()
 
@@ -289,7 +342,9 @@ class GRPOConfig(_Strict):
     max_prompt_length: int = Field(2048, ge=16)
     max_completion_length: int = Field(2048, ge=1)
     rollout_batch_size: int = Field(512, ge=1, description="prompts per rollout batch")
-    update_batch_size: int = Field(128, ge=1, description="prompts per optimizer update (x num_generations)")
+    update_batch_size: int = Field(
+        128, ge=1, description="prompts per optimizer update (x num_generations)"
+    )
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward")
     learning_rate: float = Field(1e-6, gt=0.0, le=1.0)
     lr_scheduler_type: Literal["constant", "cosine", "linear"] = "constant"
@@ -297,32 +352,55 @@ class GRPOConfig(_Strict):
     clip_ratio_low: float = Field(0.2, ge=0.0, le=1.0)
     clip_ratio_high: float = Field(0.3, ge=0.0, le=10.0)
     clip_ratio_dual: float = Field(3.0, gt=1.0, description="dual-clip c for negative advantages")
-    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        "token-mean"
+    )
     kl_coef: float = Field(1e-2, ge=0.0, description="beta; 0 loads no reference model")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     scale_rewards: bool = Field(True, description="False = Dr. GRPO (no std scaling)")
     advantage_eps: float = Field(1e-6, gt=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     reward_weights: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0})
-    freeze_vision_tower: bool = Field(False, description="freeze the vision encoder blocks (the merger still trains)")
-    lora_r: int = Field(0, ge=0, description="0 = full fine-tune; >0 = LoRA on the language model's linear layers")
+    freeze_vision_tower: bool = Field(
+        False, description="freeze the vision encoder blocks (the merger still trains)"
+    )
+    lora_r: int = Field(
+        0, ge=0, description="0 = full fine-tune; >0 = LoRA on the language model's linear layers"
+    )
     lora_alpha: int = Field(16, ge=1)
     bf16: bool = False
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward (GPU memory)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward (GPU memory)"
+    )
     total_steps: int = Field(60, ge=1, description="rollout batches")
     max_updates_per_rollout: int = Field(0, ge=0, description="0 = rollout/update batches")
     epochs_per_rollout: int = Field(
-        1, ge=1, le=16, description="passes over each rollout batch; > 1 makes later updates off-policy (the clip acts)"
+        1,
+        ge=1,
+        le=16,
+        description="passes over each rollout batch; > 1 makes later updates off-policy (the clip acts)",
     )
-    generation_batch_size: int = Field(64, ge=1, description="prompts per HF generate call (hf backend)")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of optimizer updates with linear warmup")
-    compute_entropy: bool = Field(True, description="log the policy entropy (one softmax over the vocabulary per token)")
+    generation_batch_size: int = Field(
+        64, ge=1, description="prompts per HF generate call (hf backend)"
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of optimizer updates with linear warmup"
+    )
+    compute_entropy: bool = Field(
+        True, description="log the policy entropy (one softmax over the vocabulary per token)"
+    )
     vllm_gpu_memory_utilization: float = Field(
-        0.3, gt=0.0, le=0.95, description="GPU memory share of the colocated vLLM engine (the rest trains)"
+        0.3,
+        gt=0.0,
+        le=0.95,
+        description="GPU memory share of the colocated vLLM engine (the rest trains)",
     )
-    vllm_enable_sleep_mode: bool = Field(False, description="release vLLM's memory during updates (colocated)")
+    vllm_enable_sleep_mode: bool = Field(
+        False, description="release vLLM's memory during updates (colocated)"
+    )
     shard_optimizer_state: bool = Field(
-        True, description="with several GPUs (one process each), split the AdamW state across them (ZeRO-1)"
+        True,
+        description="with several GPUs (one process each), split the AdamW state across them (ZeRO-1)",
     )
     deepspeed: ZeroStage = Field(
         "none",
@@ -345,7 +423,9 @@ class GRPOConfig(_Strict):
             )
         unknown = sorted(set(self.reward_weights) - {"accuracy", "format"})
         if unknown:
-            raise ValueError(f"reward_weights has unknown rewards {unknown}; valid: ['accuracy', 'format']")
+            raise ValueError(
+                f"reward_weights has unknown rewards {unknown}; valid: ['accuracy', 'format']"
+            )
         return self
 
     @model_validator(mode="after")
@@ -368,7 +448,8 @@ class BenchmarkSpec(_Strict):
 
     name: Literal["synthetic", "mathvista", "wemath", "mathverse", "mathvision"]
     uri: str | None = Field(
-        None, description="parquet file or folder (local or s3://); None for synthetic = data_prep's eval set"
+        None,
+        description="parquet file or folder (local or s3://); None for synthetic = data_prep's eval set",
     )
     split: str | None = Field(
         None,
@@ -376,14 +457,17 @@ class BenchmarkSpec(_Strict):
         "(e.g. 'testmini' in a mirror of the MathVista repo)",
     )
     columns: dict[str, str] = Field(
-        default_factory=dict, description="renamed columns in a mirror: {published name: name in the file}"
+        default_factory=dict,
+        description="renamed columns in a mirror: {published name: name in the file}",
     )
     where: dict[str, list[str | int]] = Field(
         default_factory=dict,
         description="keep rows whose column value is one of the listed values "
         "(e.g. {problem_version: [Vision Only]} for MathVerse)",
     )
-    limit: int | None = Field(None, ge=1, description="evaluate the first N rows only (after `where`)")
+    limit: int | None = Field(
+        None, ge=1, description="evaluate the first N rows only (after `where`)"
+    )
     metric: Literal["accuracy", "strict", "loose"] = Field(
         "accuracy",
         description="the number in the report's column: accuracy over questions, or We-Math's "
@@ -393,9 +477,13 @@ class BenchmarkSpec(_Strict):
     @model_validator(mode="after")
     def _uri_and_metric(self) -> BenchmarkSpec:
         if self.name != "synthetic" and not self.uri:
-            raise ValueError(f"benchmark {self.name!r} needs a uri: a mirrored parquet file/folder (local or s3://)")
+            raise ValueError(
+                f"benchmark {self.name!r} needs a uri: a mirrored parquet file/folder (local or s3://)"
+            )
         if self.metric != "accuracy" and self.name != "wemath":
-            raise ValueError(f"metric {self.metric!r} is defined for wemath only; use 'accuracy' for {self.name!r}")
+            raise ValueError(
+                f"metric {self.metric!r} is defined for wemath only; use 'accuracy' for {self.name!r}"
+            )
         return self
 
 
@@ -404,16 +492,28 @@ class EvalConfig(_Strict):
 
     enabled: bool = True
     system_prompt: str = PAPER_SYSTEM_PROMPT
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1)
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="synthetic")], min_length=1
+    )
     max_new_tokens: int = Field(2048, ge=1)
     batch_size: int = Field(16, ge=1)
     backend: Literal["hf", "vllm"] = "hf"
     answer_timeout_s: float = Field(1.0, gt=0.0, le=60.0)
-    min_pixels: int | None = Field(None, ge=784, description="image lower bound; None = the model's processor config")
-    max_pixels: int | None = Field(None, ge=784, description="image upper bound; None = the model's processor config")
-    sort_by_length: bool = Field(True, description="batch prompts of similar length together (less padding)")
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM backend: share of GPU memory")
-    max_model_len: int | None = Field(None, ge=64, description="vLLM backend: context length (None = the model's)")
+    min_pixels: int | None = Field(
+        None, ge=784, description="image lower bound; None = the model's processor config"
+    )
+    max_pixels: int | None = Field(
+        None, ge=784, description="image upper bound; None = the model's processor config"
+    )
+    sort_by_length: bool = Field(
+        True, description="batch prompts of similar length together (less padding)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0.0, le=1.0, description="vLLM backend: share of GPU memory"
+    )
+    max_model_len: int | None = Field(
+        None, ge=64, description="vLLM backend: context length (None = the model's)"
+    )
     resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
@@ -423,7 +523,9 @@ class EvalConfig(_Strict):
         if repeated:
             raise ValueError(f"benchmarks listed more than once: {repeated}")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
+            raise ValueError(
+                f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})"
+            )
         return self
 
 
@@ -431,23 +533,35 @@ class TrackingConfig(_Strict):
     """MLflow: where runs go and how a stage behaves when the tracking server is down or slow.
 
     Logging never blocks training: calls are buffered and sent by a background thread, retried
-    while the server is unreachable. See components/common/TRACKING.md.
+    while the server is unreachable. See docs/tracking.md.
     """
 
     experiment: str = Field("coldstart", min_length=1)
-    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite under output_dir")
+    tracking_uri: str | None = Field(
+        None, description="default: $MLFLOW_TRACKING_URI, else sqlite under output_dir"
+    )
     run_name: str | None = None
     register_model_name: str | None = Field(
-        None, min_length=1, description="register the final GRPO model under this name in the MLflow model registry"
+        None,
+        min_length=1,
+        description="register the final GRPO model under this name in the MLflow model registry",
     )
-    system_metrics: bool = Field(True, description="log CPU, memory, disk, network (and GPU) as system/* metrics")
-    system_metrics_interval_s: float = Field(10.0, ge=0.05, le=3600.0, description="seconds between system samples")
+    system_metrics: bool = Field(
+        True, description="log CPU, memory, disk, network (and GPU) as system/* metrics"
+    )
+    system_metrics_interval_s: float = Field(
+        10.0, ge=0.05, le=3600.0, description="seconds between system samples"
+    )
     start_timeout_s: float = Field(
-        10.0, ge=0.0, le=600.0,
+        10.0,
+        ge=0.0,
+        le=600.0,
         description="stage start waits this long for the server; then the stage goes on and runs are created later",
     )
     flush_timeout_s: float = Field(
-        60.0, ge=0.0, le=86_400.0,
+        60.0,
+        ge=0.0,
+        le=86_400.0,
         description="at stage end, how long to wait for an unreachable server before spilling the buffered "
         "logs to <output_dir>/mlflow/pending (replayed by the next stage or `coldstart runs sync`)",
     )
@@ -457,7 +571,7 @@ TRAINJOB_SFT_COMMAND = [
     "bash",
     "-c",
     'printf "%s" "$COLDSTART_CONFIG_JSON" > /tmp/coldstart-config.json && '
-    'exec python -m torch.distributed.run -m components.sft '
+    "exec python -m torch.distributed.run -m components.sft "
     '--config /tmp/coldstart-config.json --run-id "$COLDSTART_RUN_ID" --base-model "$COLDSTART_BASE_MODEL" '
     '--data "$COLDSTART_SFT_DATA" --output "$COLDSTART_OUTPUT"',
 ]
@@ -471,18 +585,32 @@ class TrainJobConfig(_Strict):
     to the trainer pods as COLDSTART_* environment variables (plus the config as COLDSTART_CONFIG_JSON).
     """
 
-    runtime: str = Field("coldstart-torch", min_length=1, description="name of the (Cluster)TrainingRuntime")
+    runtime: str = Field(
+        "coldstart-torch", min_length=1, description="name of the (Cluster)TrainingRuntime"
+    )
     runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = Field(
-        "TrainingRuntime", description="TrainingRuntime: in the TrainJob's namespace (k8s/trainer); or cluster-wide"
+        "TrainingRuntime",
+        description="TrainingRuntime: in the TrainJob's namespace (k8s/trainer); or cluster-wide",
     )
     num_nodes: int = Field(2, ge=1, le=1024)
-    procs_per_node: int | None = Field(None, ge=1, le=64, description="None = sft.resources.accelerator_count (or 1)")
-    namespace: str | None = Field(None, description="None = the namespace the pipeline's pods run in")
-    command: list[str] = Field(default_factory=lambda: list(TRAINJOB_SFT_COMMAND), min_length=1,
-                               description="trainer container command; reads the COLDSTART_* env vars")
-    timeout_s: int = Field(0, ge=0, description="give up (and delete the TrainJob) after this long; 0 = wait forever")
+    procs_per_node: int | None = Field(
+        None, ge=1, le=64, description="None = sft.resources.accelerator_count (or 1)"
+    )
+    namespace: str | None = Field(
+        None, description="None = the namespace the pipeline's pods run in"
+    )
+    command: list[str] = Field(
+        default_factory=lambda: list(TRAINJOB_SFT_COMMAND),
+        min_length=1,
+        description="trainer container command; reads the COLDSTART_* env vars",
+    )
+    timeout_s: int = Field(
+        0, ge=0, description="give up (and delete the TrainJob) after this long; 0 = wait forever"
+    )
     poll_interval_s: float = Field(30.0, gt=0.0, le=3600.0)
-    delete_when_done: bool = Field(False, description="delete the TrainJob after success (kept by default for logs)")
+    delete_when_done: bool = Field(
+        False, description="delete the TrainJob after success (kept by default for logs)"
+    )
 
 
 class ClusterConfig(_Strict):
@@ -494,48 +622,82 @@ class ClusterConfig(_Strict):
     """
 
     pipeline_root: str | None = Field(
-        None, pattern=r"^(s3|minio|gs)://[^/]+",
+        None,
+        pattern=r"^(s3|minio|gs)://[^/]+",
         description="s3://bucket/prefix for this run's artifacts; None = the server's default (kfp-launcher ConfigMap)",
     )
-    service_account: str | None = Field(None, description="service account of the run's pods; None = pipeline-runner")
-    caching: bool = Field(True, description="reuse a task's outputs when its inputs are unchanged (`--no-cache` overrides)")
-    image_registry: str | None = Field(None, description="registry of the stage images; None = $COLDSTART_REGISTRY or the default")
-    image_tag: str | None = Field(None, description="tag of the stage images; None = $COLDSTART_IMAGE_TAG or latest")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names for a private registry")
+    service_account: str | None = Field(
+        None, description="service account of the run's pods; None = pipeline-runner"
+    )
+    caching: bool = Field(
+        True,
+        description="reuse a task's outputs when its inputs are unchanged (`--no-cache` overrides)",
+    )
+    image_registry: str | None = Field(
+        None, description="registry of the stage images; None = $COLDSTART_REGISTRY or the default"
+    )
+    image_tag: str | None = Field(
+        None, description="tag of the stage images; None = $COLDSTART_IMAGE_TAG or latest"
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secret names for a private registry"
+    )
     gpu_node_selector: dict[str, str] = Field(
-        default_factory=dict, description="node labels every GPU task requires, e.g. {nvidia.com/gpu.present: 'true'}"
+        default_factory=dict,
+        description="node labels every GPU task requires, e.g. {nvidia.com/gpu.present: 'true'}",
     )
     gpu_tolerations: list[TolerationConfig] = Field(
-        default_factory=lambda: [TolerationConfig(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        default_factory=lambda: [
+            TolerationConfig(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+        ],
         description="tolerations of every GPU task (GPU node pools are usually tainted)",
     )
-    s3_secret: str | None = Field("coldstart-s3-credentials", description="Secret with the S3 keys; None = no S3 env")
+    s3_secret: str | None = Field(
+        "coldstart-s3-credentials", description="Secret with the S3 keys; None = no S3 env"
+    )
     s3_secret_keys: dict[str, str] = Field(
-        default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+        default_factory=lambda: {
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        },
         description="{key in the Secret: environment variable}",
     )
     mlflow_secret: str | None = Field(
-        "coldstart-mlflow-credentials", description="Secret with MLflow basic-auth credentials (optional in the pod)"
+        "coldstart-mlflow-credentials",
+        description="Secret with MLflow basic-auth credentials (optional in the pod)",
     )
     mlflow_secret_keys: dict[str, str] = Field(
-        default_factory=lambda: {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                 "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+        default_factory=lambda: {
+            "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+        },
     )
     env_config_map: str | None = Field(
-        "coldstart-env", description="ConfigMap with non-secret endpoints (S3 endpoint, MLflow URI); keys optional"
+        "coldstart-env",
+        description="ConfigMap with non-secret endpoints (S3 endpoint, MLflow URI); keys optional",
     )
     env_config_map_keys: dict[str, str] = Field(
-        default_factory=lambda: {k: k for k in (
-            "COLDSTART_S3_ENDPOINT_URL", "COLDSTART_S3_ADDRESSING_STYLE", "AWS_DEFAULT_REGION",
-            "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-        )},
+        default_factory=lambda: {
+            k: k
+            for k in (
+                "COLDSTART_S3_ENDPOINT_URL",
+                "COLDSTART_S3_ADDRESSING_STYLE",
+                "AWS_DEFAULT_REGION",
+                "MLFLOW_TRACKING_URI",
+                "MLFLOW_S3_ENDPOINT_URL",
+            )
+        },
     )
     model_cache_pvc: str | None = Field(
-        None, description="PVC mounted in every task as a model/hub cache (ReadWriteMany when tasks run in parallel)"
+        None,
+        description="PVC mounted in every task as a model/hub cache (ReadWriteMany when tasks run in parallel)",
     )
-    model_cache_mount: str = Field("/cache", pattern=r"^/", description="mount path of model_cache_pvc; HF_HOME below it")
+    model_cache_mount: str = Field(
+        "/cache", pattern=r"^/", description="mount path of model_cache_pvc; HF_HOME below it"
+    )
     sft_launcher: Literal["pod", "trainjob"] = Field(
-        "pod", description="pod: SFT in the task's pod (torchrun over its GPUs); trainjob: multi-node Kubeflow TrainJob"
+        "pod",
+        description="pod: SFT in the task's pod (torchrun over its GPUs); trainjob: multi-node Kubeflow TrainJob",
     )
     trainjob: TrainJobConfig = TrainJobConfig()
 
@@ -544,21 +706,27 @@ class PipelineConfig(_Strict):
     """The whole run: one file describes data, the three training/eval stages and tracking."""
 
     name: str = Field("coldstart", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    output_dir: str = Field("outputs", description="local folder (relative to the working dir) or s3:// prefix")
+    output_dir: str = Field(
+        "outputs", description="local folder (relative to the working dir) or s3:// prefix"
+    )
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
-    ablation: bool = Field(False, description="also train RL-only (GRPO from the base) and eval all four models")
+    ablation: bool = Field(
+        False, description="also train RL-only (GRPO from the base) and eval all four models"
+    )
     data_prep_resources: ResourcesConfig = ResourcesConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _ablation_needs_both_stages(self) -> PipelineConfig:
         if self.ablation and not (self.sft.enabled and self.grpo.enabled and self.eval.enabled):
-            raise ValueError("ablation needs sft, grpo and eval enabled (it compares base, SFT, RL and SFT+RL)")
+            raise ValueError(
+                "ablation needs sft, grpo and eval enabled (it compares base, SFT, RL and SFT+RL)"
+            )
         return self
 
     def to_json(self) -> str:
@@ -607,7 +775,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> PipelineConfig:
     """Read a YAML config (or the defaults), apply `--set` overrides, validate."""
     data: dict[str, Any] = {}
     source = "defaults"
@@ -616,7 +786,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; see configs/ for examples") from None
+            raise ConfigError(
+                f"config file {path} does not exist; see configs/ for examples"
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

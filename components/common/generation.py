@@ -51,7 +51,9 @@ class Completion:
 
 
 class GenerationBackend(Protocol):
-    def generate(self, prompts: Sequence[PromptInput], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[PromptInput], sampling: SamplingConfig
+    ) -> list[list[Completion]]:
         """Return `sampling.n` completions for each prompt, in prompt order."""
         ...
 
@@ -62,14 +64,23 @@ class GenerationBackend(Protocol):
 
 def chat_prompt(processor, problem: str, n_images: int, system_prompt: str) -> str:
     return processor.apply_chat_template(
-        prompt_messages(problem, system_prompt, n_images), tokenize=False, add_generation_prompt=True
+        prompt_messages(problem, system_prompt, n_images),
+        tokenize=False,
+        add_generation_prompt=True,
     )
 
 
 class HFBackend:
     """transformers `generate` on the policy model itself (weights are always current)."""
 
-    def __init__(self, model, processor, system_prompt: str, batch_size: int = 16, show_progress: bool = False):
+    def __init__(
+        self,
+        model,
+        processor,
+        system_prompt: str,
+        batch_size: int = 16,
+        show_progress: bool = False,
+    ):
         self.model = model
         self.processor = processor
         self.system_prompt = system_prompt
@@ -82,11 +93,18 @@ class HFBackend:
         self.model = model
 
     def encode(self, prompts: Sequence[PromptInput]) -> dict[str, torch.Tensor]:
-        texts = [chat_prompt(self.processor, p.problem, len(p.images), self.system_prompt) for p in prompts]
+        texts = [
+            chat_prompt(self.processor, p.problem, len(p.images), self.system_prompt)
+            for p in prompts
+        ]
         images = [img for p in prompts for img in p.images] or None
-        return self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.model.device)
+        return self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(
+            self.model.device
+        )
 
-    def generate(self, prompts: Sequence[PromptInput], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[PromptInput], sampling: SamplingConfig
+    ) -> list[list[Completion]]:
         out: list[list[Completion]] = []
         starts = range(0, len(prompts), self.batch_size)
         for start in tqdm(starts, desc="generate", unit="batch", disable=not self.show_progress):
@@ -95,7 +113,9 @@ class HFBackend:
                 out.extend(self._generate_batch(batch, sampling))
             except (RuntimeError, ValueError) as exc:
                 if len(batch) == 1:
-                    log.error("generation failed for one prompt (%s); scored as an empty response", exc)
+                    log.error(
+                        "generation failed for one prompt (%s); scored as an empty response", exc
+                    )
                     out.append([Completion("", [], "error", error=str(exc))] * sampling.n)
                 else:
                     log.warning("batch generation failed (%s); retrying prompt by prompt", exc)
@@ -104,17 +124,23 @@ class HFBackend:
         return out
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: Sequence[PromptInput], sampling: SamplingConfig) -> list[list[Completion]]:
+    def _generate_batch(
+        self, prompts: Sequence[PromptInput], sampling: SamplingConfig
+    ) -> list[list[Completion]]:
         inputs = self.encode(prompts)
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n)
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            kwargs.update(
+                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+            )
         was_training = self.model.training
         self.model.eval()
         try:
-            sequences = self.model.generate(**inputs, **kwargs, pad_token_id=self.processor.tokenizer.pad_token_id)
+            sequences = self.model.generate(
+                **inputs, **kwargs, pad_token_id=self.processor.tokenizer.pad_token_id
+            )
         finally:
             self.model.train(was_training)
         new_tokens = sequences[:, inputs["input_ids"].shape[1] :].tolist()
@@ -126,8 +152,12 @@ class HFBackend:
         for pos, tok in enumerate(ids):
             if tok in self.eos_ids:
                 kept = ids[: pos + 1]
-                return Completion(self.processor.tokenizer.decode(kept, skip_special_tokens=True), kept, "stop")
-        return Completion(self.processor.tokenizer.decode(ids, skip_special_tokens=True), ids, "length")
+                return Completion(
+                    self.processor.tokenizer.decode(kept, skip_special_tokens=True), kept, "stop"
+                )
+        return Completion(
+            self.processor.tokenizer.decode(ids, skip_special_tokens=True), ids, "length"
+        )
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:
@@ -175,10 +205,17 @@ class VLLMBackend:
 
         path = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
         # external_launcher keeps the engine in this process, so its model object is reachable.
-        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        for key, value in {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+        }.items():
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        mm_kwargs = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v}
+        mm_kwargs = {
+            k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v
+        }
         self.processor = processor
         self.system_prompt = system_prompt
         self.enable_sleep_mode = enable_sleep_mode
@@ -196,7 +233,9 @@ class VLLMBackend:
         if enable_sleep_mode:
             self.llm.sleep(level=1)
 
-    def generate(self, prompts: Sequence[PromptInput], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[PromptInput], sampling: SamplingConfig
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -208,9 +247,13 @@ class VLLMBackend:
         )
         requests = []
         for p in prompts:
-            request: dict = {"prompt": chat_prompt(self.processor, p.problem, len(p.images), self.system_prompt)}
+            request: dict = {
+                "prompt": chat_prompt(self.processor, p.problem, len(p.images), self.system_prompt)
+            }
             if p.images:
-                request["multi_modal_data"] = {"image": p.images if len(p.images) > 1 else p.images[0]}
+                request["multi_modal_data"] = {
+                    "image": p.images if len(p.images) > 1 else p.images[0]
+                }
             requests.append(request)
         if self.enable_sleep_mode:
             self.llm.wake_up()
@@ -220,7 +263,12 @@ class VLLMBackend:
             if self.enable_sleep_mode:
                 self.llm.sleep(level=1)
         return [
-            [Completion(o.text, list(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
+            [
+                Completion(
+                    o.text, list(o.token_ids), "length" if o.finish_reason == "length" else "stop"
+                )
+                for o in out.outputs
+            ]
             for out in outputs
         ]
 

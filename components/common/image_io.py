@@ -44,4 +44,6 @@ def decode_image(value: Any, base_dir: Path | None) -> Image.Image:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageDecodeError(f"image file {path} cannot be decoded ({exc})") from None
-    raise ImageDecodeError(f"image of type {type(value).__name__} is not supported (use bytes, a path or a PIL image)")
+    raise ImageDecodeError(
+        f"image of type {type(value).__name__} is not supported (use bytes, a path or a PIL image)"
+    )

@@ -14,7 +14,13 @@ DEFAULT_REGISTRY = "ghcr.io/coldstart"
 DEFAULT_TAG = "latest"
 
 # Which image each stage runs in on the cluster.
-STAGE_IMAGES = {"data_prep": "cpu", "base_model": "cpu", "sft": "train", "grpo": "train", "eval": "train"}
+STAGE_IMAGES = {
+    "data_prep": "cpu",
+    "base_model": "cpu",
+    "sft": "train",
+    "grpo": "train",
+    "eval": "train",
+}
 
 
 def image_ref(kind: str, registry: str | None = None, tag: str | None = None) -> str:

@@ -45,7 +45,15 @@ def processes_to_launch() -> int:
 
 def torchrun_command(module: str, nproc: int, stage_args: dict[str, str]) -> list[str]:
     """`python -m torch.distributed.run ... -m <module> <stage args>`, once per device on this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+    ]
     for flag, value in stage_args.items():
         cmd += [flag, str(value)]
     return cmd
@@ -63,5 +71,7 @@ def run_under_torchrun(
         log.info("%s: %d devices, launching: %s", module, nproc, shlex.join(cmd))
         code = subprocess.run(cmd, check=False).returncode
         if code != 0:
-            raise RuntimeError(f"{module}: torchrun exited with code {code}; the workers' errors are in the log above")
+            raise RuntimeError(
+                f"{module}: torchrun exited with code {code}; the workers' errors are in the log above"
+            )
         return json.loads(result_path.read_text())

@@ -29,7 +29,9 @@ class ModelLoadError(InputError):
     """A model reference that cannot be turned into a usable model directory."""
 
 
-def resolve_model_dir(model: ModelConfig, cache_dir: str | Path, min_pixels: int, max_pixels: int) -> Path:
+def resolve_model_dir(
+    model: ModelConfig, cache_dir: str | Path, min_pixels: int, max_pixels: int
+) -> Path:
     """Return a local directory holding config, weights, tokenizer and processor for `model`."""
     ref = model.name_or_path
     if ref == TINY:
@@ -70,12 +72,18 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None) -> ImageQwen2_5_VLProcessor:
+def load_processor(
+    path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None
+) -> ImageQwen2_5_VLProcessor:
     path = check_model_dir(path)
-    return ImageQwen2_5_VLProcessor.from_pretrained(str(path), min_pixels=min_pixels, max_pixels=max_pixels)
+    return ImageQwen2_5_VLProcessor.from_pretrained(
+        str(path), min_pixels=min_pixels, max_pixels=max_pixels
+    )
 
 
-def load_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa") -> PreTrainedModel:
+def load_model(
+    path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
     path = check_model_dir(path)
     return AutoModelForImageTextToText.from_pretrained(
         str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation

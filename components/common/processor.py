@@ -36,7 +36,11 @@ class ImageQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
         if min_pixels or max_pixels:
             set_pixel_bounds(image_processor, min_pixels, max_pixels)
-        return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+        )
 
 
 def build_image_processor(min_pixels: int, max_pixels: int) -> Qwen2VLImageProcessorPil:
@@ -45,7 +49,9 @@ def build_image_processor(min_pixels: int, max_pixels: int) -> Qwen2VLImageProce
     )
 
 
-def set_pixel_bounds(image_processor: Qwen2VLImageProcessorPil, min_pixels: int | None, max_pixels: int | None) -> None:
+def set_pixel_bounds(
+    image_processor: Qwen2VLImageProcessorPil, min_pixels: int | None, max_pixels: int | None
+) -> None:
     """Qwen's processor reads the pixel bounds from `size` (the min_pixels/max_pixels form is deprecated)."""
     size = dict(image_processor.size)
     if min_pixels:
@@ -55,7 +61,9 @@ def set_pixel_bounds(image_processor: Qwen2VLImageProcessorPil, min_pixels: int 
     image_processor.size = size
 
 
-def make_processor(image_processor: Qwen2VLImageProcessorPil, tokenizer: PreTrainedTokenizerBase) -> ImageQwen2_5_VLProcessor:
+def make_processor(
+    image_processor: Qwen2VLImageProcessorPil, tokenizer: PreTrainedTokenizerBase
+) -> ImageQwen2_5_VLProcessor:
     return ImageQwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
     )

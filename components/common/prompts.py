@@ -20,6 +20,11 @@ def prompt_messages(problem: str, system_prompt: str, n_images: int) -> list[dic
     return messages
 
 
-def sft_messages(problem: str, solution: str, system_prompt: str, n_images: int) -> list[dict[str, Any]]:
+def sft_messages(
+    problem: str, solution: str, system_prompt: str, n_images: int
+) -> list[dict[str, Any]]:
     """The prompt plus the assistant's structured chain-of-thought answer (the SFT target)."""
-    return prompt_messages(problem, system_prompt, n_images) + [{"role": "assistant", "content": solution}]
+    return [
+        *prompt_messages(problem, system_prompt, n_images),
+        {"role": "assistant", "content": solution},
+    ]

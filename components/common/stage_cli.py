@@ -16,10 +16,19 @@ from components.common.run_id import resolve_run_id
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m components.{stage}", description=description)
     parser.add_argument("--config", help="YAML config (default: built-in tiny defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)")
-    parser.add_argument("--run-id", default=None,
-                        help="pipeline run id that groups stage runs in MLflow (default: local-<time>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)",
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="pipeline run id that groups stage runs in MLflow (default: local-<time>)",
+    )
     return parser
 
 

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 from components.common.config import PAPER_SYSTEM_PROMPT, TinyModelConfig
 from components.common.processor import build_image_processor, make_processor
@@ -55,7 +59,7 @@ def _training_corpus() -> list[str]:
     """
     from components.common.corpus import corpus_lines
 
-    return corpus_lines() + [PAPER_SYSTEM_PROMPT]
+    return [*corpus_lines(), PAPER_SYSTEM_PROMPT]
 
 
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -100,7 +104,11 @@ def _model_config(cfg: TinyModelConfig, tok: PreTrainedTokenizerFast) -> Qwen2_5
         num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_key_value_heads,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1_000_000.0,
+            "mrope_section": section,
+        },
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|im_end|>"),
         pad_token_id=ids("<|endoftext|>"),
@@ -132,7 +140,9 @@ def _model_config(cfg: TinyModelConfig, tok: PreTrainedTokenizerFast) -> Qwen2_5
     )
 
 
-def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig, min_pixels: int, max_pixels: int) -> Path:
+def build_tiny_model(
+    out_dir: str | Path, cfg: TinyModelConfig, min_pixels: int, max_pixels: int
+) -> Path:
     """Write a seeded tiny Qwen2.5-VL (weights, config, tokenizer, processor) to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,9 @@ class RunSpec:
     def for_stage(cls, cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> RunSpec:
         uri = resolve_tracking_uri(cfg)
         # A sqlite store would default artifacts to ./mlruns of whatever cwd a component has.
-        location = (local_store_dir(cfg) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+        location = (
+            (local_store_dir(cfg) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+        )
         return cls(
             tracking_uri=uri,
             experiment=cfg.tracking.experiment,
@@ -167,7 +169,9 @@ def run_url(spec: RunSpec) -> str | None:
     """The stage run's page in the MLflow UI, for a tracking server."""
     if not spec.tracking_uri.startswith(("http://", "https://")) or spec.stage_id is None:
         return None
-    return f"{spec.tracking_uri.rstrip('/')}/#/experiments/{spec.experiment_id}/runs/{spec.stage_id}"
+    return (
+        f"{spec.tracking_uri.rstrip('/')}/#/experiments/{spec.experiment_id}/runs/{spec.stage_id}"
+    )
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -200,14 +204,20 @@ def find_or_create_parent(client: MlflowClient, spec: RunSpec) -> tuple[str, boo
         spec.experiment_id,
         start_time=spec.start_ms,
         run_name=spec.parent_name,
-        tags={TAG_PIPELINE_RUN: spec.pipeline_run_id, TAG_ROLE: "pipeline", TAG_CONFIG_HASH: spec.config_hash},
+        tags={
+            TAG_PIPELINE_RUN: spec.pipeline_run_id,
+            TAG_ROLE: "pipeline",
+            TAG_CONFIG_HASH: spec.config_hash,
+        },
     )
     return run.info.run_id, True
 
 
 def find_or_create_stage(client: MlflowClient, spec: RunSpec) -> str:
     """The stage's nested run; found by its attempt tag if an earlier try created it."""
-    found = client.search_runs([spec.experiment_id], filter_string=f"tags.`{TAG_ATTEMPT}` = '{spec.attempt}'")
+    found = client.search_runs(
+        [spec.experiment_id], filter_string=f"tags.`{TAG_ATTEMPT}` = '{spec.attempt}'"
+    )
     if found:
         return found[0].info.run_id
     tags = {
@@ -218,7 +228,9 @@ def find_or_create_stage(client: MlflowClient, spec: RunSpec) -> str:
         TAG_CONFIG_HASH: spec.config_hash,
         TAG_ATTEMPT: spec.attempt,
     }
-    run = client.create_run(spec.experiment_id, start_time=spec.start_ms, run_name=spec.stage, tags=tags)
+    run = client.create_run(
+        spec.experiment_id, start_time=spec.start_ms, run_name=spec.stage, tags=tags
+    )
     return run.info.run_id
 
 
@@ -234,7 +246,9 @@ def end_stale_attempts(client: MlflowClient, spec: RunSpec) -> list[str]:
         "and attributes.status = 'RUNNING'",
     )
     stale = [  # started before this attempt: a replayed old spill must not end the live run
-        r.info.run_id for r in found if r.data.tags.get(TAG_ATTEMPT) != spec.attempt and r.info.start_time < spec.start_ms
+        r.info.run_id
+        for r in found
+        if r.data.tags.get(TAG_ATTEMPT) != spec.attempt and r.info.start_time < spec.start_ms
     ]
     for run_id in stale:
         client.set_terminated(run_id, "KILLED")
@@ -270,11 +284,17 @@ class StageTracker:
     """
 
     def __init__(
-        self, spec: RunSpec, *, parent_setup: list[dict] | None = None, ops: list[dict] | None = None
+        self,
+        spec: RunSpec,
+        *,
+        parent_setup: list[dict] | None = None,
+        ops: list[dict] | None = None,
     ) -> None:
         self.spec = spec
         self.registered: dict[str, str] = {}  # model name -> version registered by this tracker
-        self._parent_setup = list(parent_setup or [])  # sent only if this tracker creates the parent
+        self._parent_setup = list(
+            parent_setup or []
+        )  # sent only if this tracker creates the parent
         self._ops: deque[dict] = deque(ops or [])
         self._inflight: list[dict] = []
         self._cond = threading.Condition()
@@ -309,7 +329,9 @@ class StageTracker:
             self._enqueue({"kind": "metrics", "target": "stage", "metrics": rows})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._enqueue({"kind": "tags", "target": "stage", "tags": {k: str(v) for k, v in tags.items()}})
+        self._enqueue(
+            {"kind": "tags", "target": "stage", "tags": {k: str(v) for k, v in tags.items()}}
+        )
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or a directory (its contents go under ``artifact_path``)."""
@@ -347,7 +369,9 @@ class StageTracker:
     def start(self, wait_s: float = 10.0, system_metrics_interval_s: float | None = None) -> bool:
         """Start sending; wait up to ``wait_s`` for the runs to exist. False: going on buffered."""
         limit_client_retries()
-        self._thread = threading.Thread(target=self._work, name=f"mlflow-{self.spec.stage}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, name=f"mlflow-{self.spec.stage}", daemon=True
+        )
         self._thread.start()
         if system_metrics_interval_s:
             self._system = _SystemMetrics(self, system_metrics_interval_s)
@@ -390,7 +414,13 @@ class StageTracker:
     def _log_params(self, params: dict[str, Any], target: str) -> None:
         items = [[str(k), str(v)[:MAX_PARAM_LENGTH]] for k, v in params.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._enqueue({"kind": "params", "target": target, "params": items[start : start + MAX_PARAMS_PER_BATCH]})
+            self._enqueue(
+                {
+                    "kind": "params",
+                    "target": target,
+                    "params": items[start : start + MAX_PARAMS_PER_BATCH],
+                }
+            )
 
     def _artifact_op(self, path: Path, artifact_path: str | None, target: str) -> dict:
         path = path.resolve()
@@ -400,7 +430,12 @@ class StageTracker:
             path = copy
         elif not path.exists():
             raise FileNotFoundError(f"log_artifact: {path} does not exist")
-        return {"kind": "artifact", "target": target, "path": str(path), "artifact_path": artifact_path}
+        return {
+            "kind": "artifact",
+            "target": target,
+            "path": str(path),
+            "artifact_path": artifact_path,
+        }
 
     def _spool_path(self, name: str) -> Path:
         self._spooled += 1
@@ -411,7 +446,14 @@ class StageTracker:
     def _enqueue_spooled(self, path: Path, name: str, target: str = "stage") -> None:
         folder = str(Path(name).parent).replace("\\", "/")
         artifact_path = None if folder == "." else folder
-        self._enqueue({"kind": "artifact", "target": target, "path": str(path), "artifact_path": artifact_path})
+        self._enqueue(
+            {
+                "kind": "artifact",
+                "target": target,
+                "path": str(path),
+                "artifact_path": artifact_path,
+            }
+        )
 
     def _enqueue(self, op: dict) -> None:
         with self._cond:
@@ -467,7 +509,7 @@ class StageTracker:
                     self._cond.wait(delay if has_work else None)
             try:
                 self._push()
-            except Exception as exc:  # noqa: BLE001 - every failure is either retried or reported
+            except Exception as exc:
                 if self._ready and _is_permanent(exc):
                     self._drop_inflight(exc)
                     continue
@@ -503,7 +545,11 @@ class StageTracker:
             spec.experiment_id = ensure_experiment(client, spec.experiment, spec.artifact_location)
         if spec.parent_id is None:
             spec.parent_id, created = find_or_create_parent(client, spec)
-            first = self._parent_setup if created else [{"kind": "status", "target": "parent", "status": "RUNNING"}]
+            first = (
+                self._parent_setup
+                if created
+                else [{"kind": "status", "target": "parent", "status": "RUNNING"}]
+            )
             with self._cond:
                 self._ops.extendleft(reversed(first))
         spec.stage_id = find_or_create_stage(client, spec)
@@ -528,7 +574,12 @@ class StageTracker:
             dropped, self._inflight = self._inflight, []
             self._cond.notify_all()
         for op in dropped:
-            log.error("MLflow rejected %s for the %s run (not retried): %s", op["kind"], op["target"], _short(exc))
+            log.error(
+                "MLflow rejected %s for the %s run (not retried): %s",
+                op["kind"],
+                op["target"],
+                _short(exc),
+            )
 
     def _note_failure(self, exc: BaseException) -> float:
         with self._cond:
@@ -542,7 +593,9 @@ class StageTracker:
             log.warning(
                 "MLflow at %s is unreachable (%s). Training goes on: %d pending log calls are buffered and "
                 "retried in the background (check MLFLOW_TRACKING_URI and the server).",
-                self.spec.tracking_uri, _short(exc), pending,
+                self.spec.tracking_uri,
+                _short(exc),
+                pending,
             )
         return min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (self._failures - 1))
 
@@ -551,8 +604,11 @@ class StageTracker:
             since, self._outage_since, self._failures = self._outage_since, None, 0
             self._cond.notify_all()
         if since is not None:
-            log.warning("MLflow at %s is back after %.0f s; buffered logs sent.",
-                        self.spec.tracking_uri, time.monotonic() - since)
+            log.warning(
+                "MLflow at %s is back after %.0f s; buffered logs sent.",
+                self.spec.tracking_uri,
+                time.monotonic() - since,
+            )
 
     # ---- spill and replay
 
@@ -561,7 +617,11 @@ class StageTracker:
             ops = self._inflight + list(self._ops)
             setup = [] if self.spec.parent_id else self._parent_setup
         if self.spill_to is None:
-            log.error("MLflow at %s stayed unreachable: %d buffered log calls lost", self.spec.tracking_uri, len(ops))
+            log.error(
+                "MLflow at %s stayed unreachable: %d buffered log calls lost",
+                self.spec.tracking_uri,
+                len(ops),
+            )
             return
         base = storage.join(self.spill_to, self.spec.attempt)
         try:
@@ -569,16 +629,25 @@ class StageTracker:
                 "version": SPILL_VERSION,
                 "spec": asdict(self.spec),
                 "ops": [_spill_files(op, base, i) for i, op in enumerate(ops)],
-                "parent_setup": [_spill_files(op, base, len(ops) + i) for i, op in enumerate(setup)],
+                "parent_setup": [
+                    _spill_files(op, base, len(ops) + i) for i, op in enumerate(setup)
+                ],
             }
             storage.write_text(base + ".json", json.dumps(doc))  # written last: the spill's marker
-        except Exception as exc:  # noqa: BLE001 - tracking must not fail the stage
-            log.error("MLflow: could not spill %d buffered log calls to %s: %s", len(ops), base, _short(exc))
+        except Exception as exc:
+            log.error(
+                "MLflow: could not spill %d buffered log calls to %s: %s",
+                len(ops),
+                base,
+                _short(exc),
+            )
             return
         log.warning(
             "MLflow at %s stayed unreachable: %d buffered log calls saved to %s.json; the next stage "
             "(or `coldstart runs sync`) sends them once the server is back.",
-            self.spec.tracking_uri, len(ops), base,
+            self.spec.tracking_uri,
+            len(ops),
+            base,
         )
 
 
@@ -605,7 +674,11 @@ def _pending_spills(root: str) -> list[str]:
         log.warning("MLflow: cannot list pending spills under %s: %s", root, exc)
         return []
     prefix = root.rstrip("/") + "/" if storage.is_s3(root) else str(Path(root)) + os.sep
-    return [u for u in listed if u.endswith(".json") and "/" not in u[len(prefix) :].replace(os.sep, "/")]
+    return [
+        u
+        for u in listed
+        if u.endswith(".json") and "/" not in u[len(prefix) :].replace(os.sep, "/")
+    ]
 
 
 def replay_pending(root: str, outage_timeout_s: float = 30.0) -> tuple[int, int]:
@@ -740,7 +813,7 @@ class _SystemMetrics:
                     monitor.collect_metrics()
                     values.update(monitor.aggregate_metrics())
                     monitor.clear_metrics()
-            except Exception as exc:  # noqa: BLE001 - a broken sensor must not stop the stage
+            except Exception as exc:
                 log.warning("system metrics stopped: %s", _short(exc))
                 return
             self.tracker.log_metrics({f"system/{k}": v for k, v in values.items()}, step=step)
@@ -760,7 +833,7 @@ def _system_monitors() -> list[Any]:
         from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
 
         monitors.append(GPUMonitor())
-    except Exception:  # noqa: BLE001 - no NVIDIA GPU or no pynvml: CPU metrics only
+    except Exception:
         log.debug("no GPU system metrics", exc_info=True)
     return monitors
 
@@ -773,10 +846,18 @@ def _parent_setup_ops(cfg: PipelineConfig, tracker: StageTracker) -> list[dict]:
     ops: list[dict] = []
     items = [[k, str(v)[:MAX_PARAM_LENGTH]] for k, v in flatten(cfg).items()]
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        ops.append({"kind": "params", "target": "parent", "params": items[start : start + MAX_PARAMS_PER_BATCH]})
+        ops.append(
+            {
+                "kind": "params",
+                "target": "parent",
+                "params": items[start : start + MAX_PARAMS_PER_BATCH],
+            }
+        )
     config_file = tracker._spool_path(CONFIG_ARTIFACT)
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    ops.append({"kind": "artifact", "target": "parent", "path": str(config_file), "artifact_path": None})
+    ops.append(
+        {"kind": "artifact", "target": "parent", "path": str(config_file), "artifact_path": None}
+    )
     return ops
 
 
@@ -802,7 +883,10 @@ class StageTerminated(SystemExit):
 @contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
     """Turn SIGTERM into StageTerminated while a stage runs (main thread, default handler only)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
         yield
         return
 
@@ -844,7 +928,11 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
 
 
 def register_model(
-    tracker: StageTracker, model_dir: str | Path, name: str, artifact_path: str = "model", wait_s: float = 60.0
+    tracker: StageTracker,
+    model_dir: str | Path,
+    name: str,
+    artifact_path: str = "model",
+    wait_s: float = 60.0,
 ) -> str | None:
     """Log ``model_dir`` as the stage run's ``artifact_path`` and register it as a new version of ``name``.
 
@@ -858,8 +946,17 @@ def register_model(
             raise FileNotFoundError(f"register_model: {model_dir} is not a directory")
         tracker.log_artifact(model_dir, artifact_path)
     tracker._enqueue(
-        {"kind": "register", "target": "stage", "name": name, "source": source, "artifact_path": artifact_path}
+        {
+            "kind": "register",
+            "target": "stage",
+            "name": name,
+            "source": source,
+            "artifact_path": artifact_path,
+        }
     )
     if not tracker.flush(wait_s):
-        log.warning("MLflow: %s not registered yet (server unreachable); it will be when the server is back", name)
+        log.warning(
+            "MLflow: %s not registered yet (server unreachable); it will be when the server is back",
+            name,
+        )
     return tracker.registered.get(name)

@@ -46,7 +46,9 @@ def model_width(model: torch.nn.Module) -> int:
             return int(cfg.hidden_size)
         if getattr(cfg, "hidden_sizes", None):
             return int(max(cfg.hidden_sizes))
-    raise ValueError(f"{type(model).__name__}: its config has no hidden_size; cannot size the ZeRO buckets")
+    raise ValueError(
+        f"{type(model).__name__}: its config has no hidden_size; cannot size the ZeRO buckets"
+    )
 
 
 def width_buckets(hidden_size: int) -> dict[str, int]:
@@ -81,7 +83,9 @@ def resolve_auto(config: Mapping[str, Any], values: Mapping[str, Any]) -> dict[s
 
     fill(out, "")
     if missing:
-        raise ValueError(f"DeepSpeed config values left 'auto' with nothing to fill them: {missing}")
+        raise ValueError(
+            f"DeepSpeed config values left 'auto' with nothing to fill them: {missing}"
+        )
     return out
 
 
@@ -90,6 +94,10 @@ def zero_wanted(section: str, stage: str, accelerator: bool) -> bool:
     if stage == "none":
         return False
     if not accelerator:
-        log.info("%s.deepspeed=%s ignored: no CUDA device (DeepSpeed ZeRO is for GPU runs)", section, stage)
+        log.info(
+            "%s.deepspeed=%s ignored: no CUDA device (DeepSpeed ZeRO is for GPU runs)",
+            section,
+            stage,
+        )
         return False
     return True

@@ -20,6 +20,8 @@ def prepare_base_model(cfg: PipelineConfig, out_dir: Path, cache_dir: Path) -> P
         from components.common.tiny_model import build_tiny_model
 
         return build_tiny_model(out_dir, model.tiny, cfg.data.min_pixels, cfg.data.max_pixels)
-    source = check_model_dir(resolve_model_dir(model, cache_dir, cfg.data.min_pixels, cfg.data.max_pixels))
+    source = check_model_dir(
+        resolve_model_dir(model, cache_dir, cfg.data.min_pixels, cfg.data.max_pixels)
+    )
     shutil.copytree(source, out_dir, dirs_exist_ok=True)
     return out_dir

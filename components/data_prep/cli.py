@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from components.common.config import PipelineConfig
-from components.common.stage_cli import config_from_args, default_run_id, run_cli, stage_parser
+from components.common.stage_cli import config_from_args, default_run_id, stage_parser
 from components.common.tracking import stage_run
 from components.data_prep.base_model import prepare_base_model
 from components.data_prep.stage import DataPrepOutputs, run_data_prep
@@ -28,14 +28,21 @@ def base_model_main(cfg: PipelineConfig, out_dir: Path) -> Path:
 
 def cli() -> int:
     parser = stage_parser("data_prep", "Build SFT, RL and eval datasets (HF save_to_disk folders).")
-    parser.add_argument("--output", required=True, help="folder that receives sft/, rl/, eval/ (and base_model/)")
-    parser.add_argument("--with-base-model", action="store_true", help="also write the base model dir")
+    parser.add_argument(
+        "--output", required=True, help="folder that receives sft/, rl/, eval/ (and base_model/)"
+    )
+    parser.add_argument(
+        "--with-base-model", action="store_true", help="also write the base model dir"
+    )
     args = parser.parse_args()
     cfg = config_from_args(args)
     root = Path(args.output)
-    metrics = main(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), args.run_id or default_run_id())
+    metrics = main(
+        cfg,
+        DataPrepOutputs(root / "sft", root / "rl", root / "eval"),
+        args.run_id or default_run_id(),
+    )
     if args.with_base_model:
         base_model_main(cfg, root / "base_model")
     print(json.dumps(metrics, indent=2))
     return 0
-

@@ -74,7 +74,9 @@ def verified(completion: Completion, gold: str, timeout_s: float = 1.0) -> bool:
     return bool(boxed) and is_equivalent(boxed, gold, timeout_s=timeout_s)
 
 
-def select_verified(completions: Sequence[Completion], gold: str, keep: int, timeout_s: float = 1.0) -> tuple[list[str], int]:
+def select_verified(
+    completions: Sequence[Completion], gold: str, keep: int, timeout_s: float = 1.0
+) -> tuple[list[str], int]:
     """The texts to keep for one problem (first `keep` distinct verified ones) and how many verified."""
     kept: list[str] = []
     accepted = 0
@@ -88,8 +90,11 @@ def select_verified(completions: Sequence[Completion], gold: str, keep: int, tim
     return kept, accepted
 
 
-def distill_records(records: Sequence[dict[str, Any]], completions: Sequence[Sequence[Completion]],
-                    cfg: DistillConfig) -> tuple[list[dict[str, Any]], DistillCounts]:
+def distill_records(
+    records: Sequence[dict[str, Any]],
+    completions: Sequence[Sequence[Completion]],
+    cfg: DistillConfig,
+) -> tuple[list[dict[str, Any]], DistillCounts]:
     """Turn each record's sampled completions into SFT rows (`solution` = a verified response)."""
     out: list[dict[str, Any]] = []
     counts = DistillCounts(problems=len(records))
@@ -97,7 +102,9 @@ def distill_records(records: Sequence[dict[str, Any]], completions: Sequence[Seq
         counts.samples += len(group)
         counts.errors += sum(c.finish_reason == "error" for c in group)
         counts.truncated += sum(c.finish_reason == "length" for c in group)
-        kept, accepted = select_verified(group, gold_answer(record["answer"]), cfg.keep_per_problem, cfg.answer_timeout_s)
+        kept, accepted = select_verified(
+            group, gold_answer(record["answer"]), cfg.keep_per_problem, cfg.answer_timeout_s
+        )
         counts.accepted += accepted
         counts.solved += bool(kept)
         for j, text in enumerate(kept):
@@ -115,24 +122,45 @@ def teacher_backend(cfg: PipelineConfig, cache_dir: Path):
     import torch
 
     from components.common.generation import make_backend
-    from components.common.models import check_model_dir, load_model, load_processor, resolve_model_dir
+    from components.common.models import (
+        check_model_dir,
+        load_model,
+        load_processor,
+        resolve_model_dir,
+    )
 
     distill, data = cfg.data.distill, cfg.data
-    model_dir = check_model_dir(resolve_model_dir(
-        ModelConfig(name_or_path=distill.teacher, tiny=cfg.model.tiny), cache_dir / "teacher", data.min_pixels, data.max_pixels
-    ))
+    model_dir = check_model_dir(
+        resolve_model_dir(
+            ModelConfig(name_or_path=distill.teacher, tiny=cfg.model.tiny),
+            cache_dir / "teacher",
+            data.min_pixels,
+            data.max_pixels,
+        )
+    )
     processor = load_processor(model_dir, data.min_pixels, data.max_pixels)
     if distill.backend == "vllm":
-        return make_backend("vllm", str(model_dir), processor, distill.system_prompt, seed=distill.seed,
-                            gpu_memory_utilization=0.85, min_pixels=data.min_pixels, max_pixels=data.max_pixels)
+        return make_backend(
+            "vllm",
+            str(model_dir),
+            processor,
+            distill.system_prompt,
+            seed=distill.seed,
+            gpu_memory_utilization=0.85,
+            min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels,
+        )
     model = load_model(model_dir, cfg.model.torch_dtype, cfg.model.attn_implementation)
     if torch.cuda.is_available():
         model.to("cuda")
-    return make_backend("hf", model, processor, distill.system_prompt, batch_size=distill.batch_size)
+    return make_backend(
+        "hf", model, processor, distill.system_prompt, batch_size=distill.batch_size
+    )
 
 
-def distill_sft_rows(records: list[dict[str, Any]], cfg: PipelineConfig, cache_dir: Path,
-                     backend: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def distill_sft_rows(
+    records: list[dict[str, Any]], cfg: PipelineConfig, cache_dir: Path, backend: Any = None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Sample k answers per SFT problem from the teacher and keep the verified ones."""
     import torch
 
@@ -140,8 +168,12 @@ def distill_sft_rows(records: list[dict[str, Any]], cfg: PipelineConfig, cache_d
     torch.manual_seed(distill.seed)
     backend = backend or teacher_backend(cfg, cache_dir)
     warm_up()
-    sampling = SamplingConfig(max_new_tokens=distill.max_new_tokens, temperature=distill.temperature,
-                              top_p=distill.top_p, n=distill.samples_per_problem)
+    sampling = SamplingConfig(
+        max_new_tokens=distill.max_new_tokens,
+        temperature=distill.temperature,
+        top_p=distill.top_p,
+        n=distill.samples_per_problem,
+    )
     prompts = [PromptInput(r["problem"], list(r["images"])) for r in records]
     completions = backend.generate(prompts, sampling)
     rows, counts = distill_records(records, completions, distill)
@@ -151,7 +183,13 @@ def distill_sft_rows(records: list[dict[str, Any]], cfg: PipelineConfig, cache_d
             f"distillation kept no SFT rows: 0 of {counts.samples} samples from teacher {distill.teacher!r} verified; "
             "use a stronger teacher, raise data.distill.samples_per_problem, or set data.distill.unverified: keep_original"
         )
-    log.info("distill: %d of %d samples verified (%.1f%%), %d of %d problems solved, %d SFT rows",
-             counts.accepted, counts.samples, 100 * metrics["data/distill/acceptance_rate"],
-             counts.solved, counts.problems, counts.rows)
+    log.info(
+        "distill: %d of %d samples verified (%.1f%%), %d of %d problems solved, %d SFT rows",
+        counts.accepted,
+        counts.samples,
+        100 * metrics["data/distill/acceptance_rate"],
+        counts.solved,
+        counts.problems,
+        counts.rows,
+    )
     return rows, metrics

@@ -76,7 +76,9 @@ def _undecoded(table: datasets.Dataset) -> datasets.Dataset:
     for name, feature in table.features.items():
         if isinstance(feature, datasets.Image):
             table = table.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(getattr(feature, "feature", None), datasets.Image):
+        elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(
+            getattr(feature, "feature", None), datasets.Image
+        ):
             table = table.cast_column(name, datasets.List(datasets.Image(decode=False)))
     return table
 
@@ -95,7 +97,9 @@ def iter_records(
     path = _local_copy(source.uri, cache_dir)
     fmt = detect_format(path, source.format)
     table = open_table(path, fmt, source.split)
-    columns = resolve_columns(table.column_names, source.columns, source.uri, ("images", "problem", "answer"))
+    columns = resolve_columns(
+        table.column_names, source.columns, source.uri, ("images", "problem", "answer")
+    )
     base_dir = path if path.is_dir() else path.parent
     stem = Path(source.uri.rstrip("/")).name
     for index, row in enumerate(table):
@@ -111,7 +115,9 @@ def iter_records(
             )
         except RowError as exc:
             if not skip_invalid:
-                raise DataError(f"{source.uri}: row {index}: {exc} (set data.skip_invalid: true to skip such rows)") from None
+                raise DataError(
+                    f"{source.uri}: row {index}: {exc} (set data.skip_invalid: true to skip such rows)"
+                ) from None
             log.warning("%s: row %d skipped: %s", source.uri, index, exc)
             stats.skipped += 1
             continue

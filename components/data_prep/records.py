@@ -30,11 +30,15 @@ class RowError(DataError):
     """One row is unusable; with `skip_invalid` it is skipped and counted instead of raised."""
 
 
-def resolve_columns(available: list[str], mapping: Mapping[str, str], where: str, required: tuple[str, ...]) -> dict[str, str]:
+def resolve_columns(
+    available: list[str], mapping: Mapping[str, str], where: str, required: tuple[str, ...]
+) -> dict[str, str]:
     """Map schema names to the file's column names, failing on the first missing one."""
     unknown = sorted(set(mapping) - set(SCHEMA_COLUMNS) - set(OPTIONAL_COLUMNS))
     if unknown:
-        raise DataError(f"{where}: columns mapping has unknown schema names {unknown}; valid: {list(SCHEMA_COLUMNS + OPTIONAL_COLUMNS)}")
+        raise DataError(
+            f"{where}: columns mapping has unknown schema names {unknown}; valid: {list(SCHEMA_COLUMNS + OPTIONAL_COLUMNS)}"
+        )
     resolved: dict[str, str] = {}
     for name in required + OPTIONAL_COLUMNS:
         column = mapping.get(name, name)
@@ -95,14 +99,20 @@ def build_record(
         images = [fit_pixels(decode_image(v, base_dir), min_pixels, max_pixels) for v in raw_images]
     except ImageDecodeError as exc:
         raise RowError(str(exc)) from None
-    solution = str(row.get(columns.get("solution", ""), "") or "").strip() if "solution" in columns else ""
+    solution = (
+        str(row.get(columns.get("solution", ""), "") or "").strip() if "solution" in columns else ""
+    )
     if needs_solution and not solution:
         # The authors' SFT sets carry the whole response in `answer`; accept that only if it is a response.
         if "\\boxed" not in answer:
-            raise RowError("no assistant answer: map a 'solution' column, or give an answer that contains \\boxed{}")
+            raise RowError(
+                "no assistant answer: map a 'solution' column, or give an answer that contains \\boxed{}"
+            )
         solution = answer
     return {
-        "id": str(row.get(columns["id"])) if "id" in columns and row.get(columns["id"]) is not None else fallback_id,
+        "id": str(row.get(columns["id"]))
+        if "id" in columns and row.get(columns["id"]) is not None
+        else fallback_id,
         "images": images,
         "problem": problem,
         "answer": answer,

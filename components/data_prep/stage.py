@@ -55,9 +55,15 @@ def synthetic_splits(data: DataConfig) -> Splits:
     syn = data.synthetic
     splits = Splits()
     for family in syn.families:
-        test = list(generate(family, syn.test_per_family, syn.difficulties, syn.image_size, data.seed + 1))
+        test = list(
+            generate(family, syn.test_per_family, syn.difficulties, syn.image_size, data.seed + 1)
+        )
         taken = {s.uid for s in test}
-        train = list(generate(family, syn.train_per_family, syn.difficulties, syn.image_size, data.seed, taken))
+        train = list(
+            generate(
+                family, syn.train_per_family, syn.difficulties, syn.image_size, data.seed, taken
+            )
+        )
         for scenes, bucket in ((test, splits.eval), (train, splits.sft)):
             for scene in scenes:
                 bucket.append(
@@ -77,7 +83,11 @@ def synthetic_splits(data: DataConfig) -> Splits:
 def file_splits(data: DataConfig, cache_dir: Path) -> Splits:
     splits = Splits()
     stats = LoadStats()
-    kinds = (("sft", data.sft_files, True), ("rl", data.rl_files, False), ("eval", data.eval_files, False))
+    kinds = (
+        ("sft", data.sft_files, True),
+        ("rl", data.rl_files, False),
+        ("eval", data.eval_files, False),
+    )
     for name, sources, needs_solution in kinds:
         bucket: list[dict[str, Any]] = getattr(splits, name)
         for source in sources:
@@ -90,12 +100,16 @@ def file_splits(data: DataConfig, cache_dir: Path) -> Splits:
                 skip_invalid=data.skip_invalid,
                 stats=stats,
             )
-            bucket.extend(tqdm(records, desc=f"data_prep {name}: {source.uri}", unit="row", leave=False))
+            bucket.extend(
+                tqdm(records, desc=f"data_prep {name}: {source.uri}", unit="row", leave=False)
+            )
     splits.metrics["data/skipped_invalid"] = stats.skipped
     return splits
 
 
-def dedup(records: Iterable[dict[str, Any]], exclude: set[str]) -> tuple[list[dict[str, Any]], int, int]:
+def dedup(
+    records: Iterable[dict[str, Any]], exclude: set[str]
+) -> tuple[list[dict[str, Any]], int, int]:
     """Drop repeats and rows whose problem is in `exclude` (the eval set); return counts of both."""
     seen: set[str] = set()
     kept, duplicates, leaked = [], 0, 0
@@ -123,7 +137,9 @@ def split_holdout(records: list[dict[str, Any]], fraction: float, seed: int) -> 
     random.Random(seed).shuffle(order)
     n_hold = max(1, round(fraction * len(records)))
     held = set(order[:n_hold])
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+    return [r for i, r in enumerate(records) if i not in held], [
+        r for i, r in enumerate(records) if i in held
+    ]
 
 
 def run_data_prep(cfg: PipelineConfig, out: DataPrepOutputs, cache_dir: Path) -> dict[str, float]:
@@ -140,11 +156,17 @@ def run_data_prep(cfg: PipelineConfig, out: DataPrepOutputs, cache_dir: Path) ->
         sft_rows, distill_metrics = distill_sft_rows(sft_rows, cfg, cache_dir)
         splits.metrics.update(distill_metrics)
     if not sft_rows and cfg.sft.enabled:
-        raise DataError("data_prep produced no SFT rows; give data.sft_files or disable sft (sft.enabled: false)")
+        raise DataError(
+            "data_prep produced no SFT rows; give data.sft_files or disable sft (sft.enabled: false)"
+        )
     if not rl_rows and cfg.grpo.enabled:
-        raise DataError("data_prep produced no RL rows; give data.rl_files or disable grpo (grpo.enabled: false)")
+        raise DataError(
+            "data_prep produced no RL rows; give data.rl_files or disable grpo (grpo.enabled: false)"
+        )
     sft_train, sft_val = split_holdout(sft_rows, data.sft_holdout_fraction, data.seed)
-    datasets.DatasetDict({"train": _table(sft_train), "validation": _table(sft_val)}).save_to_disk(str(out.sft))
+    datasets.DatasetDict({"train": _table(sft_train), "validation": _table(sft_val)}).save_to_disk(
+        str(out.sft)
+    )
     _table(rl_rows).save_to_disk(str(out.rl))
     _table(eval_rows).save_to_disk(str(out.eval))
     metrics = dict(splits.metrics)

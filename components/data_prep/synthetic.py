@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
-COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 30)}
+COLORS = {
+    "red": (220, 40, 40),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 60),
+    "yellow": (230, 200, 30),
+}
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -63,7 +68,9 @@ def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 # --------------------------------------------------------------------------- families
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb: tuple[int, int, int]
+) -> None:
     x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse(box, fill=rgb)
@@ -83,7 +90,7 @@ def count_shapes(rng: random.Random, difficulty: int, size: int) -> Scene:
     target_color, target_shape = rng.choice(items)
     image, draw = _canvas(size)
     cell = size // grid
-    for (color, shape), c in zip(items, cells):
+    for (color, shape), c in zip(items, cells, strict=False):
         x, y = (c % grid) * cell, (c // grid) * cell
         pad = max(2, cell // 6)
         _draw_shape(draw, shape, (x + pad, y + pad, x + cell - pad, y + cell - pad), COLORS[color])
@@ -104,7 +111,7 @@ def count_shapes(rng: random.Random, difficulty: int, size: int) -> Scene:
             f"Counting them one by one gives {', '.join(str(i) for i in range(1, n + 1))}.",
         ],
         check=f"Recounting the {target_color} {target_shape}s gives {n} again, so the count is right.",
-        key=(tuple(zip(cells, items)), target_color, target_shape),
+        key=(tuple(zip(cells, items, strict=False)), target_color, target_shape),
     )
 
 
@@ -124,7 +131,7 @@ def bar_chart(rng: random.Random, difficulty: int, size: int) -> Scene:
     draw.line((left, bottom, left, bottom - height), fill="black")
     draw.text((2, bottom - height), str(top), fill="black", font=font)
     draw.text((2, bottom - 8), "0", fill="black", font=font)
-    for i, (label, value) in enumerate(zip(labels, values)):
+    for i, (label, value) in enumerate(zip(labels, values, strict=False)):
         x0 = left + i * width + 2
         y0 = bottom - int(height * value / top)
         draw.rectangle((x0, y0, x0 + width - 4, bottom), fill=COLORS["blue"])
@@ -138,7 +145,9 @@ def bar_chart(rng: random.Random, difficulty: int, size: int) -> Scene:
         image=image,
         problem=f"What is the value of the bar labelled {labels[target]} in the chart?",
         answer=str(value),
-        observations=[f"The chart has {n_bars} bars labelled {', '.join(labels)}; the axis goes from 0 to {top}."],
+        observations=[
+            f"The chart has {n_bars} bars labelled {', '.join(labels)}; the axis goes from 0 to {top}."
+        ],
         steps=[
             f"Bar {labels[target]} is the bar number {target + 1} from the left.",
             f"Its top is at {value} on the axis from 0 to {top}.",
@@ -185,7 +194,11 @@ def triangle_angle(rng: random.Random, difficulty: int, size: int) -> Scene:
     c = 180 - a - b
     image, draw = _canvas(size)
     font = _font(max(8, size // 10))
-    p = [(size // 8, size - size // 6), (size - size // 8, size - size // 6), (rng.randint(size // 4, 3 * size // 4), size // 6)]
+    p = [
+        (size // 8, size - size // 6),
+        (size - size // 8, size - size // 6),
+        (rng.randint(size // 4, 3 * size // 4), size // 6),
+    ]
     draw.polygon(p, outline="black", width=2)
     draw.text((p[0][0] + 4, p[0][1] - size // 6), f"{a}°", fill="black", font=font)
     draw.text((p[1][0] - size // 4, p[1][1] - size // 6), f"{b}°", fill="black", font=font)
@@ -196,7 +209,9 @@ def triangle_angle(rng: random.Random, difficulty: int, size: int) -> Scene:
         image=image,
         problem="In the triangle, two angles are labelled. What is the angle x in degrees?",
         answer=str(c),
-        observations=[f"The triangle has angles of {a} degrees and {b} degrees labelled, and the third angle is x."],
+        observations=[
+            f"The triangle has angles of {a} degrees and {b} degrees labelled, and the third angle is x."
+        ],
         steps=["The angles of a triangle add up to 180 degrees.", f"x = 180 - {a} - {b} = {c}."],
         check=f"{a} + {b} + {c} = 180, so x = {c} is consistent.",
         key=(a, b),
@@ -218,7 +233,10 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
     """
     k = 1 + difficulty
     if k == 2:
-        slots, names = [(0, 0, size // 2, size), (size // 2, 0, size // 2, size)], ["on the left", "on the right"]
+        slots, names = (
+            [(0, 0, size // 2, size), (size // 2, 0, size // 2, size)],
+            ["on the left", "on the right"],
+        )
     else:
         half = size // 2
         chosen = sorted(rng.sample(range(4), k))
@@ -235,19 +253,25 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
         boxes.append((x0, y0, side))
     values = [COLOR_VALUES[c] for c in colors]
     total = sum(values)
-    worth = ", ".join(f"{c} is worth {v}" for c, v in zip(colors, values))
+    worth = ", ".join(f"{c} is worth {v}" for c, v in zip(colors, values, strict=False))
     expr = " + ".join(map(str, values))
     return Scene(
         family="color_sum",
         difficulty=difficulty,
         image=image,
-        problem=("A red square is worth 1, blue 2, green 3 and yellow 4. "
-                 "What is the total value of the squares in the image?"),
+        problem=(
+            "A red square is worth 1, blue 2, green 3 and yellow 4. "
+            "What is the total value of the squares in the image?"
+        ),
         answer=str(total),
-        observations=[f"The image shows {k} squares: " + ", ".join(f"a {c} square {n}" for c, n in zip(colors, names)) + "."],
+        observations=[
+            f"The image shows {k} squares: "
+            + ", ".join(f"a {c} square {n}" for c, n in zip(colors, names, strict=False))
+            + "."
+        ],
         steps=[f"The values: {worth}.", f"{expr} = {total}."],
         check=f"{total} - {values[-1]} = {total - values[-1]}, the value of the other squares, so {total} is right.",
-        key=(tuple(zip(colors, boxes)),),
+        key=(tuple(zip(colors, boxes, strict=False)),),
     )
 
 
@@ -260,7 +284,14 @@ FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {
 }
 
 
-def generate(family: str, n: int, difficulties: list[int], size: int, seed: int, exclude: set[str] | None = None) -> Iterator[Scene]:
+def generate(
+    family: str,
+    n: int,
+    difficulties: list[int],
+    size: int,
+    seed: int,
+    exclude: set[str] | None = None,
+) -> Iterator[Scene]:
     """Yield `n` distinct scenes of one family, none whose uid is in `exclude`.
 
     Gives up (ValueError) when the family cannot produce that many distinct problems, rather
@@ -274,7 +305,9 @@ def generate(family: str, n: int, difficulties: list[int], size: int, seed: int,
     while made < n:
         tries += 1
         if tries > 50 * n + 1000:
-            raise ValueError(f"family {family!r} produced only {made} distinct problems of {n} asked; lower the count")
+            raise ValueError(
+                f"family {family!r} produced only {made} distinct problems of {n} asked; lower the count"
+            )
         scene = FAMILIES[family](rng, difficulties[tries % len(difficulties)], size)
         if scene.uid in taken:
             continue

@@ -53,7 +53,9 @@ class EvalSample:
     images: list[Any]  # undecoded: bytes, {bytes, path} dicts, paths or PIL images
     gold: str
     choices: list[str] | None = None  # option texts in letter order (A, B, ...)
-    info: dict[str, Any] = field(default_factory=dict)  # benchmark-specific scoring/aggregation fields
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # benchmark-specific scoring/aggregation fields
     base_dir: Path | None = None  # relative image paths resolve against the data file's folder
 
 
@@ -136,12 +138,18 @@ def _mathvista_hint(answer_type: str, precision: int | None) -> str:
 def _mathvista(row: Mapping[str, Any], where: str) -> EvalSample:
     question_type, answer_type = _text(row["question_type"]), _text(row["answer_type"])
     if question_type not in ("multi_choice", "free_form"):
-        raise BenchmarkError(f"{where}: question_type {question_type!r} is not multi_choice or free_form")
+        raise BenchmarkError(
+            f"{where}: question_type {question_type!r} is not multi_choice or free_form"
+        )
     choices = [_text(c) for c in (row["choices"] or [])] or None
     precision = None if row["precision"] is None else int(float(row["precision"]))
     gold = _text(row["answer"])
-    info = {"question_type": question_type, "answer_type": answer_type, "precision": precision,
-            "unit": _text(row["unit"])}
+    info = {
+        "question_type": question_type,
+        "answer_type": answer_type,
+        "precision": precision,
+        "unit": _text(row["unit"]),
+    }
     if question_type == "multi_choice":
         if not choices:
             raise BenchmarkError(f"{where}: multi_choice question without choices")
@@ -149,7 +157,9 @@ def _mathvista(row: Mapping[str, Any], where: str) -> EvalSample:
             gold = LETTERS[choices.index(gold)]
         prompt = f"{_text(row['question'])}\nChoices:\n{letter_choices(choices)}"
     else:
-        prompt = " ".join(p for p in (_text(row["question"]), _mathvista_hint(answer_type, precision)) if p)
+        prompt = " ".join(
+            p for p in (_text(row["question"]), _mathvista_hint(answer_type, precision)) if p
+        )
     shown = choices if question_type == "multi_choice" else None
     return EvalSample(_text(row.get("pid")), "mathvista", prompt, [], gold, shown, info)
 
@@ -165,8 +175,12 @@ def _wemath(row: Mapping[str, Any], where: str) -> EvalSample:
         images=[],
         gold=_text(row["answer"]),
         choices=parse_options(option),
-        info={"group": f"{steps}-{_text(row['ID'])}", "steps": steps, "part": part,
-              "concept": _text(row.get("knowledge concept"))},
+        info={
+            "group": f"{steps}-{_text(row['ID'])}",
+            "steps": steps,
+            "part": part,
+            "concept": _text(row.get("knowledge concept")),
+        },
     )
 
 
@@ -181,8 +195,11 @@ def _mathverse(row: Mapping[str, Any], where: str) -> EvalSample:
         images=[],
         gold=_text(row["answer"]),
         choices=choices,
-        info={"question_type": question_type, "version": _text(row["problem_version"]),
-              "problem": _text(row["problem_index"])},
+        info={
+            "question_type": question_type,
+            "version": _text(row["problem_version"]),
+            "problem": _text(row["problem_index"]),
+        },
     )
 
 
@@ -209,14 +226,21 @@ LAYOUTS: dict[str, Layout] = {
         ("decoded_image", "image"),
         _mathvista,
     ),
-    "wemath": Layout("We-Math", ("ID", "question", "option", "answer", "key"), ("image_path",), _wemath),
+    "wemath": Layout(
+        "We-Math", ("ID", "question", "option", "answer", "key"), ("image_path",), _wemath
+    ),
     "mathverse": Layout(
         "MathVerse",
         ("sample_index", "problem_index", "problem_version", "question", "answer", "question_type"),
         ("image",),
         _mathverse,
     ),
-    "mathvision": Layout("MathVision", ("id", "question", "options", "answer"), ("decoded_image", "image"), _mathvision),
+    "mathvision": Layout(
+        "MathVision",
+        ("id", "question", "options", "answer"),
+        ("decoded_image", "image"),
+        _mathvision,
+    ),
 }
 
 
@@ -242,7 +266,9 @@ def _parquet_files(path: Path, split: str | None) -> list[Path]:
     if split:
         files = [f for f in files if f.name.startswith(split)]
     if not files:
-        raise BenchmarkError(f"{path}: no *.parquet files{f' starting with {split!r}' if split else ''}")
+        raise BenchmarkError(
+            f"{path}: no *.parquet files{f' starting with {split!r}' if split else ''}"
+        )
     return files
 
 
@@ -291,10 +317,14 @@ def read_table(uri: str, spec: BenchmarkSpec, cache_dir: Path) -> Table:
         path = Path(uri).expanduser()
         if not path.exists():
             raise BenchmarkError(f"benchmark {spec.name!r}: {uri} does not exist")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+    if path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    ):
         return _read_hf_disk(path, spec.split)
     if path.suffix != ".parquet" and not path.is_dir():
-        raise BenchmarkError(f"benchmark {spec.name!r}: {uri} is neither a .parquet file nor a folder")
+        raise BenchmarkError(
+            f"benchmark {spec.name!r}: {uri} is neither a .parquet file nor a folder"
+        )
     file_columns = [spec.columns.get(c, c) for c in LAYOUTS[spec.name].required]
     return _read_parquet(path, spec.split, file_columns)
 
@@ -313,20 +343,28 @@ def _renamed(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _keep(row: Mapping[str, Any], where: Mapping[str, list[str]]) -> bool:
-    return all(_text(row.get(column)) in {str(v) for v in values} for column, values in where.items())
+    return all(
+        _text(row.get(column)) in {str(v) for v in values} for column, values in where.items()
+    )
 
 
-def load_benchmark(spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_dir: Path) -> list[EvalSample]:
+def load_benchmark(
+    spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_dir: Path
+) -> list[EvalSample]:
     """All samples of one benchmark, in file order, after `where` and `limit`."""
     uri = spec.uri or (str(eval_data_dir) if spec.name == "synthetic" and eval_data_dir else None)
     if uri is None:
-        raise BenchmarkError("benchmark 'synthetic' without a uri needs the eval data folder from data_prep")
+        raise BenchmarkError(
+            "benchmark 'synthetic' without a uri needs the eval data folder from data_prep"
+        )
     layout = LAYOUTS[spec.name]
     table = read_table(uri, spec, cache_dir)
     for column in (*layout.required, *spec.where):
         if spec.columns.get(column, column) not in table.columns:
             raise _missing(table.where, spec.columns.get(column, column), table.columns)
-    image_column = next((c for c in layout.image_columns if spec.columns.get(c, c) in table.columns), None)
+    image_column = next(
+        (c for c in layout.image_columns if spec.columns.get(c, c) in table.columns), None
+    )
     if image_column is None and spec.name != "mathverse":
         raise _missing(table.where, " or ".join(layout.image_columns), table.columns)
     samples: list[EvalSample] = []
@@ -334,18 +372,28 @@ def load_benchmark(spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_
         row = _renamed(raw, spec.columns)
         if spec.where and not _keep(row, spec.where):
             continue
-        samples.append(_sample(layout, row, f"{table.where}: row {index}", image_column, index, table.base_dir))
+        samples.append(
+            _sample(layout, row, f"{table.where}: row {index}", image_column, index, table.base_dir)
+        )
         if spec.limit and len(samples) >= spec.limit:
             break
     if not samples:
-        raise BenchmarkError(f"benchmark {spec.name!r}: no rows in {table.where} (after where={spec.where})")
+        raise BenchmarkError(
+            f"benchmark {spec.name!r}: no rows in {table.where} (after where={spec.where})"
+        )
     _check_unique_ids(samples, table.where)
     log.info("benchmark %s: %d samples from %s", spec.name, len(samples), table.where)
     return samples
 
 
-def _sample(layout: Layout, row: Mapping[str, Any], where: str, image_column: str | None, index: int,
-            base_dir: Path) -> EvalSample:
+def _sample(
+    layout: Layout,
+    row: Mapping[str, Any],
+    where: str,
+    image_column: str | None,
+    index: int,
+    base_dir: Path,
+) -> EvalSample:
     sample = layout.build(row, where)
     if not sample.gold:
         raise BenchmarkError(

@@ -25,8 +25,14 @@ MODEL_NAMES = ("base", "SFT", "RL", "SFT+RL")  # the paper's ablation rows, in i
 ARTIFACT_DIR = "eval"  # MLflow artifact folder of the stage run
 
 
-def main(cfg: PipelineConfig, models: Mapping[str, str], eval_data_dir: str | Path | None,
-         output_dir: str | Path, run_id: str, outputs: EvalOutputs | None = None) -> dict[str, float]:
+def main(
+    cfg: PipelineConfig,
+    models: Mapping[str, str],
+    eval_data_dir: str | Path | None,
+    output_dir: str | Path,
+    run_id: str,
+    outputs: EvalOutputs | None = None,
+) -> dict[str, float]:
     """The stage as the component and the shell both call it: evaluate, write outputs, log to MLflow.
 
     `models` maps display names (base, SFT, RL, SFT+RL) to model dirs or s3:// prefixes; the
@@ -35,12 +41,14 @@ def main(cfg: PipelineConfig, models: Mapping[str, str], eval_data_dir: str | Pa
     outputs = outputs or EvalOutputs.in_folder(output_dir)
     cache = local_cache(cfg)
     with stage_run(cfg, "eval", run_id) as tracker:
-        tracker.log_params({
-            "eval.models": json.dumps(dict(models)),
-            "eval.benchmarks": ",".join(b.name for b in cfg.eval.benchmarks),
-            "eval.max_new_tokens": cfg.eval.max_new_tokens,
-            "eval.backend": cfg.eval.backend,
-        })
+        tracker.log_params(
+            {
+                "eval.models": json.dumps(dict(models)),
+                "eval.benchmarks": ",".join(b.name for b in cfg.eval.benchmarks),
+                "eval.max_new_tokens": cfg.eval.max_new_tokens,
+                "eval.backend": cfg.eval.backend,
+            }
+        )
         run = run_eval(cfg, models, eval_data_dir, cache)
         files = write_outputs(run, outputs)
         metrics = run.metrics()
@@ -74,24 +82,44 @@ def parse_models(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, ref = item.partition("=")
         if not sep or not name.strip() or not ref.strip():
-            raise InputError(f"--model {item!r}: expected NAME=DIR_OR_S3, e.g. --model base=outputs/base_model")
+            raise InputError(
+                f"--model {item!r}: expected NAME=DIR_OR_S3, e.g. --model base=outputs/base_model"
+            )
         if name.strip() in models:
             raise InputError(f"--model {name.strip()!r} given twice")
         models[name.strip()] = ref.strip()
     if not models:
-        raise InputError(f"give at least one --model NAME=DIR_OR_S3 (names as in the paper: {', '.join(MODEL_NAMES)})")
+        raise InputError(
+            f"give at least one --model NAME=DIR_OR_S3 (names as in the paper: {', '.join(MODEL_NAMES)})"
+        )
     return models
 
 
 def cli() -> int:
-    parser = stage_parser("eval", "Evaluate models on the configured benchmarks (report, chart, predictions).")
-    parser.add_argument("--model", dest="models", action="append", default=[], metavar="NAME=DIR_OR_S3",
-                        help="a model to evaluate, e.g. base=outputs/base_model (repeatable; report order)")
-    parser.add_argument("--data", default=None, help="data_prep's eval folder (the synthetic benchmark)")
-    parser.add_argument("--output", required=True, help="folder for report.md, chart.png, predictions/, metrics.json")
+    parser = stage_parser(
+        "eval", "Evaluate models on the configured benchmarks (report, chart, predictions)."
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="NAME=DIR_OR_S3",
+        help="a model to evaluate, e.g. base=outputs/base_model (repeatable; report order)",
+    )
+    parser.add_argument(
+        "--data", default=None, help="data_prep's eval folder (the synthetic benchmark)"
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for report.md, chart.png, predictions/, metrics.json",
+    )
     args = parser.parse_args()
     cfg = config_from_args(args)
-    metrics = main(cfg, parse_models(args.models), args.data, args.output, args.run_id or default_run_id())
+    metrics = main(
+        cfg, parse_models(args.models), args.data, args.output, args.run_id or default_run_id()
+    )
     table = json.loads(Path(args.output, "metrics.json").read_text())["table"]
     print(json.dumps(table, indent=2))
     print(f"metrics: {len(metrics)} logged; report: {Path(args.output) / 'report.md'}")

@@ -38,9 +38,13 @@ def eval_op(
 
     given = {"base": base_model, "SFT": sft_model, "RL": rl_model, "SFT+RL": sft_rl_model}
     models = {name: artifact.path for name, artifact in given.items() if artifact is not None}
-    outputs = EvalOutputs(Path(predictions.path), Path(report.path), Path(chart.path), embed_chart=True)
+    outputs = EvalOutputs(
+        Path(predictions.path), Path(report.path), Path(chart.path), embed_chart=True
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        values = main(config_from_json(config_json), models, eval_data.path, scratch, pipeline_run_id, outputs)
+        values = main(
+            config_from_json(config_json), models, eval_data.path, scratch, pipeline_run_id, outputs
+        )
     for name, value in kfp_metrics(values).items():
         metrics.log_metric(name, value)
     chart.metadata["mime_type"] = "image/png"

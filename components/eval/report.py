@@ -52,7 +52,9 @@ def markdown_table(table: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _details(results: Results, benchmarks: Sequence[str], metrics_of: Mapping[str, str]) -> list[str]:
+def _details(
+    results: Results, benchmarks: Sequence[str], metrics_of: Mapping[str, str]
+) -> list[str]:
     lines = ["## Details", ""]
     for bench in benchmarks:
         lines.append(f"### {display_name(bench)} (column: {metrics_of.get(bench, 'accuracy')})")
@@ -64,9 +66,21 @@ def _details(results: Results, benchmarks: Sequence[str], metrics_of: Mapping[st
             if m is None:
                 continue
             other = ", ".join(
-                f"{k} {100 * v:.1f}" for k, v in m.items()
-                if k not in ("score", "accuracy", "n", "correct", "no_answer", "errors", "groups",
-                             "samples_per_s", "seconds") and not math.isnan(v)
+                f"{k} {100 * v:.1f}"
+                for k, v in m.items()
+                if k
+                not in (
+                    "score",
+                    "accuracy",
+                    "n",
+                    "correct",
+                    "no_answer",
+                    "errors",
+                    "groups",
+                    "samples_per_s",
+                    "seconds",
+                )
+                and not math.isnan(v)
             )
             lines.append(
                 f"| {model} | {int(m['n'])} | {100 * m['accuracy']:.1f} | {int(m['no_answer'])} | "
@@ -76,8 +90,13 @@ def _details(results: Results, benchmarks: Sequence[str], metrics_of: Mapping[st
     return lines
 
 
-def markdown_report(results: Results, benchmarks: Sequence[str], metrics_of: Mapping[str, str],
-                    chart_png: bytes | None = None, chart_link: str | None = None) -> str:
+def markdown_report(
+    results: Results,
+    benchmarks: Sequence[str],
+    metrics_of: Mapping[str, str],
+    chart_png: bytes | None = None,
+    chart_link: str | None = None,
+) -> str:
     """The whole report: the paper-shaped table, the chart (embedded or linked) and per-benchmark details.
 
     `chart_png` embeds the chart as a data URI (the KFP UI renders one Markdown artifact, no
@@ -110,7 +129,9 @@ def bar_chart(results: Results, benchmarks: Sequence[str], path: str | Path) -> 
     columns = list(dict.fromkeys(c for row in table.values() for c in row))
     models = list(table)
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(columns) * max(1, len(models)) ** 0.5), 3.6), dpi=110)
+    fig, ax = plt.subplots(
+        figsize=(max(5.0, 1.4 * len(columns) * max(1, len(models)) ** 0.5), 3.6), dpi=110
+    )
     for i, model in enumerate(models):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(columns))]
         ys = [0.0 if math.isnan(v := table[model].get(c, float("nan"))) else v for c in columns]
@@ -118,7 +139,11 @@ def bar_chart(results: Results, benchmarks: Sequence[str], path: str | Path) -> 
         ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=1)
     ax.set_xticks(range(len(columns)), columns)
     ax.set_ylabel("score (%)")
-    ax.set_ylim(0, max(100.0, *(v for row in table.values() for v in row.values() if not math.isnan(v))) * 1.08)
+    ax.set_ylim(
+        0,
+        max(100.0, *(v for row in table.values() for v in row.values() if not math.isnan(v)))
+        * 1.08,
+    )
     ax.legend(fontsize=8, ncols=min(4, len(models)), loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()

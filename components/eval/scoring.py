@@ -47,7 +47,21 @@ _SLASH_RE = re.compile(rf"({_NUM})\s*/\s*({_NUM})")
 _UNIT_TAIL_RE = re.compile(rf"({_NUM})\s*(?:[a-zA-Z]+\.?(?:\^\{{?[23]\}}?|[23]?)\s*){{1,3}}")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _TEXT_CMD_RE = re.compile(r"\\(?:text|mathrm|mbox|textbf|mathbf|operatorname)\s*\{([^{}]*)\}")
-_DROP = ("$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^{\\circ}", "^\\circ", "°", "\\%", "%", "{,}")
+_DROP = (
+    "$",
+    "\\left",
+    "\\right",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\ ",
+    "^{\\circ}",
+    "^\\circ",
+    "°",
+    "\\%",
+    "%",
+    "{,}",
+)
 
 
 def clean_number_text(text: str, unit: str = "") -> str:
@@ -121,14 +135,18 @@ def judge_synthetic(sample: EvalSample, response: str, timeout_s: float) -> Judg
 
 
 def _list_items(text: str, unit: str) -> list[str]:
-    return [item for item in (clean_number_text(i, unit) for i in text.strip().strip("[]()").split(",")) if item]
+    return [
+        item
+        for item in (clean_number_text(i, unit) for i in text.strip().strip("[]()").split(","))
+        if item
+    ]
 
 
 def _lists_equal(pred: str, gold: str, unit: str) -> bool:
     a, b = _list_items(pred, unit), _list_items(gold, unit)
     if len(a) != len(b) or not a:
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         nx, ny = parse_number(x), parse_number(y)
         if (nx is None or ny is None or nx != ny) and _squash(x) != _squash(y):
             return False
@@ -141,7 +159,9 @@ def judge_mathvista(sample: EvalSample, response: str, timeout_s: float) -> Judg
         return Judgement(None, False)
     info = sample.info
     if info["question_type"] == "multi_choice":
-        return Judgement(pred, is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s))
+        return Judgement(
+            pred, is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s)
+        )
     answer_type, unit = info["answer_type"], info.get("unit", "")
     if answer_type in ("integer", "float"):
         value, gold = parse_number(pred, unit), parse_number(sample.gold)
@@ -175,7 +195,9 @@ def judge_mathvision(sample: EvalSample, response: str, timeout_s: float) -> Jud
     if pred is None:
         return Judgement(None, False)
     if sample.choices:
-        return Judgement(pred, is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s))
+        return Judgement(
+            pred, is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s)
+        )
     value, gold = parse_number(pred), parse_number(sample.gold)
     if value is not None and gold is not None:
         return Judgement(pred, round_half_up(value, 2) == round_half_up(gold, 2))
@@ -221,8 +243,13 @@ def _mean(values: Sequence[bool]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def aggregate(benchmark: str, samples: Sequence[EvalSample], correct: Sequence[bool],
-              extracted: Sequence[str | None], errors: Sequence[bool]) -> dict[str, float]:
+def aggregate(
+    benchmark: str,
+    samples: Sequence[EvalSample],
+    correct: Sequence[bool],
+    extracted: Sequence[str | None],
+    errors: Sequence[bool],
+) -> dict[str, float]:
     """Accuracy, counts, per-group accuracies (`version/vision_only`) and benchmark-specific scores."""
     metrics = {
         "accuracy": _mean(correct),
@@ -233,7 +260,7 @@ def aggregate(benchmark: str, samples: Sequence[EvalSample], correct: Sequence[b
     }
     for key in BREAKDOWNS.get(benchmark, ()):
         groups: dict[str, list[bool]] = defaultdict(list)
-        for sample, ok in zip(samples, correct):
+        for sample, ok in zip(samples, correct, strict=False):
             groups[slug(sample.info.get(key, ""))].append(ok)
         for value, oks in sorted(groups.items()):
             metrics[f"{key}/{value}"] = _mean(oks)
@@ -252,7 +279,7 @@ def wemath_scores(samples: Sequence[EvalSample], correct: Sequence[bool]) -> dic
     Score = (N - 0.5 IG - RM - IK) / N; RM is reported as RM / (CM + RM), the others per N.
     """
     parts: dict[str, dict[str, bool]] = defaultdict(dict)
-    for sample, ok in zip(samples, correct):
+    for sample, ok in zip(samples, correct, strict=False):
         parts[sample.info["group"]][sample.info["part"]] = bool(ok)
     counts = defaultdict(int)
     one_step: list[bool] = []

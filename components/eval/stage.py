@@ -31,8 +31,17 @@ from components.eval.scoring import aggregate, judge, slug
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = (
-    "model", "benchmark", "id", "response", "extracted", "gold", "correct",
-    "finish_reason", "error", "num_tokens", "info",
+    "model",
+    "benchmark",
+    "id",
+    "response",
+    "extracted",
+    "gold",
+    "correct",
+    "finish_reason",
+    "error",
+    "num_tokens",
+    "info",
 )
 KFP_METRICS = ("score", "accuracy")  # per benchmark; the kfp Metrics artifact stays small
 TABLE_FILE = "predictions.json"  # the predictions in MLflow's table layout (JSON, orient "split")
@@ -63,8 +72,10 @@ class EvalRun:
 def kfp_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     """The few numbers for the kfp Metrics artifact, underscore-named: `sft_rl_mathvista_score`,
     `..._accuracy` per benchmark and `<model>_average`; breakdowns stay in MLflow."""
-    keep = tuple(f"/{m}" for m in KFP_METRICS) + ("/average",)
-    return {k.removeprefix("eval/").replace("/", "_"): v for k, v in metrics.items() if k.endswith(keep)}
+    keep = (*tuple(f"/{m}" for m in KFP_METRICS), "/average")
+    return {
+        k.removeprefix("eval/").replace("/", "_"): v for k, v in metrics.items() if k.endswith(keep)
+    }
 
 
 # --------------------------------------------------------------------------- backends
@@ -79,9 +90,15 @@ def make_eval_backend(cfg: PipelineConfig, model_dir: Path, max_images: int = 1)
     processor = load_processor(model_dir, ev.min_pixels, ev.max_pixels)
     if ev.backend == "vllm":
         return make_backend(
-            "vllm", str(model_dir), processor, ev.system_prompt,
-            gpu_memory_utilization=ev.gpu_memory_utilization, max_model_len=ev.max_model_len,
-            dtype=cfg.model.torch_dtype, min_pixels=ev.min_pixels, max_pixels=ev.max_pixels,
+            "vllm",
+            str(model_dir),
+            processor,
+            ev.system_prompt,
+            gpu_memory_utilization=ev.gpu_memory_utilization,
+            max_model_len=ev.max_model_len,
+            dtype=cfg.model.torch_dtype,
+            min_pixels=ev.min_pixels,
+            max_pixels=ev.max_pixels,
             max_images_per_prompt=max(1, max_images),
         )
     import torch
@@ -97,7 +114,9 @@ def resolve_model(ref: str, cfg: PipelineConfig, cache_dir: Path) -> Path:
     from components.common.models import check_model_dir, resolve_model_dir
 
     model = ModelConfig(name_or_path=ref, tiny=cfg.model.tiny)
-    return check_model_dir(resolve_model_dir(model, cache_dir, cfg.data.min_pixels, cfg.data.max_pixels))
+    return check_model_dir(
+        resolve_model_dir(model, cache_dir, cfg.data.min_pixels, cfg.data.max_pixels)
+    )
 
 
 def _shutdown(backend: Any) -> None:
@@ -105,7 +124,10 @@ def _shutdown(backend: Any) -> None:
     if not hasattr(backend, "llm"):
         return
     try:
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        from vllm.distributed.parallel_state import (
+            destroy_distributed_environment,
+            destroy_model_parallel,
+        )
 
         destroy_model_parallel()
         destroy_distributed_environment()
@@ -132,7 +154,9 @@ def _order(samples: Sequence[EvalSample], by_length: bool) -> list[int]:
     return indices
 
 
-def _generate_isolated(backend: Any, prompts: list[PromptInput], sampling: SamplingConfig) -> list[list[Completion]]:
+def _generate_isolated(
+    backend: Any, prompts: list[PromptInput], sampling: SamplingConfig
+) -> list[list[Completion]]:
     """`backend.generate`, retried prompt by prompt if the whole call fails (vLLM raises for the batch)."""
     if not prompts:
         return []
@@ -145,8 +169,13 @@ def _generate_isolated(backend: Any, prompts: list[PromptInput], sampling: Sampl
         return [group for p in prompts for group in _generate_isolated(backend, [p], sampling)]
 
 
-def generate_responses(backend: Any, samples: Sequence[EvalSample], sampling: SamplingConfig,
-                       batch_size: int, by_length: bool = True) -> list[Completion]:
+def generate_responses(
+    backend: Any,
+    samples: Sequence[EvalSample],
+    sampling: SamplingConfig,
+    batch_size: int,
+    by_length: bool = True,
+) -> list[Completion]:
     """One greedy completion per sample, in sample order; failures become `finish_reason="error"`."""
     out: list[Completion | None] = [None] * len(samples)
     order = _order(samples, by_length)
@@ -160,33 +189,57 @@ def generate_responses(backend: Any, samples: Sequence[EvalSample], sampling: Sa
                 ok_ids.append(i)
             except ValueError as exc:
                 out[i] = Completion("", [], "error", error=f"image: {exc}")
-        for i, completions in zip(ok_ids, _generate_isolated(backend, prompts, sampling)):
-            out[i] = completions[0] if completions else Completion("", [], "error", error="no completion")
+        for i, completions in zip(
+            ok_ids, _generate_isolated(backend, prompts, sampling), strict=False
+        ):
+            out[i] = (
+                completions[0]
+                if completions
+                else Completion("", [], "error", error="no completion")
+            )
     for i, completion in enumerate(out):
         if completion is not None and completion.finish_reason == "error":
             sample = samples[i]
-            log.error("%s/%s: generation failed (%s); scored as wrong", sample.benchmark, sample.id, completion.error)
+            log.error(
+                "%s/%s: generation failed (%s); scored as wrong",
+                sample.benchmark,
+                sample.id,
+                completion.error,
+            )
     return [c if c is not None else Completion("", [], "error", error="missing") for c in out]
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def score_responses(model: str, samples: Sequence[EvalSample], completions: Sequence[Completion],
-                    timeout_s: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def score_responses(
+    model: str, samples: Sequence[EvalSample], completions: Sequence[Completion], timeout_s: float
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Judge each completion; returns the benchmark's aggregate metrics and the prediction rows."""
     rows: list[dict[str, Any]] = []
     judgements = [judge(s, c.text, timeout_s) for s, c in zip(samples, completions, strict=True)]
-    for sample, completion, verdict in zip(samples, completions, judgements):
-        rows.append({
-            "model": model, "benchmark": sample.benchmark, "id": sample.id, "response": completion.text,
-            "extracted": verdict.extracted, "gold": sample.gold, "correct": verdict.correct,
-            "finish_reason": completion.finish_reason, "error": completion.error,
-            "num_tokens": len(completion.token_ids), "info": json.dumps(sample.info, default=str),
-        })
+    for sample, completion, verdict in zip(samples, completions, judgements, strict=False):
+        rows.append(
+            {
+                "model": model,
+                "benchmark": sample.benchmark,
+                "id": sample.id,
+                "response": completion.text,
+                "extracted": verdict.extracted,
+                "gold": sample.gold,
+                "correct": verdict.correct,
+                "finish_reason": completion.finish_reason,
+                "error": completion.error,
+                "num_tokens": len(completion.token_ids),
+                "info": json.dumps(sample.info, default=str),
+            }
+        )
     metrics = aggregate(
-        samples[0].benchmark if samples else "", samples, [j.correct for j in judgements],
-        [j.extracted for j in judgements], [c.finish_reason == "error" for c in completions],
+        samples[0].benchmark if samples else "",
+        samples,
+        [j.correct for j in judgements],
+        [j.extracted for j in judgements],
+        [c.finish_reason == "error" for c in completions],
     )
     return metrics, rows
 
@@ -196,29 +249,51 @@ def headline(spec: BenchmarkSpec, metrics: Mapping[str, float]) -> float:
     return metrics.get(spec.metric, float("nan"))
 
 
-def evaluate_model(model: str, backend: Any, data: Mapping[str, list[EvalSample]],
-                   specs: Sequence[BenchmarkSpec], cfg: PipelineConfig) -> tuple[dict[str, dict[str, float]], list[dict]]:
+def evaluate_model(
+    model: str,
+    backend: Any,
+    data: Mapping[str, list[EvalSample]],
+    specs: Sequence[BenchmarkSpec],
+    cfg: PipelineConfig,
+) -> tuple[dict[str, dict[str, float]], list[dict]]:
     sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens)
     per_bench: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
     for spec in specs:
         samples = data[spec.name]
         start = time.perf_counter()
-        completions = generate_responses(backend, samples, sampling, cfg.eval.batch_size, cfg.eval.sort_by_length)
+        completions = generate_responses(
+            backend, samples, sampling, cfg.eval.batch_size, cfg.eval.sort_by_length
+        )
         seconds = time.perf_counter() - start
-        metrics, bench_rows = score_responses(model, samples, completions, cfg.eval.answer_timeout_s)
+        metrics, bench_rows = score_responses(
+            model, samples, completions, cfg.eval.answer_timeout_s
+        )
         metrics["score"] = headline(spec, metrics)
         metrics["seconds"] = seconds
         metrics["samples_per_s"] = len(samples) / seconds if seconds > 0 else float("nan")
         per_bench[spec.name] = metrics
         rows.extend(bench_rows)
-        log.info("eval %s on %s: score %.1f%% (%d samples, %.2f samples/s, %d failed)", model, spec.name,
-                 100 * metrics["score"], len(samples), metrics["samples_per_s"], int(metrics["errors"]))
+        log.info(
+            "eval %s on %s: score %.1f%% (%d samples, %.2f samples/s, %d failed)",
+            model,
+            spec.name,
+            100 * metrics["score"],
+            len(samples),
+            metrics["samples_per_s"],
+            int(metrics["errors"]),
+        )
     return per_bench, rows
 
 
-def _evaluate_dir(name: str, model_dir: Path, data: Mapping[str, list[EvalSample]], specs: Sequence[BenchmarkSpec],
-                  cfg: PipelineConfig, max_images: int) -> tuple[dict[str, dict[str, float]], list[dict]]:
+def _evaluate_dir(
+    name: str,
+    model_dir: Path,
+    data: Mapping[str, list[EvalSample]],
+    specs: Sequence[BenchmarkSpec],
+    cfg: PipelineConfig,
+    max_images: int,
+) -> tuple[dict[str, dict[str, float]], list[dict]]:
     backend = make_eval_backend(cfg, model_dir, max_images=max_images)
     try:
         return evaluate_model(name, backend, data, specs, cfg)
@@ -226,8 +301,12 @@ def _evaluate_dir(name: str, model_dir: Path, data: Mapping[str, list[EvalSample
         _shutdown(backend)
 
 
-def run_eval(cfg: PipelineConfig, models: Mapping[str, str], eval_data_dir: str | Path | None,
-             cache_dir: Path) -> EvalRun:
+def run_eval(
+    cfg: PipelineConfig,
+    models: Mapping[str, str],
+    eval_data_dir: str | Path | None,
+    cache_dir: Path,
+) -> EvalRun:
     """Evaluate every model (display name -> dir or s3://) on every configured benchmark."""
     if not models:
         from components.common.errors import InputError
@@ -261,7 +340,9 @@ class EvalOutputs:
     @classmethod
     def in_folder(cls, root: str | Path) -> EvalOutputs:
         root = Path(root)
-        return cls(root / "predictions", root / "report.md", root / "chart.png", root / "metrics.json")
+        return cls(
+            root / "predictions", root / "report.md", root / "chart.png", root / "metrics.json"
+        )
 
 
 def write_outputs(run: EvalRun, out: EvalOutputs) -> list[Path]:
@@ -272,17 +353,30 @@ def write_outputs(run: EvalRun, out: EvalOutputs) -> list[Path]:
     frame = pd.DataFrame(run.predictions, columns=list(PREDICTION_COLUMNS))
     frame.to_parquet(out.predictions / "predictions.parquet", index=False)
     frame.to_csv(out.predictions / "predictions.csv", index=False)
-    frame.to_json(out.predictions / TABLE_FILE, orient="split", index=False)  # MLflow's table format
+    frame.to_json(
+        out.predictions / TABLE_FILE, orient="split", index=False
+    )  # MLflow's table format
     bar_chart(run.results, run.benchmarks, out.chart)
     link = out.chart.name if out.chart.parent == out.report.parent else str(out.chart)
-    report = markdown_report(run.results, run.benchmarks, run.metric_of,
-                             chart_png=out.chart.read_bytes() if out.embed_chart else None, chart_link=link)
+    report = markdown_report(
+        run.results,
+        run.benchmarks,
+        run.metric_of,
+        chart_png=out.chart.read_bytes() if out.embed_chart else None,
+        chart_link=link,
+    )
     out.report.parent.mkdir(parents=True, exist_ok=True)
     out.report.write_text(report)
-    files = [out.predictions / name for name in ("predictions.parquet", "predictions.csv", TABLE_FILE)]
+    files = [
+        out.predictions / name for name in ("predictions.parquet", "predictions.csv", TABLE_FILE)
+    ]
     files += [out.chart, out.report]
     if out.metrics_json is not None:
-        summary = {"table": score_table(run.results, run.benchmarks), "metrics": run.metrics(), "results": run.results}
+        summary = {
+            "table": score_table(run.results, run.benchmarks),
+            "metrics": run.metrics(),
+            "results": run.results,
+        }
         out.metrics_json.write_text(json.dumps(_finite(summary), indent=2))
         files.append(out.metrics_json)
     return files

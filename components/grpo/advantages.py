@@ -30,7 +30,9 @@ def group_advantages(
             TRL and verl.
     """
     if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} entries, got {tuple(rewards.shape)}"
+        )
     if group_size < 2:
         raise ValueError("group_size must be >= 2: a group of one has no baseline")
     grouped = rewards.float().view(-1, group_size)  # (num_prompts, G)

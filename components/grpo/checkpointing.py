@@ -42,7 +42,11 @@ STATE = "trainer_state.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -59,13 +63,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Checkpointer:
     """Writes ``checkpoint-<step>`` under ``root`` every save and resumes from the newest complete one."""
 
-    def __init__(self, root: str, scratch_dir: str | Path, keep: int = 2, config_json: str = "{}") -> None:
+    def __init__(
+        self, root: str, scratch_dir: str | Path, keep: int = 2, config_json: str = "{}"
+    ) -> None:
         self.root = str(root)
         self.scratch = Path(scratch_dir)
         self.keep = keep
         self.config_json = config_json
 
-    def save(self, step: int, engine: PolicyEngine, order: PromptOrder, history: list[dict], world: World = World()) -> str:
+    def save(
+        self,
+        step: int,
+        engine: PolicyEngine,
+        order: PromptOrder,
+        history: list[dict],
+        world: World = World(),
+    ) -> str:
         """Every rank calls this (weights may be gathered, optimizer state and RNG streams are collected,
         ZeRO ranks write their partitions); rank 0 writes the rest and publishes."""
         local = self.scratch / checkpoints.checkpoint_name(step)
@@ -83,7 +96,9 @@ class Checkpointer:
         barrier(world)
         return uri
 
-    def _publish(self, step, local: Path, opt_state, engine: PolicyEngine, order, history, rngs) -> str:
+    def _publish(
+        self, step, local: Path, opt_state, engine: PolicyEngine, order, history, rngs
+    ) -> str:
         torch.save(
             {
                 "step": step,
@@ -103,7 +118,9 @@ class Checkpointer:
         log.info("checkpoint at step %d: %s", step, uri)
         return uri
 
-    def resume(self, engine: PolicyEngine, order: PromptOrder, world: World = World()) -> tuple[int, list[dict]]:
+    def resume(
+        self, engine: PolicyEngine, order: PromptOrder, world: World = World()
+    ) -> tuple[int, list[dict]]:
         """Load the newest complete checkpoint into the engine (every rank calls this); (0, []) when there is none."""
         uri = checkpoints.latest_complete_checkpoint(self.root)
         if uri is None:
@@ -128,7 +145,11 @@ class Checkpointer:
         if len(rngs) == world.size:
             set_rng_state(rngs[world.rank])
         else:
-            log.warning("checkpoint has RNG states of %d processes, this run has %d: sampling is reseeded", len(rngs), world.size)
+            log.warning(
+                "checkpoint has RNG states of %d processes, this run has %d: sampling is reseeded",
+                len(rngs),
+                world.size,
+            )
             torch.manual_seed(hash((state["step"], world.rank)) % 2**31)
         log.info("resumed from %s at step %d", uri, state["step"])
         return int(state["step"]), list(state["history"])

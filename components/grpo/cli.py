@@ -32,8 +32,13 @@ def checkpoint_root(cfg: PipelineConfig, output_dir: str, run_id: str, run_name:
     return storage.join(output_dir, "checkpoints")
 
 
-def stage_paths(cfg: PipelineConfig, init_model: str, data_dir: str, output_dir: str, run_id: str, run_name: str) -> GRPOPaths:
-    scratch = scratch_dir() / f"grpo-{hashlib.sha1(f'{output_dir}|{run_id}|{run_name}'.encode()).hexdigest()[:12]}"
+def stage_paths(
+    cfg: PipelineConfig, init_model: str, data_dir: str, output_dir: str, run_id: str, run_name: str
+) -> GRPOPaths:
+    scratch = (
+        scratch_dir()
+        / f"grpo-{hashlib.sha1(f'{output_dir}|{run_id}|{run_name}'.encode()).hexdigest()[:12]}"
+    )
     output = scratch / "output" if storage.is_s3(output_dir) else Path(output_dir)
     return GRPOPaths(
         init_model=storage.materialize(init_model, scratch_dir() / "inputs"),
@@ -60,14 +65,20 @@ def main(
     init_model_dir, data_dir, output_dir = str(init_model_dir), str(data_dir), str(output_dir)
     nproc = processes_to_launch()
     if nproc > 1:
-        return run_under_torchrun(cfg, init_model_dir, data_dir, output_dir, run_id, run_name, nproc)
+        return run_under_torchrun(
+            cfg, init_model_dir, data_dir, output_dir, run_id, run_name, nproc
+        )
     paths = stage_paths(cfg, init_model_dir, data_dir, output_dir, run_id, run_name)
     with rank_zero_tracking(cfg, run_name, run_id) as tracker:
         if tracker is None:  # a torchrun worker other than rank 0
             summary, _ = run_grpo(cfg, paths)
             return summary
-        tracker.log_params({k: v for k, v in flatten(cfg).items() if k.startswith(("grpo.", "model."))})
-        tracker.log_params({"grpo.init_model": init_model_dir, "grpo.checkpoint_root": paths.checkpoint_root})
+        tracker.log_params(
+            {k: v for k, v in flatten(cfg).items() if k.startswith(("grpo.", "model."))}
+        )
+        tracker.log_params(
+            {"grpo.init_model": init_model_dir, "grpo.checkpoint_root": paths.checkpoint_root}
+        )
         summary, _ = run_grpo(cfg, paths, log_fn=tracker.log_metrics)
         # At the last step: its keys repeat the last step's metrics, and at step 0 they would
         # add a false first point to the reward curves.
@@ -94,19 +105,35 @@ def rank_zero_tracking(cfg: PipelineConfig, run_name: str, run_id: str) -> Itera
 
 def _checkpoint_files(output: Path) -> list[str]:
     ckpt = output / "checkpoints"
-    return [p.relative_to(output).as_posix() for p in ckpt.rglob("*") if p.is_file()] if ckpt.is_dir() else []
+    return (
+        [p.relative_to(output).as_posix() for p in ckpt.rglob("*") if p.is_file()]
+        if ckpt.is_dir()
+        else []
+    )
 
 
 def cli() -> int:
     parser = stage_parser("grpo", "GRPO with verifiable rewards on the RL set; writes a model dir.")
-    parser.add_argument("--init-model", required=True, help="model dir (SFT output or base model), local or s3://")
-    parser.add_argument("--data", required=True, help="RL dataset folder (data_prep's rl/), local or s3://")
-    parser.add_argument("--output", required=True, help="folder (or s3:// prefix) for the trained model")
-    parser.add_argument("--run-name", default="grpo", help="MLflow run name: grpo (after SFT) or grpo_from_base")
-    parser.add_argument("--summary-json", default=None, help="also write the summary metrics here (rank 0)")
+    parser.add_argument(
+        "--init-model", required=True, help="model dir (SFT output or base model), local or s3://"
+    )
+    parser.add_argument(
+        "--data", required=True, help="RL dataset folder (data_prep's rl/), local or s3://"
+    )
+    parser.add_argument(
+        "--output", required=True, help="folder (or s3:// prefix) for the trained model"
+    )
+    parser.add_argument(
+        "--run-name", default="grpo", help="MLflow run name: grpo (after SFT) or grpo_from_base"
+    )
+    parser.add_argument(
+        "--summary-json", default=None, help="also write the summary metrics here (rank 0)"
+    )
     args = parser.parse_args()
     cfg = config_from_args(args)
-    summary = main(cfg, args.init_model, args.data, args.output, args.run_id or default_run_id(), args.run_name)
+    summary = main(
+        cfg, args.init_model, args.data, args.output, args.run_id or default_run_id(), args.run_name
+    )
     if is_rank_zero():
         if args.summary_json:
             Path(args.summary_json).write_text(json.dumps(summary))

@@ -24,7 +24,14 @@ def grpo_op(
     from components.common.config import config_from_json
     from components.grpo.cli import main
 
-    summary = main(config_from_json(config_json), init_model.path, rl_data.path, model.path, pipeline_run_id, run_name)
+    summary = main(
+        config_from_json(config_json),
+        init_model.path,
+        rl_data.path,
+        model.path,
+        pipeline_run_id,
+        run_name,
+    )
     for name, value in summary.items():
         metrics.log_metric(name.replace("/", "_"), value)
     model.metadata["stage"] = run_name

@@ -24,7 +24,9 @@ def load_rl_dataset(path: str | Path) -> datasets.Dataset:
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError:
-        raise InputError(f"{path}: no dataset saved with datasets.save_to_disk (run data_prep first)") from None
+        raise InputError(
+            f"{path}: no dataset saved with datasets.save_to_disk (run data_prep first)"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise InputError(f"{path}: a DatasetDict without a 'train' split (has {list(loaded)})")
@@ -52,7 +54,10 @@ class PromptOrder:
 
     def indices(self, step: int) -> list[int]:
         start = step * self.batch_size
-        return [self._perm(pos // self.num_rows)[pos % self.num_rows] for pos in range(start, start + self.batch_size)]
+        return [
+            self._perm(pos // self.num_rows)[pos % self.num_rows]
+            for pos in range(start, start + self.batch_size)
+        ]
 
     def epoch(self, step: int) -> float:
         return step * self.batch_size / self.num_rows
@@ -63,9 +68,16 @@ class PromptOrder:
 
 def to_prompts(rows: dict[str, list[Any]]) -> list[PromptInput]:
     """Columnar rows (``dataset[indices]``) -> PromptInput per row."""
-    return [PromptInput(problem=p, images=list(imgs or [])) for p, imgs in zip(rows["problem"], rows["images"], strict=True)]
+    return [
+        PromptInput(problem=p, images=list(imgs or []))
+        for p, imgs in zip(rows["problem"], rows["images"], strict=True)
+    ]
 
 
 def reward_columns(rows: dict[str, list[Any]], group_size: int) -> dict[str, list[Any]]:
     """Every non-image column, each value repeated for the G completions of its row (TRL's convention)."""
-    return {k: [v for v in values for _ in range(group_size)] for k, values in rows.items() if k != "images"}
+    return {
+        k: [v for v in values for _ in range(group_size)]
+        for k, values in rows.items()
+        if k != "images"
+    }

@@ -59,7 +59,11 @@ def shard(indices: Sequence[int], world: World) -> list[int]:
 
 def _comm_device() -> torch.device:
     """NCCL reduces CUDA tensors only; gloo takes CPU ones."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp) -> list[float]:
@@ -108,7 +112,9 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def adamw(params: Sequence[torch.nn.Parameter], world: World, shard_state: bool, **kwargs: Any) -> torch.optim.Optimizer:
+def adamw(
+    params: Sequence[torch.nn.Parameter], world: World, shard_state: bool, **kwargs: Any
+) -> torch.optim.Optimizer:
     """AdamW; with several ranks and `shard_state`, its state split across ranks (ZeRO-1)."""
     if world.active and shard_state:
         from torch.distributed.optim import ZeroRedundancyOptimizer

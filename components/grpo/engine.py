@@ -32,18 +32,34 @@ PLAIN_LAYOUT = {"deepspeed": "none"}
 
 
 def updates_per_rollout(cfg: GRPOConfig) -> int:
-    mini_batches = math.ceil(cfg.rollout_batch_size / cfg.update_batch_size) * cfg.epochs_per_rollout
-    return min(mini_batches, cfg.max_updates_per_rollout) if cfg.max_updates_per_rollout else mini_batches
+    mini_batches = (
+        math.ceil(cfg.rollout_batch_size / cfg.update_batch_size) * cfg.epochs_per_rollout
+    )
+    return (
+        min(mini_batches, cfg.max_updates_per_rollout)
+        if cfg.max_updates_per_rollout
+        else mini_batches
+    )
 
 
-def build_optimizer(model: torch.nn.Module, cfg: GRPOConfig, world: World = World()) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimizer(
+    model: torch.nn.Module, cfg: GRPOConfig, world: World = World()
+) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW on the trainable parameters (state sharded across ranks when several train); the
     schedule counts optimizer updates, not rollout steps."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, world, cfg.shard_optimizer_state, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw(
+        params,
+        world,
+        cfg.shard_optimizer_state,
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
     total = cfg.total_steps * updates_per_rollout(cfg)
     name = "constant_with_warmup" if cfg.lr_scheduler_type == "constant" else cfg.lr_scheduler_type
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total
+    )
     return optimizer, scheduler
 
 
@@ -51,7 +67,9 @@ class PolicyEngine(Protocol):
     """What the GRPO loop and the checkpointer use of the policy's training machinery."""
 
     module: torch.nn.Module  # the policy itself: generation, saving, weight pushes
-    forward: torch.nn.Module  # what log-probs and the loss run through (DeepSpeed's engine, or the policy)
+    forward: (
+        torch.nn.Module
+    )  # what log-probs and the loss run through (DeepSpeed's engine, or the policy)
     scheduler: Any
     lockstep_backward: bool  # every rank must run the same number of backward passes
     lockstep_forward: bool  # ... and of forward passes (ZeRO-3 gathers weights inside each)
@@ -118,14 +136,20 @@ class PlainEngine:
 
     def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
         """bf16 autocast over fp32 weights on CUDA (AdamW keeps updating fp32 weights)."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 and device.type == "cuda" else nullcontext()
+        return (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.bf16 and device.type == "cuda"
+            else nullcontext()
+        )
 
     @contextmanager
     def full_weights(self) -> Iterator[torch.nn.Module]:
         yield self.module
 
     def layout(self) -> dict[str, Any]:
-        return dict(PLAIN_LAYOUT)  # the full state, consolidated on rank 0: any number of ranks can resume it
+        return dict(
+            PLAIN_LAYOUT
+        )  # the full state, consolidated on rank 0: any number of ranks can resume it
 
     def save_weights(self, path: Path, world: World) -> None:
         if world.is_main:
@@ -142,7 +166,9 @@ class PlainEngine:
         self.optimizer.load_state_dict(state)
 
 
-def build_engine(policy: torch.nn.Module, cfg: GRPOConfig, world: World = World(), deepspeed: str = "none") -> PolicyEngine:
+def build_engine(
+    policy: torch.nn.Module, cfg: GRPOConfig, world: World = World(), deepspeed: str = "none"
+) -> PolicyEngine:
     """The plain engine, or DeepSpeed's ZeRO stage `deepspeed` ("zero2" / "zero3") when one is chosen."""
     if deepspeed == "none":
         return PlainEngine(policy, cfg, world)

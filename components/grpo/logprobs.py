@@ -54,7 +54,9 @@ def shares_vision_features(model: torch.nn.Module) -> bool:
     """True if the model's forward accepts precomputed vision features (``mm_encoder_outputs``)."""
     model = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "mm_encoder_outputs" in inspect.signature(base.forward).parameters and hasattr(base, "get_image_features")
+    return "mm_encoder_outputs" in inspect.signature(base.forward).parameters and hasattr(
+        base, "get_image_features"
+    )
 
 
 def vision_inputs(model: torch.nn.Module, batch: RolloutBatch, share: bool) -> dict:
@@ -65,16 +67,24 @@ def vision_inputs(model: torch.nn.Module, batch: RolloutBatch, share: bool) -> d
     grids = torch.split(batch.image_grid_thw, counts)
     seq_grid = torch.cat([grids[p] for p in batch.prompt_index.tolist()])
     if share:
-        features = model.get_image_features(batch.pixel_values, batch.image_grid_thw).pooler_output  # per image
+        features = model.get_image_features(
+            batch.pixel_values, batch.image_grid_thw
+        ).pooler_output  # per image
         per_prompt, start = [], 0
         for n in counts:
             per_prompt.append(features[start : start + n])
             start += n
         seq_features = tuple(f for p in batch.prompt_index.tolist() for f in per_prompt[p])
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=seq_features)}, "image_grid_thw": seq_grid}
+        return {
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=seq_features)},
+            "image_grid_thw": seq_grid,
+        }
     rows_per_prompt = [int(g.prod(-1).sum()) for g in grids]
     pixels = torch.split(batch.pixel_values, rows_per_prompt)
-    return {"pixel_values": torch.cat([pixels[p] for p in batch.prompt_index.tolist()]), "image_grid_thw": seq_grid}
+    return {
+        "pixel_values": torch.cat([pixels[p] for p in batch.prompt_index.tolist()]),
+        "image_grid_thw": seq_grid,
+    }
 
 
 def completion_logprobs(
@@ -119,7 +129,9 @@ def batched_logprobs(
     ``stand_in`` and are discarded: under ZeRO-3 every forward gathers weights collectively, so
     every rank must run as many as the busiest one.
     """
-    out = torch.zeros(len(batch), batch.completion_len, device=batch.input_ids.device, dtype=torch.float32)
+    out = torch.zeros(
+        len(batch), batch.completion_len, device=batch.input_ids.device, dtype=torch.float32
+    )
     starts = range(0, len(batch), micro_batch_size)
     for start in starts:
         rows = torch.arange(start, min(start + micro_batch_size, len(batch)))
@@ -128,6 +140,8 @@ def batched_logprobs(
         out[rows, : micro.completion_len] = logps
     for _ in range(passes - len(starts)):
         if stand_in is None:
-            raise ValueError(f"{passes} lockstep passes asked for, {len(starts)} micro-batches and no stand-in batch")
+            raise ValueError(
+                f"{passes} lockstep passes asked for, {len(starts)} micro-batches and no stand-in batch"
+            )
         completion_logprobs(model, stand_in, temperature)
     return out

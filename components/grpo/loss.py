@@ -137,7 +137,9 @@ def grpo_token_loss(
     The KL term is in the loss (not in the reward), per token, as in the paper and TRL.
     ``ref_logp`` may be None only when ``kl_coef`` is 0. Adds metric ``kl`` when it is used.
     """
-    loss, metrics = clipped_surrogate(logp, old_logp, advantages, mask, clip_low, clip_high, clip_dual)
+    loss, metrics = clipped_surrogate(
+        logp, old_logp, advantages, mask, clip_low, clip_high, clip_dual
+    )
     if kl_coef != 0.0:
         if ref_logp is None:
             raise ValueError("kl_coef != 0 needs ref_logp (the frozen reference model's log-probs)")
@@ -194,7 +196,9 @@ def agg_loss(
     except KeyError:
         raise ValueError(f"unknown loss aggregation {mode!r}; valid: {sorted(AGG_MODES)}") from None
     mask = mask.to(loss_mat.dtype)
-    num_tokens = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
+    tokens: torch.Tensor | float = (
+        mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
+    )
     num_seqs = loss_mat.shape[0] if num_seqs is None else max(float(num_seqs), 1.0)
     max_len = loss_mat.shape[-1] if max_len is None else float(max_len)
-    return fn(loss_mat, mask, num_tokens, num_seqs, max_len)
+    return fn(loss_mat, mask, tokens, num_seqs, max_len)

@@ -85,7 +85,9 @@ class RolloutBatch:
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return RolloutBatch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
+        return RolloutBatch(
+            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()}
+        )
 
     def select(self, rows: torch.Tensor) -> RolloutBatch:
         """The sequences `rows` (sorted), with only their prompts' images and no all-padding columns."""
@@ -94,14 +96,18 @@ class RolloutBatch:
         image_ids, patch_rows = _prompt_image_rows(self, prompts)
         n_prompt = self.input_ids.shape[1] - self.completion_len
         attn = self.attention_mask[rows]
-        first = int(attn[:, :n_prompt].any(0).float().argmax())  # leading columns padded in every row
+        first = int(
+            attn[:, :n_prompt].any(0).float().argmax()
+        )  # leading columns padded in every row
         keep_c = max(int(self.completion_mask[rows].sum(-1).max()), 1)
         cols = slice(first, n_prompt + keep_c)
         return replace(
             self,
             input_ids=self.input_ids[rows, cols],
             attention_mask=attn[:, cols],
-            mm_token_type_ids=None if self.mm_token_type_ids is None else self.mm_token_type_ids[rows, cols],
+            mm_token_type_ids=None
+            if self.mm_token_type_ids is None
+            else self.mm_token_type_ids[rows, cols],
             completion_mask=self.completion_mask[rows, :keep_c],
             prompt_index=torch.searchsorted(prompts, self.prompt_index[rows]),
             pixel_values=None if self.pixel_values is None else self.pixel_values[patch_rows],
@@ -113,7 +119,9 @@ class RolloutBatch:
         )
 
 
-def _prompt_image_rows(batch: RolloutBatch, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _prompt_image_rows(
+    batch: RolloutBatch, prompts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the images of `prompts` and of those images' rows in `pixel_values`."""
     empty = torch.zeros(0, dtype=torch.long)
     if batch.image_grid_thw is None:
@@ -122,8 +130,14 @@ def _prompt_image_rows(batch: RolloutBatch, prompts: torch.Tensor) -> tuple[torc
     image_start = torch.cat([empty.new_zeros(1), batch.images_per_prompt.cpu().cumsum(0)])
     patches = batch.image_grid_thw.cpu().prod(-1)
     patch_start = torch.cat([patches.new_zeros(1), patches.cumsum(0)])
-    image_ids = torch.cat([torch.arange(int(image_start[p]), int(image_start[p + 1])) for p in prompts.tolist()] + [empty])
-    patch_rows = torch.cat([torch.arange(int(patch_start[i]), int(patch_start[i + 1])) for i in image_ids.tolist()] + [empty])
+    image_ids = torch.cat(
+        [torch.arange(int(image_start[p]), int(image_start[p + 1])) for p in prompts.tolist()]
+        + [empty]
+    )
+    patch_rows = torch.cat(
+        [torch.arange(int(patch_start[i]), int(patch_start[i + 1])) for i in image_ids.tolist()]
+        + [empty]
+    )
     return image_ids, patch_rows
 
 
@@ -149,7 +163,9 @@ def build_rollout_batch(
     """Join each prompt with each of its G completions (G = len(completions[i]), the same for all)."""
     group = {len(c) for c in completions}
     if len(group) != 1 or len(completions) != prompts.input_ids.shape[0]:
-        raise ValueError(f"need the same number of completions for each of {prompts.input_ids.shape[0]} prompts, got {group}")
+        raise ValueError(
+            f"need the same number of completions for each of {prompts.input_ids.shape[0]} prompts, got {group}"
+        )
     G = group.pop()
     flat = [c for per_prompt in completions for c in per_prompt]
     kept = [trainable_length(c.token_ids, set(placeholder_ids)) for c in flat]
@@ -203,7 +219,9 @@ class PromptFit:
         return min(self.lengths, default=0)
 
 
-def fit_prompts(processor, prompts: Sequence[PromptInput], system_prompt: str, max_prompt_length: int) -> PromptFit:
+def fit_prompts(
+    processor, prompts: Sequence[PromptInput], system_prompt: str, max_prompt_length: int
+) -> PromptFit:
     """Encode the prompts and keep those of at most ``max_prompt_length`` tokens.
 
     Longer prompts are dropped from their step and counted, never truncated: a cut could split
@@ -250,7 +268,14 @@ def generate_rollout(
         prompts = [prompts[i] for i in fit.kept]
         enc = encode_prompts(processor, prompts, system_prompt)
     completions = backend.generate(prompts, sampling)
-    placeholders = [t for t in (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)) if t is not None]
+    placeholders = [
+        t
+        for t in (
+            getattr(processor, "image_token_id", None),
+            getattr(processor, "video_token_id", None),
+        )
+        if t is not None
+    ]
     batch = build_rollout_batch(enc, completions, processor.tokenizer.pad_token_id, placeholders)
     return Rollout(batch, completions, fit.kept, dropped_too_long=n_given - len(fit.kept))
 
@@ -271,5 +296,7 @@ def stand_in_batch(processor, system_prompt: str) -> RolloutBatch:
     """
     enc = encode_prompts(processor, [PromptInput("", [Image.new("RGB", (56, 56))])], system_prompt)
     pad = processor.tokenizer.pad_token_id
-    token = processor.tokenizer.eos_token_id if processor.tokenizer.eos_token_id is not None else pad
+    token = (
+        processor.tokenizer.eos_token_id if processor.tokenizer.eos_token_id is not None else pad
+    )
     return build_rollout_batch(enc, [[Completion("", [int(token)], "stop")]], pad)

@@ -32,7 +32,9 @@ from components.grpo.zero import ZeroEngine, reference_engine, standalone_state_
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_TARGET_REGEX = rf".*language_model\..*\.({'|'.join(LORA_TARGETS)})$"  # not the vision tower's MLPs
+LORA_TARGET_REGEX = (
+    rf".*language_model\..*\.({'|'.join(LORA_TARGETS)})$"  # not the vision tower's MLPs
+)
 
 
 @dataclass
@@ -45,7 +47,9 @@ class GRPOPaths:
 
 
 def pick_device(world: World) -> torch.device:
-    return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    )
 
 
 def prepare_policy(model: torch.nn.Module, cfg: GRPOConfig) -> tuple[torch.nn.Module, Any]:
@@ -66,12 +70,21 @@ def prepare_policy(model: torch.nn.Module, cfg: GRPOConfig) -> tuple[torch.nn.Mo
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=LORA_TARGET_REGEX, task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=LORA_TARGET_REGEX,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
         if cfg.kl_coef > 0:
             ref = model.disable_adapter
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("policy: %d trainable of %d parameters", trainable, sum(p.numel() for p in model.parameters()))
+    log.info(
+        "policy: %d trainable of %d parameters",
+        trainable,
+        sum(p.numel() for p in model.parameters()),
+    )
     return model, ref
 
 
@@ -90,7 +103,9 @@ def prepare_reference(ref: Any, engine: PolicyEngine) -> Any:
     return ref
 
 
-def save_final_model(policy: torch.nn.Module, processor, out: Path, standalone: bool = False) -> None:
+def save_final_model(
+    policy: torch.nn.Module, processor, out: Path, standalone: bool = False
+) -> None:
     """A plain model dir (safetensors + processor) that eval and later stages load by path.
 
     `standalone`: save copies of the weights (under ZeRO-2 they are views into one flat buffer).
@@ -112,7 +127,9 @@ def plot_rewards(history: list[dict[str, float]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [h["reward/mean"] for h in history], label="reward (weighted)", linewidth=2)
     for key in sorted(k for k in history[0] if k.startswith("rewards/") and k.endswith("/mean")):
-        ax.plot(steps, [h.get(key, float("nan")) for h in history], label=key.split("/")[1], alpha=0.7)
+        ax.plot(
+            steps, [h.get(key, float("nan")) for h in history], label=key.split("/")[1], alpha=0.7
+        )
     ax.set_xlabel("rollout step")
     ax.set_ylabel("mean reward")
     ax.set_title("GRPO rewards")
@@ -130,7 +147,11 @@ def summarize(history: list[dict[str, float]], window: int = 5) -> dict[str, flo
         return {}
     last = history[-1]
     first_n, last_n = history[:window], history[-window:]
-    out = {f"grpo/{k}": v for k, v in last.items() if k.startswith(("reward", "rewards/")) and k.endswith("mean")}
+    out = {
+        f"grpo/{k}": v
+        for k, v in last.items()
+        if k.startswith(("reward", "rewards/")) and k.endswith("mean")
+    }
     out["grpo/steps"] = float(last["step"])
     out["grpo/reward/mean_first_steps"] = sum(h["reward/mean"] for h in first_n) / len(first_n)
     out["grpo/reward/mean_last_steps"] = sum(h["reward/mean"] for h in last_n) / len(last_n)
@@ -153,13 +174,20 @@ def run_grpo(
     torch.manual_seed(g.seed + world.rank)  # ranks sample different completions
     device = pick_device(world)
     processor = load_processor(paths.init_model, g.min_pixels, g.max_pixels)
-    model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation).to(device)
+    model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation).to(
+        device
+    )
     policy, ref = prepare_policy(model, g)
     engine = build_engine(policy, g, world, deepspeed_stage(g))
     ref = prepare_reference(ref, engine)
     dataset = load_rl_dataset(paths.data)
     backend = build_backend(g, engine.module, processor, paths.init_model)
-    checkpointer = Checkpointer(paths.checkpoint_root, paths.scratch / "checkpoint-staging", g.save_total_limit, g.model_dump_json())
+    checkpointer = Checkpointer(
+        paths.checkpoint_root,
+        paths.scratch / "checkpoint-staging",
+        g.save_total_limit,
+        g.model_dump_json(),
+    )
     history = train(
         g, engine.module, processor, dataset,
         backend=backend,
@@ -191,4 +219,6 @@ def build_backend(g: GRPOConfig, policy: torch.nn.Module, processor, model_dir: 
             enable_sleep_mode=g.vllm_enable_sleep_mode,
             seed=g.seed, min_pixels=g.min_pixels, max_pixels=g.max_pixels,
         )  # fmt: skip
-    return make_backend("hf", policy, processor, g.system_prompt, batch_size=g.generation_batch_size)
+    return make_backend(
+        "hf", policy, processor, g.system_prompt, batch_size=g.generation_batch_size
+    )

@@ -94,12 +94,18 @@ def score_completions(
     columns: Mapping[str, list[Any]],
 ) -> tuple[torch.Tensor, dict[str, list[float]]]:
     """Run every reward function (all are logged), combine the weighted ones: (N,) and per-function lists."""
-    per_func = {name: [float(r) for r in fn(list(texts), **columns)] for name, fn in reward_funcs.items()}
-    rewards = torch.tensor(combine_rewards({n: per_func[n] for n in weights}, weights), dtype=torch.float32)
+    per_func = {
+        name: [float(r) for r in fn(list(texts), **columns)] for name, fn in reward_funcs.items()
+    }
+    rewards = torch.tensor(
+        combine_rewards({n: per_func[n] for n in weights}, weights), dtype=torch.float32
+    )
     return rewards, per_func
 
 
-def reward_metrics(rewards: Sequence[float], per_func: Mapping[str, Sequence[float]]) -> dict[str, float]:
+def reward_metrics(
+    rewards: Sequence[float], per_func: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
     def mean_std(values: Sequence[float]) -> tuple[float, float]:
         t = torch.tensor(values, dtype=torch.float32)
         return t.mean().item(), (t.std().item() if len(t) > 1 else 0.0)
@@ -134,7 +140,9 @@ def micro_batch_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward one micro-batch and return its share of the mini-batch loss, and metrics."""
     mask = micro.completion_mask
-    logp, entropy = completion_logprobs(policy, micro, cfg.temperature, compute_entropy=cfg.compute_entropy)
+    logp, entropy = completion_logprobs(
+        policy, micro, cfg.temperature, compute_entropy=cfg.compute_entropy
+    )
     old_logp = micro.old_logps if micro.old_logps is not None else logp.detach()
     loss_mat, metrics = grpo_token_loss(
         logp, old_logp, micro.advantages, mask,
@@ -152,7 +160,9 @@ def lockstep_passes(count: int, lockstep: bool, world: World) -> int:
     return int(all_reduce_max([count], world)[0]) if lockstep else count
 
 
-def stand_in_loss(engine: PolicyEngine, stand_in: RolloutBatch | None, cfg: GRPOConfig) -> torch.Tensor:
+def stand_in_loss(
+    engine: PolicyEngine, stand_in: RolloutBatch | None, cfg: GRPOConfig
+) -> torch.Tensor:
     """A zero loss through the whole model: the backward a rank without a micro-batch runs under ZeRO."""
     if stand_in is None:
         raise ValueError("a lockstep engine needs a stand-in batch (setup_run builds one)")
@@ -183,7 +193,9 @@ def update_policy(
     starts = [i * seqs_per_update for _ in range(cfg.epochs_per_rollout) for i in range(per_epoch)]
     for start in starts[: updates_per_rollout(cfg)]:
         end = min(start + seqs_per_update, len(batch))
-        mini = torch.arange(min(start, end), end, device=batch.input_ids.device)  # may be empty on this rank
+        mini = torch.arange(
+            min(start, end), end, device=batch.input_ids.device
+        )  # may be empty on this rank
         tokens, seqs = all_reduce_sum([batch.completion_mask[mini].sum().item(), len(mini)], world)
         if seqs == 0:  # every rank's share is empty (prompts dropped as too long): no step at all
             continue
@@ -220,7 +232,9 @@ class GRPORun:
     backend: Any  # GenerationBackend
     reward_funcs: Mapping[str, RewardFunc]
     reward_weights: Mapping[str, float]
-    ref_model: Any  # frozen module (or DeepSpeed engine), adapter-disabling context factory, or None
+    ref_model: (
+        Any  # frozen module (or DeepSpeed engine), adapter-disabling context factory, or None
+    )
     order: PromptOrder
     sampling: SamplingConfig
     off_policy: bool  # several updates per rollout, or a sampler with its own numerics
@@ -239,10 +253,16 @@ def setup_run(
     """The run's state; `engine` wraps `policy` (default: the plain engine, built here)."""
     for name in ("rollout_batch_size", "update_batch_size"):
         if getattr(cfg, name) % world.size:
-            raise ValueError(f"grpo.{name}={getattr(cfg, name)} must be a multiple of the {world.size} training processes")
+            raise ValueError(
+                f"grpo.{name}={getattr(cfg, name)} must be a multiple of the {world.size} training processes"
+            )
     engine = engine if engine is not None else PlainEngine(policy, cfg, world)
     device = next(engine.module.parameters()).device
-    stand_in = stand_in_batch(processor, cfg.system_prompt).to(device) if engine.lockstep_backward else None
+    stand_in = (
+        stand_in_batch(processor, cfg.system_prompt).to(device)
+        if engine.lockstep_backward
+        else None
+    )
     return GRPORun(
         cfg, engine, processor, dataset, backend, reward_funcs, reward_weights, ref_model,
         order=PromptOrder(len(dataset), cfg.rollout_batch_size, cfg.seed),
@@ -267,7 +287,9 @@ def agree_on_prompts(run: GRPORun, prompts: list[PromptInput], fit: PromptFit, s
     parts = gather_objects(mine, run.world)
     if sum(p["kept"] for p in parts) == 0:
         shortest = min(p["shortest"] for p in parts if p["given"])
-        message = too_long_message(sum(p["given"] for p in parts), shortest, run.cfg.max_prompt_length)
+        message = too_long_message(
+            sum(p["given"] for p in parts), shortest, run.cfg.max_prompt_length
+        )
         raise PromptsTooLongError(f"rollout step {step + 1}: {message}")
     if any(p["no_image"] for p in parts):
         raise InputError(
@@ -279,8 +301,12 @@ def agree_on_prompts(run: GRPORun, prompts: list[PromptInput], fit: PromptFit, s
 
 def lockstep_logprobs(model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
     """`batched_logprobs`, with as many forwards as the busiest rank under ZeRO-3 (stand-ins for the rest)."""
-    passes = lockstep_passes(math.ceil(len(batch) / run.cfg.micro_batch_size), run.engine.lockstep_forward, run.world)
-    return batched_logprobs(model, batch, run.cfg.micro_batch_size, run.cfg.temperature, passes, run.stand_in)
+    passes = lockstep_passes(
+        math.ceil(len(batch) / run.cfg.micro_batch_size), run.engine.lockstep_forward, run.world
+    )
+    return batched_logprobs(
+        model, batch, run.cfg.micro_batch_size, run.cfg.temperature, passes, run.stand_in
+    )
 
 
 def push_weights(engine: PolicyEngine, backend: Any) -> None:
@@ -304,7 +330,13 @@ def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
     agree_on_prompts(run, prompts, fit, step)
     with engine.full_weights():  # ZeRO-3: whole weights, so each rank generates on its own
         rollout = generate_rollout(
-            run.backend, run.processor, prompts, run.sampling, cfg.system_prompt, cfg.max_prompt_length, fit
+            run.backend,
+            run.processor,
+            prompts,
+            run.sampling,
+            cfg.system_prompt,
+            cfg.max_prompt_length,
+            fit,
         )
     batch = rollout.batch.to(device)
     t_rollout = time.perf_counter()
@@ -361,7 +393,9 @@ def combine_ranks(parts: list[dict[str, Any]]) -> dict[str, float]:
     """One step's metrics from every rank's share: rewards pooled, token metrics token-weighted,
     sequence metrics sequence-weighted, maxima/minima/times (the slowest rank) and sums kept as such."""
     rewards = [r for p in parts for r in p["rewards"]]
-    per_func = {name: [r for p in parts for r in p["per_func"][name]] for name in parts[0]["per_func"]}
+    per_func = {
+        name: [r for p in parts for r in p["per_func"][name]] for name in parts[0]["per_func"]
+    }
     metrics = reward_metrics(rewards, per_func)
     tokens = MeanMeter()
     for p in parts:
@@ -369,7 +403,9 @@ def combine_ranks(parts: list[dict[str, Any]]) -> dict[str, float]:
     metrics.update(tokens.means())
     seqs = MeanMeter()
     for p in parts:
-        seqs.add(p["seq_metrics"], weight=p["seqs"])  # a rank with no sequences (all prompts too long) weighs 0
+        seqs.add(
+            p["seq_metrics"], weight=p["seqs"]
+        )  # a rank with no sequences (all prompts too long) weighs 0
     metrics.update(seqs.means())
     for key in dict.fromkeys(k for p in parts for k in p["seq_metrics"]):
         values = [p["seq_metrics"][key] for p in parts if key in p["seq_metrics"]]
@@ -413,9 +449,17 @@ def train(
     if checkpointer is not None:
         start, history = checkpointer.resume(run.engine, run.order, world)
     if start:
-        push_weights(run.engine, backend)  # an engine started from the initial weights must catch up
+        push_weights(
+            run.engine, backend
+        )  # an engine started from the initial weights must catch up
     steps = range(start, cfg.total_steps)
-    bar = tqdm(steps, initial=start, total=cfg.total_steps, desc="grpo", disable=not (show_progress and world.is_main))
+    bar = tqdm(
+        steps,
+        initial=start,
+        total=cfg.total_steps,
+        desc="grpo",
+        disable=not (show_progress and world.is_main),
+    )
     for step in bar:
         metrics, texts = grpo_step(run, step)
 
@@ -423,12 +467,16 @@ def train(
         history.append({"step": step + 1, **metrics})
         if log_fn is not None and world.is_main:
             log_fn({f"grpo/{k}": v for k, v in metrics.items()}, step + 1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", len=f"{metrics['completions/mean_length']:.0f}")
+        bar.set_postfix(
+            reward=f"{metrics['reward/mean']:.3f}", len=f"{metrics['completions/mean_length']:.0f}"
+        )
         if world.is_main and (step == start or (step + 1) % cfg.save_steps == 0):
             log.info("step %d sample completion: %r", step + 1, texts[0][:200] if texts else "")
 
         # -- checkpoint
-        if checkpointer is not None and ((step + 1) % cfg.save_steps == 0 or step + 1 == cfg.total_steps):
+        if checkpointer is not None and (
+            (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.total_steps
+        ):
             checkpointer.save(step + 1, run.engine, run.order, history, world)
     return history
 
@@ -437,7 +485,9 @@ def train(
 def reference_logprobs(ref_model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
     if ref_model is None:
         raise ValueError("kl_coef > 0 needs a reference model")
-    if isinstance(ref_model, torch.nn.Module):  # a frozen copy (a DeepSpeed inference engine under ZeRO)
+    if isinstance(
+        ref_model, torch.nn.Module
+    ):  # a frozen copy (a DeepSpeed inference engine under ZeRO)
         return lockstep_logprobs(ref_model, batch, run)
     with ref_model():  # the policy with its adapters disabled
         return lockstep_logprobs(run.engine.forward, batch, run)

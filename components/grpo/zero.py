@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 def micro_batches_per_update(cfg: GRPOConfig, world_size: int) -> int:
     """Micro-batches a rank runs per optimizer update when the prompts divide evenly."""
-    return max(1, -(-(cfg.update_batch_size // world_size * cfg.num_generations) // cfg.micro_batch_size))
+    return max(
+        1, -(-(cfg.update_batch_size // world_size * cfg.num_generations) // cfg.micro_batch_size)
+    )
 
 
 def deepspeed_config(cfg: GRPOConfig, world_size: int, hidden_size: int) -> dict[str, Any]:
@@ -79,7 +81,9 @@ def ensure_process_group(world: World) -> None:
         from components.common.generation import _free_port
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
 
 
 def _trained_dtype(policy: torch.nn.Module, cfg: GRPOConfig) -> None:
@@ -101,9 +105,15 @@ class ZeroEngine:
         ensure_process_group(world)
         _trained_dtype(policy, cfg)
         self.stage = stage
-        self.config = deepspeed_config(cfg.model_copy(update={"deepspeed": stage}), world.size, model_width(policy))
-        optimizer, self.scheduler = build_optimizer(policy, cfg)  # torch AdamW; DeepSpeed partitions its state
-        self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config=self.config)
+        self.config = deepspeed_config(
+            cfg.model_copy(update={"deepspeed": stage}), world.size, model_width(policy)
+        )
+        optimizer, self.scheduler = build_optimizer(
+            policy, cfg
+        )  # torch AdamW; DeepSpeed partitions its state
+        self.engine, *_ = deepspeed.initialize(
+            model=policy, optimizer=optimizer, config=self.config
+        )
         self.module = self.engine.module
         self.forward = self.engine
         self.lockstep_forward = stage == "zero3"
@@ -114,7 +124,9 @@ class ZeroEngine:
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(boundary)
-        self.engine.backward(loss * self.world.size, scale_wrt_gas=False)  # ZeRO averages over ranks; we sum
+        self.engine.backward(
+            loss * self.world.size, scale_wrt_gas=False
+        )  # ZeRO averages over ranks; we sum
 
     def step(self) -> float:
         self.engine.step()  # reduces the last buckets, clips to max_grad_norm, AdamW step, zeroes gradients
@@ -123,7 +135,9 @@ class ZeroEngine:
         return float(norm) if norm is not None else float("nan")
 
     def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        return nullcontext()  # bf16 runs on bf16 weights (fp32 masters in the optimizer), not autocast
+        return (
+            nullcontext()
+        )  # bf16 runs on bf16 weights (fp32 masters in the optimizer), not autocast
 
     def full_weights(self) -> AbstractContextManager[torch.nn.Module]:
         return full_weights(self.engine)
@@ -152,9 +166,15 @@ class ZeroEngine:
     def load_optimizer_state(self, state: Any, folder: Path) -> None:
         """This rank's partition, fp32 master weights included (ZeRO-3 copies them into its weight shards)."""
         optimizer = self.engine.optimizer
-        own = torch.load(folder / shard_name(self.world.rank, self.world.size), map_location="cpu", weights_only=False)
+        own = torch.load(
+            folder / shard_name(self.world.rank, self.world.size),
+            map_location="cpu",
+            weights_only=False,
+        )
         shards: list[Any] = [None] * self.world.size
-        shards[self.world.rank] = own  # DeepSpeed reads the entry of this rank only (non-elastic checkpoints)
+        shards[self.world.rank] = (
+            own  # DeepSpeed reads the entry of this rank only (non-elastic checkpoints)
+        )
         if hasattr(optimizer, "checkpoint_event_prologue"):
             optimizer.checkpoint_event_prologue()
         optimizer.load_state_dict(shards, load_optimizer_states=True, load_from_fp32_weights=True)
@@ -185,7 +205,9 @@ def load_standalone_state_dict(module: torch.nn.Module, path: Path) -> None:
     loaded = {(own[k].data_ptr(), tuple(own[k].shape)) for k in state if k in own}
     missing = [k for k in missing if (own[k].data_ptr(), tuple(own[k].shape)) not in loaded]
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the policy (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: weights do not match the policy (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def shard_name(rank: int, size: int) -> str:
@@ -213,7 +235,9 @@ def _gathered(engine: Any, modifier_rank: int | None = None) -> Iterator[torch.n
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=modifier_rank):
+    with deepspeed.zero.GatheredParameters(
+        list(engine.module.parameters()), modifier_rank=modifier_rank
+    ):
         yield engine.module
 
 

@@ -52,7 +52,8 @@ def last_local_checkpoint(ckpt_dir: Path) -> Path | None:
     found = [
         (step, path)
         for path in ckpt_dir.iterdir()
-        if (step := checkpoints.parse_step(path.name)) is not None and _trainer_state(path) is not None
+        if (step := checkpoints.parse_step(path.name)) is not None
+        and _trainer_state(path) is not None
     ]
     return max(found)[1] if found else None
 
@@ -126,7 +127,9 @@ class SaveConfigCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            (Path(args.output_dir) / checkpoints.checkpoint_name(state.global_step) / CONFIG_FILE).write_text(self.text)
+            (
+                Path(args.output_dir) / checkpoints.checkpoint_name(state.global_step) / CONFIG_FILE
+            ).write_text(self.text)
 
 
 class PublishCheckpointCallback(TrainerCallback):

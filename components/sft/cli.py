@@ -46,7 +46,9 @@ def local_output(output_dir: str) -> Path:
     return scratch_dir() / "sft-output" / hashlib.sha1(output_dir.encode()).hexdigest()[:16]
 
 
-def stage_paths(cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: str, run_id: str) -> SFTPaths:
+def stage_paths(
+    cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: str, run_id: str
+) -> SFTPaths:
     cache = scratch_dir() / "inputs"
     return SFTPaths(
         base_model=storage.materialize(base_model_dir, cache),
@@ -59,7 +61,11 @@ def stage_paths(cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_
 def upload_model(local: Path, output_dir: str) -> None:
     """Upload the final model to an s3 output (its checkpoints are already there), the result file last."""
     ckpt = local_checkpoint_dir(local)
-    skip = tuple(p.relative_to(local).as_posix() for p in ckpt.rglob("*") if p.is_file()) if ckpt.is_dir() else ()
+    skip = (
+        tuple(p.relative_to(local).as_posix() for p in ckpt.rglob("*") if p.is_file())
+        if ckpt.is_dir()
+        else ()
+    )
     storage.sync_up(local, output_dir, exclude=(*skip, RESULT_FILE))
     storage.upload_file(local / RESULT_FILE, storage.join(output_dir, RESULT_FILE))
 
@@ -74,12 +80,16 @@ def rank_zero_tracking(cfg: PipelineConfig, run_id: str) -> Iterator[Any | None]
         yield tracker
 
 
-def main(cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: str, run_id: str) -> dict[str, float]:
+def main(
+    cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: str, run_id: str
+) -> dict[str, float]:
     """Run SFT: under torchrun when the pod has several GPUs, else in this process."""
     base_model_dir, data_dir, output_dir = str(base_model_dir), str(data_dir), str(output_dir)
     done = finished_result(output_dir, cfg)
     if done is not None:
-        log.info("sft: %s already holds the trained model of this config; nothing to do", output_dir)
+        log.info(
+            "sft: %s already holds the trained model of this config; nothing to do", output_dir
+        )
         return done
     nproc = processes_to_launch()
     if nproc > 1:
@@ -95,13 +105,29 @@ def main(cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: st
 
 
 def cli() -> int:
-    parser = stage_parser("sft", "Supervised fine-tuning (cold start) of the VLM on chain-of-thought answers.")
-    parser.add_argument("--base-model", required=True, help="model directory or s3:// prefix (weights + processor)")
-    parser.add_argument("--data", required=True, help="data_prep's sft/ folder (DatasetDict) or s3:// prefix")
-    parser.add_argument("--output", required=True, help="model output dir or s3:// prefix; rerun to resume")
-    parser.add_argument("--metrics-json", default=None, help="also write the final metrics here (rank 0)")
+    parser = stage_parser(
+        "sft", "Supervised fine-tuning (cold start) of the VLM on chain-of-thought answers."
+    )
+    parser.add_argument(
+        "--base-model", required=True, help="model directory or s3:// prefix (weights + processor)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="data_prep's sft/ folder (DatasetDict) or s3:// prefix"
+    )
+    parser.add_argument(
+        "--output", required=True, help="model output dir or s3:// prefix; rerun to resume"
+    )
+    parser.add_argument(
+        "--metrics-json", default=None, help="also write the final metrics here (rank 0)"
+    )
     args = parser.parse_args()
-    metrics = main(config_from_args(args), args.base_model, args.data, args.output, args.run_id or default_run_id())
+    metrics = main(
+        config_from_args(args),
+        args.base_model,
+        args.data,
+        args.output,
+        args.run_id or default_run_id(),
+    )
     if is_rank_zero():
         if args.metrics_json:
             Path(args.metrics_json).write_text(json.dumps(metrics))

@@ -35,13 +35,17 @@ def conversation(row: dict[str, Any], system_prompt: str) -> list[dict[str, Any]
     return messages
 
 
-def labels_from_mask(input_ids: torch.Tensor, assistant_masks: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def labels_from_mask(
+    input_ids: torch.Tensor, assistant_masks: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """(B, T) labels: the token id where the assistant spoke (and not padding), else -100."""
     keep = assistant_masks.bool() & attention_mask.bool()
     return torch.where(keep, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
 
-def truncate_batch(batch: dict[str, Any], max_length: int, image_token_id: int, row_ids: list[str]) -> dict[str, Any]:
+def truncate_batch(
+    batch: dict[str, Any], max_length: int, image_token_id: int, row_ids: list[str]
+) -> dict[str, Any]:
     """Cut right-padded sequences to `max_length` tokens, refusing to cut through image tokens.
 
     A cut inside the image placeholders would leave `pixel_values` describing more patches than
@@ -85,6 +89,10 @@ class SFTCollator:
             processor_kwargs={"padding": True, "padding_side": "right"},
         )
         image_token_id = self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)
-        batch = truncate_batch(dict(batch), self.max_length, image_token_id, [str(r.get("id")) for r in rows])
-        batch["labels"] = labels_from_mask(batch["input_ids"], batch.pop("assistant_masks"), batch["attention_mask"])
+        batch = truncate_batch(
+            dict(batch), self.max_length, image_token_id, [str(r.get("id")) for r in rows]
+        )
+        batch["labels"] = labels_from_mask(
+            batch["input_ids"], batch.pop("assistant_masks"), batch["attention_mask"]
+        )
         return batch

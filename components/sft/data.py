@@ -57,7 +57,9 @@ def load_sft_splits(data_dir: str | Path) -> tuple[datasets.Dataset, datasets.Da
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError:
-        raise SFTDataError(f"{path}: not a datasets folder (expected data_prep's sft/ output)") from None
+        raise SFTDataError(
+            f"{path}: not a datasets folder (expected data_prep's sft/ output)"
+        ) from None
     if isinstance(loaded, datasets.Dataset):
         train, validation = loaded, None
     elif "train" in loaded:
@@ -68,7 +70,9 @@ def load_sft_splits(data_dir: str | Path) -> tuple[datasets.Dataset, datasets.Da
         if split is not None:
             missing = [c for c in REQUIRED_COLUMNS if c not in split.column_names]
             if missing:
-                raise SFTDataError(f"{path} split {name!r}: missing columns {missing} (has {split.column_names})")
+                raise SFTDataError(
+                    f"{path} split {name!r}: missing columns {missing} (has {split.column_names})"
+                )
     if len(train) == 0:
         raise SFTDataError(f"{path}: the train split is empty")
     return train, (validation if validation is not None and len(validation) else None)
@@ -86,7 +90,9 @@ def reserved_tokens(processor: Any) -> list[str]:
 
 def check_text(rows: dict[str, list], processor: Any, split: str) -> None:
     """Every row needs an assistant answer, and no text may contain the template's special tokens."""
-    no_answer = [str(i) for i, s in zip(rows["id"], rows["solution"]) if not (s or "").strip()]
+    no_answer = [
+        str(i) for i, s in zip(rows["id"], rows["solution"], strict=False) if not (s or "").strip()
+    ]
     if no_answer:
         raise SFTDataError(
             f"split {split!r}: {len(no_answer)} rows have no assistant answer (empty 'solution'): {_shown(no_answer)}; "
@@ -95,7 +101,7 @@ def check_text(rows: dict[str, list], processor: Any, split: str) -> None:
     reserved = reserved_tokens(processor)
     bad = [
         f"{i} ({tok})"
-        for i, p, s in zip(rows["id"], rows["problem"], rows["solution"])
+        for i, p, s in zip(rows["id"], rows["problem"], rows["solution"], strict=False)
         for tok in reserved
         if tok in (p or "") or tok in s
     ]
@@ -129,15 +135,25 @@ def row_lengths(ds: datasets.Dataset, processor: Any, system_prompt: str) -> lis
     sizes = image_sizes(ds)
     render = processor.apply_chat_template
     full, prompts = [], []
-    for problem, solution, imgs in zip(rows["problem"], rows["solution"], sizes):
-        full.append(render(sft_messages(problem, solution, system_prompt, len(imgs)), tokenize=False))
-        prompts.append(render(prompt_messages(problem, system_prompt, len(imgs)), tokenize=False, add_generation_prompt=True))
+    for problem, solution, imgs in zip(rows["problem"], rows["solution"], sizes, strict=False):
+        full.append(
+            render(sft_messages(problem, solution, system_prompt, len(imgs)), tokenize=False)
+        )
+        prompts.append(
+            render(
+                prompt_messages(problem, system_prompt, len(imgs)),
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        )
     tok = processor.tokenizer
     n_full = [len(ids) for ids in tok(full, add_special_tokens=False)["input_ids"]]
     n_prompt = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
     out = []
-    for row_id, total, prompt, imgs in zip(rows["id"], n_full, n_prompt, sizes):
-        extra = sum(image_token_count(processor, w, h) - 1 for w, h in imgs)  # each placeholder was 1 token
+    for row_id, total, prompt, imgs in zip(rows["id"], n_full, n_prompt, sizes, strict=False):
+        extra = sum(
+            image_token_count(processor, w, h) - 1 for w, h in imgs
+        )  # each placeholder was 1 token
         out.append(RowLength(str(row_id), total + extra, prompt + extra))
     return out
 
@@ -148,7 +164,9 @@ def check_split(ds: datasets.Dataset, processor: Any, cfg: SFTConfig, split: str
     lengths = row_lengths(ds, processor, cfg.system_prompt)
     limit = cfg.max_length
     overlong = [r for r in lengths if r.total > limit]
-    unfit = [r for r in overlong if r.prompt >= limit]  # not even one answer token fits after the images
+    unfit = [
+        r for r in overlong if r.prompt >= limit
+    ]  # not even one answer token fits after the images
     if overlong and cfg.overlong == "error":
         shown = [f"{r.row_id} ({r.total} tokens)" for r in overlong]
         raise SFTDataError(
@@ -160,7 +178,10 @@ def check_split(ds: datasets.Dataset, processor: Any, cfg: SFTConfig, split: str
     if dropped:
         log.warning(
             "sft %s: dropped %d rows whose prompt + image tokens exceed sft.max_length=%d: %s",
-            split, len(dropped), limit, _shown(dropped),
+            split,
+            len(dropped),
+            limit,
+            _shown(dropped),
         )
     if len(dropped) == len(lengths):
         raise SFTDataError(
@@ -170,6 +191,11 @@ def check_split(ds: datasets.Dataset, processor: Any, cfg: SFTConfig, split: str
     keep = [i for i, r in enumerate(lengths) if not (r.total > limit and r.prompt >= limit)]
     truncated = [r.row_id for r in overlong if r.prompt < limit]
     if truncated:
-        log.info("sft %s: %d rows will have their answer truncated to %d tokens", split, len(truncated), limit)
+        log.info(
+            "sft %s: %d rows will have their answer truncated to %d tokens",
+            split,
+            len(truncated),
+            limit,
+        )
     kept = ds if len(keep) == len(ds) else ds.select(keep)
     return CheckedSplit(kept, truncated, dropped, max(r.total for r in lengths))

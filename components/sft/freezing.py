@@ -31,7 +31,9 @@ def vision_tower(model: nn.Module) -> nn.Module:
             module = getattr(module, name, None)
         if module is not None:
             return module
-    raise InputError(f"{type(model).__name__} has no vision tower at model.visual; sft supports Qwen2/2.5-VL models")
+    raise InputError(
+        f"{type(model).__name__} has no vision tower at model.visual; sft supports Qwen2/2.5-VL models"
+    )
 
 
 def freeze_for_sft(model: nn.Module, cfg: SFTConfig) -> nn.Module:
@@ -54,7 +56,9 @@ def apply_lora(model: nn.Module, cfg: SFTConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     if not cfg.freeze_vision_tower:
-        log.warning("sft.lora_r > 0: the vision tower stays frozen (LoRA adapts the language model only)")
+        log.warning(
+            "sft.lora_r > 0: the vision tower stays frozen (LoRA adapts the language model only)"
+        )
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -70,7 +74,12 @@ def prepare_trainable(model: nn.Module, cfg: SFTConfig) -> nn.Module:
     """Apply the configured freezing or LoRA; returns the model to train (a PeftModel for LoRA)."""
     model = apply_lora(model, cfg) if cfg.lora_r > 0 else freeze_for_sft(model, cfg)
     counts = parameter_counts(model)
-    log.info("sft: training %d of %d parameters (%s)", counts["trainable"], counts["total"], trainable_groups(model))
+    log.info(
+        "sft: training %d of %d parameters (%s)",
+        counts["trainable"],
+        counts["total"],
+        trainable_groups(model),
+    )
     return model
 
 

@@ -10,11 +10,21 @@ __all__ = ["is_rank_zero", "processes_to_launch", "run_under_torchrun", "stage_a
 
 
 def stage_args(base_model_dir: str, data_dir: str, output_dir: str, run_id: str) -> dict[str, str]:
-    return {"--base-model": base_model_dir, "--data": data_dir, "--output": output_dir, "--run-id": run_id}
+    return {
+        "--base-model": base_model_dir,
+        "--data": data_dir,
+        "--output": output_dir,
+        "--run-id": run_id,
+    }
 
 
 def run_under_torchrun(
-    cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: str, run_id: str, nproc: int
+    cfg: PipelineConfig,
+    base_model_dir: str,
+    data_dir: str,
+    output_dir: str,
+    run_id: str,
+    nproc: int,
 ) -> dict[str, float]:
     """Train in `nproc` torchrun workers; returns rank 0's metrics."""
     args = stage_args(base_model_dir, data_dir, output_dir, run_id)

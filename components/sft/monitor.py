@@ -55,7 +55,11 @@ class TrackerCallback(TrainerCallback):
 
 
 def loss_points(log_history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(entry["step"], float(entry[key])) for entry in log_history if key in entry and "step" in entry]
+    points = [
+        (entry["step"], float(entry[key]))
+        for entry in log_history
+        if key in entry and "step" in entry
+    ]
     return [s for s, _ in points], [v for _, v in points]
 
 

@@ -63,7 +63,9 @@ def check_global_batch(cfg: SFTConfig, world: int) -> None:
         )
 
 
-def training_arguments(cfg: SFTConfig, ckpt_dir: Path, has_eval: bool, ds_config: str | None, cuda: bool) -> TrainingArguments:
+def training_arguments(
+    cfg: SFTConfig, ckpt_dir: Path, has_eval: bool, ds_config: str | None, cuda: bool
+) -> TrainingArguments:
     """The recipe knobs of `sft.*` as TrainingArguments; checkpoints go to `ckpt_dir`."""
     periodic_eval = has_eval and cfg.eval_steps > 0
     return TrainingArguments(
@@ -82,7 +84,9 @@ def training_arguments(cfg: SFTConfig, ckpt_dir: Path, has_eval: bool, ds_config
         max_grad_norm=cfg.max_grad_norm,
         bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # frozen embeddings would stop re-entrant grads
+        gradient_checkpointing_kwargs={
+            "use_reentrant": False
+        },  # frozen embeddings would stop re-entrant grads
         eval_strategy="steps" if periodic_eval else "no",
         eval_steps=cfg.eval_steps if periodic_eval else None,
         save_strategy="steps",
@@ -111,21 +115,26 @@ def load_dtype(cfg: PipelineConfig, ds_config: str | None) -> str:
     return cfg.model.torch_dtype if ds_config is not None else "float32"
 
 
-def prepare_data(data_dir: Path, processor: Any, cfg: SFTConfig) -> tuple[Any, Any, dict[str, float]]:
+def prepare_data(
+    data_dir: Path, processor: Any, cfg: SFTConfig
+) -> tuple[Any, Any, dict[str, float]]:
     train_raw, eval_raw = load_sft_splits(data_dir)
     train = check_split(train_raw, processor, cfg, "train")
     evalset = check_split(eval_raw, processor, cfg, "validation") if eval_raw is not None else None
     metrics = {
         "sft/data/train_rows": len(train.dataset),
         "sft/data/eval_rows": len(evalset.dataset) if evalset else 0,
-        "sft/data/truncated_rows": len(train.truncated) + (len(evalset.truncated) if evalset else 0),
+        "sft/data/truncated_rows": len(train.truncated)
+        + (len(evalset.truncated) if evalset else 0),
         "sft/data/dropped_rows": len(train.dropped) + (len(evalset.dropped) if evalset else 0),
         "sft/data/max_tokens": max(train.max_tokens, evalset.max_tokens if evalset else 0),
     }
     return train.dataset, (evalset.dataset if evalset else None), metrics
 
 
-def build_trainer(cfg: PipelineConfig, paths: SFTPaths, monitor: TrackerCallback) -> tuple[SFTTrainer, dict[str, float]]:
+def build_trainer(
+    cfg: PipelineConfig, paths: SFTPaths, monitor: TrackerCallback
+) -> tuple[SFTTrainer, dict[str, float]]:
     """Processor, checked data, (frozen / LoRA) model and the Trainer with its callbacks."""
     sft = cfg.sft
     cuda = torch.cuda.is_available()
@@ -134,7 +143,9 @@ def build_trainer(cfg: PipelineConfig, paths: SFTPaths, monitor: TrackerCallback
     train, evalset, data_metrics = prepare_data(paths.data, processor, sft)
     ds_config = deepspeed_config(sft, cuda)
     # TrainingArguments before the model: with ZeRO-3 it makes from_pretrained load partitioned.
-    args = training_arguments(sft, local_checkpoint_dir(paths.output), evalset is not None, ds_config, cuda)
+    args = training_arguments(
+        sft, local_checkpoint_dir(paths.output), evalset is not None, ds_config, cuda
+    )
     model = load_model(paths.base_model, load_dtype(cfg, ds_config), cfg.model.attn_implementation)
     set_seed(sft.seed)  # LoRA adapters are initialised randomly: same config, same adapters
     model = prepare_trainable(model, sft)
@@ -151,7 +162,9 @@ def build_trainer(cfg: PipelineConfig, paths: SFTPaths, monitor: TrackerCallback
         callbacks=callbacks,
     )
     counts = parameter_counts(model)
-    data_metrics.update({"sft/params/trainable": counts["trainable"], "sft/params/total": counts["total"]})
+    data_metrics.update(
+        {"sft/params/trainable": counts["trainable"], "sft/params/total": counts["total"]}
+    )
     return trainer, data_metrics
 
 
@@ -170,7 +183,9 @@ def save_final_model(trainer: SFTTrainer, output: Path, cfg: PipelineConfig) -> 
         trainer.save_model(str(output))  # gathers ZeRO-3 shards; saves the processor too
     if trainer.is_world_process_zero():
         (output / CONFIG_FILE).write_text(cfg.model_dump_json(indent=2))
-        (output / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config file says it all
+        (output / "training_args.bin").unlink(
+            missing_ok=True
+        )  # a pickle; the config file says it all
         if not cfg.sft.keep_checkpoints:
             shutil.rmtree(local_checkpoint_dir(output), ignore_errors=True)
 
@@ -205,7 +220,9 @@ def run_sft(cfg: PipelineConfig, paths: SFTPaths, tracker: Any | None) -> dict[s
     return metrics
 
 
-def final_metrics(trainer: SFTTrainer, monitor: TrackerCallback, resumed_from: int, eval_metrics: dict) -> dict[str, float]:
+def final_metrics(
+    trainer: SFTTrainer, monitor: TrackerCallback, resumed_from: int, eval_metrics: dict
+) -> dict[str, float]:
     _, losses = loss_points(trainer.state.log_history, "loss")
     out = {
         "sft/global_step": float(trainer.state.global_step),

@@ -20,15 +20,23 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 
 def has_full_weights(checkpoint: str | Path) -> bool:
-    return any((Path(checkpoint) / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+    return any(
+        (Path(checkpoint) / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+    )
 
 
 class SFTTrainer(Trainer):
     """`transformers.Trainer` whose resume restores the checkpoint's weights for VL models."""
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: nn.Module | None = None
+    ) -> None:
         model = self.model if model is None else model
-        if self.is_deepspeed_enabled or hasattr(model, "peft_config") or not has_full_weights(resume_from_checkpoint):
+        if (
+            self.is_deepspeed_enabled
+            or hasattr(model, "peft_config")
+            or not has_full_weights(resume_from_checkpoint)
+        ):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         dtype = next(model.parameters()).dtype
         saved = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)

@@ -30,8 +30,14 @@ def load_bench(name: str):
 def run_bench(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -44,15 +50,33 @@ def test_ablation_quick_writes_the_table(tmp_path):
     out = tmp_path / "ablation.json"
     done = run_bench("ablation.py", "--quick", "--output", str(out))
     report = json.loads(out.read_text())
-    assert {"config", "config_digest", "seeds", "summary", "per_seed", "total_s", "time", "base_kind",
-            "load_avg_before", "torch_threads"} <= set(report)
+    assert {
+        "config",
+        "config_digest",
+        "seeds",
+        "summary",
+        "per_seed",
+        "total_s",
+        "time",
+        "base_kind",
+        "load_avg_before",
+        "torch_threads",
+    } <= set(report)
     assert report["quick"] is True and len(report["seeds"]) == 1
-    assert VARIANTS <= set(report["summary"]["table"])  # + the answer-prior reference row
+    assert set(report["summary"]["table"]) >= VARIANTS  # + the answer-prior reference row
     assert all({"mean", "std"} == set(row) for row in report["summary"]["table"].values())
-    assert [c["claim"] for c in report["summary"]["claims"]] == ["SFT+RL > SFT", "SFT+RL > RL", "RL > base"]
+    assert [c["claim"] for c in report["summary"]["claims"]] == [
+        "SFT+RL > SFT",
+        "SFT+RL > RL",
+        "RL > base",
+    ]
     (seed,) = report["per_seed"]
-    assert set(seed["accuracy"]) == VARIANTS and all(0.0 <= a <= 1.0 for a in seed["accuracy"].values())
-    assert {"data_prep", "base_model", "sft", "grpo", "grpo_from_base", "eval"} <= set(seed["timings_s"])
+    assert set(seed["accuracy"]) == VARIANTS and all(
+        0.0 <= a <= 1.0 for a in seed["accuracy"].values()
+    )
+    assert {"data_prep", "base_model", "sft", "grpo", "grpo_from_base", "eval"} <= set(
+        seed["timings_s"]
+    )
     assert set(seed["grpo_reward"]) == {"SFT+RL", "RL"}
     assert set(seed["gain_over_constant"]) == VARIANTS and set(seed["top_answers"]) == VARIANTS
     assert 0.0 <= seed["prior_accuracy"] <= 1.0
@@ -65,14 +89,25 @@ def test_pipeline_wallclock_quick_times_every_stage(tmp_path):
     out = tmp_path / "wallclock.json"
     done = run_bench("pipeline_wallclock.py", "--quick", "--output", str(out))
     report = json.loads(out.read_text())
-    assert {"total_s", "tasks_s", "orchestration_s", "dominant_stage", "peak_rss_total_mb", "stages",
-            "config_digest", "load_avg_before", "time"} <= set(report)
+    assert {
+        "total_s",
+        "tasks_s",
+        "orchestration_s",
+        "dominant_stage",
+        "peak_rss_total_mb",
+        "stages",
+        "config_digest",
+        "load_avg_before",
+        "time",
+    } <= set(report)
     stages = {s["task"]: s for s in report["stages"]}
     assert {"data_prep", "base_model", "sft", "grpo", "eval"} <= set(stages)
     for stage in stages.values():
         assert {"wall_s", "mlflow_stage_s", "peak_rss_mb", "cpu_s", "task_dir"} <= set(stage)
         assert stage["wall_s"] > 0 and stage["peak_rss_mb"] > 0
-    assert all(stages[s]["mlflow_stage_s"] is not None for s in ("data_prep", "sft", "grpo", "eval"))
+    assert all(
+        stages[s]["mlflow_stage_s"] is not None for s in ("data_prep", "sft", "grpo", "eval")
+    )
     assert report["dominant_stage"] in stages
     assert "| **total** |" in done.stdout
 
@@ -82,13 +117,26 @@ def test_pipeline_wallclock_quick_times_every_stage(tmp_path):
 
 def test_wallclock_names_kfp_tasks_from_their_command_line():
     bench = load_bench("pipeline_wallclock")
-    executor_input = json.dumps({"inputs": {"parameterValues": {"run_name": "grpo_from_base"}},
-                                 "outputs": {"outputFile": "/root/run-1/grpo-op-2/executor_output.json"}})
-    cmd = ["python", "-m", "kfp.dsl.executor_main", "--component_module_path", "/tmp/x.py",
-           "--executor_input", executor_input, "--function_to_execute", "grpo_op"]
+    executor_input = json.dumps(
+        {
+            "inputs": {"parameterValues": {"run_name": "grpo_from_base"}},
+            "outputs": {"outputFile": "/root/run-1/grpo-op-2/executor_output.json"},
+        }
+    )
+    cmd = [
+        "python",
+        "-m",
+        "kfp.dsl.executor_main",
+        "--component_module_path",
+        "/tmp/x.py",
+        "--executor_input",
+        executor_input,
+        "--function_to_execute",
+        "grpo_op",
+    ]
     assert bench.describe_task(cmd) == ("grpo_from_base", "grpo_op", "grpo-op-2")
-    assert bench.describe_task(cmd[:-1] + ["sft_op"])[0] == "sft"
-    shell = ["sh", "-c", "python3 -m kfp.dsl.executor_main \"$@\"", "--function_to_execute", "x"]
+    assert bench.describe_task([*cmd[:-1], "sft_op"])[0] == "sft"
+    shell = ["sh", "-c", 'python3 -m kfp.dsl.executor_main "$@"', "--function_to_execute", "x"]
     assert bench.describe_task(shell) is None  # the sh wrapper is not the task's process
 
 
@@ -98,11 +146,17 @@ def test_ablation_claims_need_every_seed_and_the_margin():
     def seed(base, sft, rl, sft_rl):
         return {"accuracy": {"base": base, "SFT": sft, "RL": rl, "SFT+RL": sft_rl}}
 
-    holds = bench.summarize([seed(0.1, 0.4, 0.3, 0.5), seed(0.0, 0.45, 0.35, 0.55)], min_margin=0.03)
+    holds = bench.summarize(
+        [seed(0.1, 0.4, 0.3, 0.5), seed(0.0, 0.45, 0.35, 0.55)], min_margin=0.03
+    )
     assert holds["ordering_holds"] and holds["table"]["SFT+RL"]["mean"] == pytest.approx(0.525)
-    one_seed_fails = bench.summarize([seed(0.1, 0.4, 0.3, 0.5), seed(0.0, 0.45, 0.35, 0.44)], min_margin=0.03)
+    one_seed_fails = bench.summarize(
+        [seed(0.1, 0.4, 0.3, 0.5), seed(0.0, 0.45, 0.35, 0.44)], min_margin=0.03
+    )
     assert [c["holds"] for c in one_seed_fails["claims"]] == [False, True, True]
-    too_small = bench.summarize([seed(0.1, 0.4, 0.3, 0.41), seed(0.1, 0.4, 0.3, 0.41)], min_margin=0.03)
+    too_small = bench.summarize(
+        [seed(0.1, 0.4, 0.3, 0.41), seed(0.1, 0.4, 0.3, 0.41)], min_margin=0.03
+    )
     assert not too_small["claims"][0]["holds"] and not too_small["ordering_holds"]
 
 
@@ -112,6 +166,11 @@ def test_ablation_config_validates_and_quick_changes_the_digest():
     quick = bench.load_bench_config(bench.DEFAULT_CONFIG, quick=True, overrides=[], seeds=None)
     assert len(full.seeds) >= 3 and len(quick.seeds) == 1
     assert full.digest != quick.digest
-    assert full.digest == bench.load_bench_config(bench.DEFAULT_CONFIG, quick=False, overrides=[], seeds=None).digest
+    assert (
+        full.digest
+        == bench.load_bench_config(
+            bench.DEFAULT_CONFIG, quick=False, overrides=[], seeds=None
+        ).digest
+    )
     cfg = bench.seed_config(full, 7, Path("/tmp/x"))
     assert all(v == 7 for v in (cfg.model.tiny.seed, cfg.data.seed, cfg.sft.seed, cfg.grpo.seed))

@@ -88,7 +88,14 @@ def test_extract_answer(response: str, kwargs: dict, expected: str | None) -> No
 
 @pytest.mark.parametrize(
     ("text", "n_choices", "expected"),
-    [("B", 5, "B"), ("(b)", 5, "B"), ("C. 12", 5, "C"), ("option D", 5, "D"), ("E", 4, None), ("Bob", 5, None)],
+    [
+        ("B", 5, "B"),
+        ("(b)", 5, "B"),
+        ("C. 12", 5, "C"),
+        ("option D", 5, "D"),
+        ("E", 4, None),
+        ("Bob", 5, None),
+    ],
 )
 def test_choice_letter(text: str, n_choices: int, expected: str | None) -> None:
     assert choice_letter(text, n_choices) == expected

@@ -123,7 +123,9 @@ def test_registry() -> None:
 
 def test_combine_rewards() -> None:
     per_func = {"accuracy": [1.0, 0.0, 1.0], "format": [1.0, 1.0, 0.0]}
-    assert combine_rewards(per_func, {"accuracy": 1.0, "format": 0.1}) == pytest.approx([1.1, 0.1, 1.0])
+    assert combine_rewards(per_func, {"accuracy": 1.0, "format": 0.1}) == pytest.approx(
+        [1.1, 0.1, 1.0]
+    )
     assert combine_rewards(per_func, {}) == [2.0, 1.0, 1.0]  # unweighted: 1.0 each
     assert combine_rewards({}, {}) == []
     with pytest.raises(ValueError, match="unknown reward functions"):

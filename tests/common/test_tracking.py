@@ -22,10 +22,10 @@ from mlflow import MlflowClient
 from components.common import storage
 from components.common.tracking import (
     CONFIG_ARTIFACT,
-    RunSpec,
-    StageTracker,
     TAG_CONFIG_HASH,
     TAG_PIPELINE_RUN,
+    RunSpec,
+    StageTracker,
     local_tracking_uri,
     register_model,
     spill_root,
@@ -35,7 +35,7 @@ from tests.conftest import tiny_config
 from tests.servers import MlflowServer, S3Env, free_port
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 UNREACHABLE = "is unreachable"
 
@@ -52,7 +52,11 @@ def _runs(client: MlflowClient, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [r for r in runs if r.data.tags.get("coldstart.role") == "pipeline"]
-    stages = {r.data.tags["coldstart.stage"]: r for r in runs if r.data.tags.get("coldstart.role") == "stage"}
+    stages = {
+        r.data.tags["coldstart.stage"]: r
+        for r in runs
+        if r.data.tags.get("coldstart.role") == "stage"
+    }
     return parents, stages
 
 
@@ -82,7 +86,9 @@ def test_local_store_parent_and_nested_stage_runs(tmp_path: Path) -> None:
         tracker.log_metrics({"data/rl_rows": 48})
     with stage_run(cfg, "grpo", "kfp-1") as tracker:
         for step in range(3):
-            tracker.log_metrics({"grpo/rewards/accuracy/mean": step / 4, "grpo/loss": 1.0 - step}, step=step)
+            tracker.log_metrics(
+                {"grpo/rewards/accuracy/mean": step / 4, "grpo/loss": 1.0 - step}, step=step
+            )
         fig = plt.figure()
         plt.plot([0, 1])
         tracker.log_figure(fig, "plots/reward.png")
@@ -90,27 +96,42 @@ def test_local_store_parent_and_nested_stage_runs(tmp_path: Path) -> None:
         time.sleep(0.35)  # a few system-metric samples
     with pytest.raises(RuntimeError, match="boom"), stage_run(cfg, "eval", "kfp-1"):
         raise RuntimeError("boom")
-    dead = StageTracker(RunSpec.for_stage(cfg, "sft", "kfp-1"))  # a pod that died mid-stage: never closed
+    dead = StageTracker(
+        RunSpec.for_stage(cfg, "sft", "kfp-1")
+    )  # a pod that died mid-stage: never closed
     assert dead.start() and dead.close(status=None)
     with stage_run(cfg, "sft", "kfp-1"):  # its retry
         pass
 
     client = MlflowClient(local_tracking_uri(cfg.output_dir))
     (parent,), stages = _runs(client, cfg.tracking.experiment)
-    assert parent.data.tags[TAG_PIPELINE_RUN] == "kfp-1" and parent.data.tags[TAG_CONFIG_HASH] == cfg.digest()
+    assert (
+        parent.data.tags[TAG_PIPELINE_RUN] == "kfp-1"
+        and parent.data.tags[TAG_CONFIG_HASH] == cfg.digest()
+    )
     assert parent.data.params["grpo.clip_ratio_high"] == str(cfg.grpo.clip_ratio_high)
     config_yaml = _artifact(client, parent.info.run_id, CONFIG_ARTIFACT, tmp_path)
     assert yaml.safe_load(config_yaml) == cfg.model_dump(mode="json")
     assert set(stages) == {"data_prep", "grpo", "eval", "sft"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in stages.values())
     statuses = {s: r.info.status for s, r in stages.items()}
-    assert statuses == {"data_prep": "FINISHED", "grpo": "FINISHED", "eval": "FAILED", "sft": "FINISHED"}
+    assert statuses == {
+        "data_prep": "FINISHED",
+        "grpo": "FINISHED",
+        "eval": "FAILED",
+        "sft": "FINISHED",
+    }
     sft_runs = client.search_runs([parent.info.experiment_id], "tags.`coldstart.stage` = 'sft'")
-    assert sorted(r.info.status for r in sft_runs) == ["FINISHED", "KILLED"]  # the dead attempt ended
+    assert sorted(r.info.status for r in sft_runs) == [
+        "FINISHED",
+        "KILLED",
+    ]  # the dead attempt ended
     grpo = stages["grpo"]
     assert _steps(client, grpo.info.run_id, "grpo/rewards/accuracy/mean") == [0, 1, 2]
     assert grpo.data.metrics["grpo/loss"] == -1.0
-    assert any(k.startswith("system/cpu_utilization") for k in grpo.data.metrics), sorted(grpo.data.metrics)
+    assert any(k.startswith("system/cpu_utilization") for k in grpo.data.metrics), sorted(
+        grpo.data.metrics
+    )
     listed = {a.path for a in client.list_artifacts(grpo.info.run_id, "plots")}
     assert listed == {"plots/reward.png"}
     assert '"rows"' in _artifact(client, grpo.info.run_id, "predictions/sample.json", tmp_path)
@@ -204,7 +225,11 @@ def test_server_down_at_start_spills_then_next_stage_replays(
         tracker.log_params({"sft.note": "offline"})
         tracker.log_dict({"a": 1}, "tables/a.json")
     assert entered < 3.0, f"stage start waited {entered:.1f} s for a refused connection"
-    (spill,) = [u for u in storage.list_prefix(spill_root(cfg)) if u.endswith(".json") and "/files/" not in u]
+    (spill,) = [
+        u
+        for u in storage.list_prefix(spill_root(cfg))
+        if u.endswith(".json") and "/files/" not in u
+    ]
 
     server_back.start()
     with stage_run(cfg, "grpo", "kfp-down") as tracker:
@@ -214,7 +239,11 @@ def test_server_down_at_start_spills_then_next_stage_replays(
     client = MlflowClient(server_back.url)
     (parent,), stages = _runs(client, cfg.tracking.experiment)
     sft = stages["sft"]
-    assert sft.data.tags["mlflow.parentRunId"] == parent.info.run_id == stages["grpo"].data.tags["mlflow.parentRunId"]
+    assert (
+        sft.data.tags["mlflow.parentRunId"]
+        == parent.info.run_id
+        == stages["grpo"].data.tags["mlflow.parentRunId"]
+    )
     assert _steps(client, sft.info.run_id, "sft/train/loss") == list(range(10))
     assert sft.data.params == {"sft.note": "offline"} and sft.info.status == "FINISHED"
     assert abs(sft.info.start_time - start_ms) < 2000  # the stage's real start, not the replay's
@@ -224,7 +253,9 @@ def test_server_down_at_start_spills_then_next_stage_replays(
     assert sum(UNREACHABLE in r.getMessage() for r in caplog.records) == 1
 
 
-def test_hung_server_never_blocks_a_log_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hung_server_never_blocks_a_log_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A server that accepts connections and never answers (the "slow" case)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     port = free_port()
@@ -243,7 +274,9 @@ def test_hung_server_never_blocks_a_log_call(tmp_path: Path, monkeypatch: pytest
         total = time.monotonic() - start
     assert entered < 1.5 and worst < 0.05, (entered, worst)
     assert total < 6.0, f"closing took {total:.1f} s"
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # the stage's URI does not leak into later stages
+    assert (
+        "MLFLOW_TRACKING_URI" not in os.environ
+    )  # the stage's URI does not leak into later stages
     spills = [u for u in storage.list_prefix(spill_root(cfg)) if u.endswith(".json")]
     assert len(spills) == 1 and '"grpo/reward/mean", 0.1' in storage.read_text(spills[0])
 
@@ -263,8 +296,13 @@ def test_sigterm_ends_the_stage_run_killed_with_its_logs(tmp_path: Path) -> None
             time.sleep(120)
     """)
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(repo)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
     try:
         assert proc.stdout.readline().strip() == "training"
         proc.send_signal(signal.SIGTERM)

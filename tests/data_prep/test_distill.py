@@ -45,7 +45,9 @@ def test_select_verified_keeps_finished_boxed_equivalent_answers():
 
 
 def test_select_verified_uses_math_equivalence():
-    kept, accepted = select_verified([c(r"half: \boxed{\frac{1}{2}}"), c(r"\boxed{0.5}"), c(r"\boxed{2}")], "1/2", keep=3)
+    kept, accepted = select_verified(
+        [c(r"half: \boxed{\frac{1}{2}}"), c(r"\boxed{0.5}"), c(r"\boxed{2}")], "1/2", keep=3
+    )
     assert accepted == 2 and len(kept) == 2
 
 
@@ -54,14 +56,27 @@ def test_gold_answer_reads_a_boxed_response():
 
 
 def _records(n: int) -> list[dict]:
-    return [{"id": f"p{i}", "images": [], "problem": f"q{i}", "answer": "3", "solution": f"original {i}", "category": ""}
-            for i in range(n)]
+    return [
+        {
+            "id": f"p{i}",
+            "images": [],
+            "problem": f"q{i}",
+            "answer": "3",
+            "solution": f"original {i}",
+            "category": "",
+        }
+        for i in range(n)
+    ]
 
 
-@pytest.mark.parametrize(("unverified", "rows", "kept_original"), [("drop", 3, 0), ("keep_original", 4, 1)])
+@pytest.mark.parametrize(
+    ("unverified", "rows", "kept_original"), [("drop", 3, 0), ("keep_original", 4, 1)]
+)
 def test_distill_records_counts(unverified, rows, kept_original):
     groups = [GROUP[:2], [GROUP[1], GROUP[2]], GROUP[3:7], [GROUP[0], GROUP[3]]]
-    cfg = DistillConfig(enabled=True, teacher="t", samples_per_problem=4, keep_per_problem=2, unverified=unverified)
+    cfg = DistillConfig(
+        enabled=True, teacher="t", samples_per_problem=4, keep_per_problem=2, unverified=unverified
+    )
     out, counts = distill_records(_records(4), groups, cfg)
     # problem 0: 1 verified; 1: none; 2: samples 3 and 6 verified; 3: both verified -> 2 rows
     assert (counts.samples, counts.accepted, counts.solved) == (10, 5, 3)
@@ -75,8 +90,15 @@ def test_distill_records_counts(unverified, rows, kept_original):
 
 
 def test_data_prep_with_the_tiny_teacher(tmp_path, tiny_model_dir):
-    distill = {"enabled": True, "teacher": str(tiny_model_dir), "samples_per_problem": 2, "max_new_tokens": 12,
-               "temperature": 1.0, "batch_size": 16, "unverified": "keep_original"}
+    distill = {
+        "enabled": True,
+        "teacher": str(tiny_model_dir),
+        "samples_per_problem": 2,
+        "max_new_tokens": 12,
+        "temperature": 1.0,
+        "batch_size": 16,
+        "unverified": "keep_original",
+    }
     cfg = tiny_config(tmp_path)
     cfg = tiny_config(tmp_path, data={**cfg.data.model_dump(), "distill": distill})
     out = DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval")
@@ -86,18 +108,39 @@ def test_data_prep_with_the_tiny_teacher(tmp_path, tiny_model_dir):
     assert problems == 48  # 4 families x 12 training problems
     assert metrics["data/distill/samples"] == 2 * problems
     assert 0.0 <= metrics["data/distill/acceptance_rate"] <= 1.0  # a random teacher: near 0
-    assert metrics["data/distill/accepted"] == round(metrics["data/distill/acceptance_rate"] * 2 * problems)
-    assert metrics["data/distill/rows"] == metrics["data/distill/problems_solved"] + metrics["data/distill/kept_original"]
+    assert metrics["data/distill/accepted"] == round(
+        metrics["data/distill/acceptance_rate"] * 2 * problems
+    )
+    assert (
+        metrics["data/distill/rows"]
+        == metrics["data/distill/problems_solved"] + metrics["data/distill/kept_original"]
+    )
     sft = datasets.load_from_disk(str(out.sft))
     assert len(sft["train"]) + len(sft["validation"]) == metrics["data/distill/rows"]
     assert metrics["data/sft_rows"] == len(sft["train"])
 
 
 def test_data_prep_fails_clearly_when_nothing_verifies(tmp_path, tiny_model_dir):
-    distill = {"enabled": True, "teacher": str(tiny_model_dir), "samples_per_problem": 1, "max_new_tokens": 4}
+    distill = {
+        "enabled": True,
+        "teacher": str(tiny_model_dir),
+        "samples_per_problem": 1,
+        "max_new_tokens": 4,
+    }
     cfg = tiny_config(tmp_path)
-    data = {**cfg.data.model_dump(), "distill": distill,
-            "synthetic": {**cfg.data.synthetic.model_dump(), "train_per_family": 2, "families": ["count_shapes"]}}
+    data = {
+        **cfg.data.model_dump(),
+        "distill": distill,
+        "synthetic": {
+            **cfg.data.synthetic.model_dump(),
+            "train_per_family": 2,
+            "families": ["count_shapes"],
+        },
+    }
     cfg = tiny_config(tmp_path, data=data)
     with pytest.raises(DataError, match="distillation kept no SFT rows: 0 of 2 samples"):
-        run_data_prep(cfg, DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval"), tmp_path / "cache")
+        run_data_prep(
+            cfg,
+            DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval"),
+            tmp_path / "cache",
+        )

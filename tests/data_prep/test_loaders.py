@@ -31,9 +31,22 @@ def write_parquet(path, rows):
 
 
 def load(uri, fmt="auto", skip=False, needs_solution=False, columns=None, stats=None, tmp=None):
-    source = DatasetSource(uri=str(uri), format=fmt, columns={"problem": "q", "answer": "a", "images": "img"} if columns is None else columns)
-    return list(iter_records(source, cache_dir=tmp, min_pixels=3136, max_pixels=12544, needs_solution=needs_solution,
-                             skip_invalid=skip, stats=stats or LoadStats()))
+    source = DatasetSource(
+        uri=str(uri),
+        format=fmt,
+        columns={"problem": "q", "answer": "a", "images": "img"} if columns is None else columns,
+    )
+    return list(
+        iter_records(
+            source,
+            cache_dir=tmp,
+            min_pixels=3136,
+            max_pixels=12544,
+            needs_solution=needs_solution,
+            skip_invalid=skip,
+            stats=stats or LoadStats(),
+        )
+    )
 
 
 def test_parquet_with_column_mapping_and_resize(tmp_path):
@@ -47,7 +60,9 @@ def test_parquet_with_column_mapping_and_resize(tmp_path):
 def test_jsonl_with_relative_image_paths(tmp_path):
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (80, 80), "green").save(tmp_path / "imgs" / "a.png")
-    rows = [{"problem": "P?", "answer": "1", "images": ["imgs/a.png"], "solution": "think \\boxed{1}"}]
+    rows = [
+        {"problem": "P?", "answer": "1", "images": ["imgs/a.png"], "solution": "think \\boxed{1}"}
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (record,) = load(tmp_path / "d.jsonl", columns={}, needs_solution=True, tmp=tmp_path)
     assert record["solution"] == "think \\boxed{1}" and record["images"][0].size == (80, 80)
@@ -56,15 +71,29 @@ def test_jsonl_with_relative_image_paths(tmp_path):
 def test_hf_disk_datasetdict_with_image_feature(tmp_path):
     table = datasets.Dataset.from_dict(
         {"problem": ["A?"], "answer": ["B"], "images": [[Image.new("RGB", (60, 60))]]},
-        features=datasets.Features({"problem": datasets.Value("string"), "answer": datasets.Value("string"),
-                                    "images": datasets.List(datasets.Image())}),
+        features=datasets.Features(
+            {
+                "problem": datasets.Value("string"),
+                "answer": datasets.Value("string"),
+                "images": datasets.List(datasets.Image()),
+            }
+        ),
     )
     datasets.DatasetDict({"train": table}).save_to_disk(str(tmp_path / "ds"))
     (record,) = load(tmp_path / "ds", columns={}, tmp=tmp_path)
     assert record["answer"] == "B"
     with pytest.raises(DataError, match="no split 'test'"):
-        list(iter_records(DatasetSource(uri=str(tmp_path / "ds"), split="test"), cache_dir=tmp_path,
-                          min_pixels=3136, max_pixels=12544, needs_solution=False, skip_invalid=False, stats=LoadStats()))
+        list(
+            iter_records(
+                DatasetSource(uri=str(tmp_path / "ds"), split="test"),
+                cache_dir=tmp_path,
+                min_pixels=3136,
+                max_pixels=12544,
+                needs_solution=False,
+                skip_invalid=False,
+                stats=LoadStats(),
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -79,23 +108,33 @@ def test_bad_row_is_named_or_skipped(tmp_path, bad_row, message):
     path = write_parquet(tmp_path / "bad.parquet", [GOOD[0], bad_row, GOOD[1]])
     with pytest.raises(DataError) as err:
         load(path, tmp=tmp_path)
-    assert str(path) in str(err.value) and message in str(err.value) and "skip_invalid" in str(err.value)
+    assert (
+        str(path) in str(err.value)
+        and message in str(err.value)
+        and "skip_invalid" in str(err.value)
+    )
     stats = LoadStats()
     assert len(load(path, skip=True, stats=stats, tmp=tmp_path)) == 2 and stats.skipped == 1
 
 
 def test_missing_column_is_named(tmp_path):
     path = write_parquet(tmp_path / "m.parquet", [{"q": "x", "img": png("red")}])
-    with pytest.raises(DataError, match=r"missing column 'a' for 'answer'.*columns present: \['q', 'img'\]"):
+    with pytest.raises(
+        DataError, match=r"missing column 'a' for 'answer'.*columns present: \['q', 'img'\]"
+    ):
         load(path, tmp=tmp_path)
 
 
 def test_missing_image_file_and_missing_solution(tmp_path):
-    (tmp_path / "d.jsonl").write_text(json.dumps({"problem": "p", "answer": "1", "images": "gone.png"}))
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"problem": "p", "answer": "1", "images": "gone.png"})
+    )
     with pytest.raises(DataError, match=r"row 0: image file .*gone.png does not exist"):
         load(tmp_path / "d.jsonl", columns={}, tmp=tmp_path)
     Image.new("RGB", (60, 60)).save(tmp_path / "ok.png")
-    (tmp_path / "s.jsonl").write_text(json.dumps({"problem": "p", "answer": "1", "images": "ok.png"}))
+    (tmp_path / "s.jsonl").write_text(
+        json.dumps({"problem": "p", "answer": "1", "images": "ok.png"})
+    )
     with pytest.raises(DataError, match="row 0: no assistant answer"):
         load(tmp_path / "s.jsonl", columns={}, needs_solution=True, tmp=tmp_path)
 
@@ -116,21 +155,36 @@ def test_fit_pixels_bounds():
 
 def test_files_source_dedups_and_removes_eval_overlap(tmp_path):
     sft = [dict(r, s=f"ok \\boxed{{{r['a']}}}") for r in GOOD + GOOD]  # every row twice
-    rl = GOOD + [{"q": "How many green?", "a": "5", "img": png("green")}]
+    rl = [*GOOD, {"q": "How many green?", "a": "5", "img": png("green")}]
     cols = {"problem": "q", "answer": "a", "images": "img"}
-    cfg = config_from_dict({
-        "output_dir": str(tmp_path),
-        "data": {
-            "source": "files",
-            "sft_files": [{"uri": str(write_parquet(tmp_path / "sft.parquet", sft)), "columns": dict(cols, solution="s")}],
-            "rl_files": [{"uri": str(write_parquet(tmp_path / "rl.parquet", rl)), "columns": cols}],
-            "eval_files": [{"uri": str(write_parquet(tmp_path / "ev.parquet", [GOOD[0]])), "columns": cols}],
-            "sft_holdout_fraction": 0.0,
-        },
-    })
+    cfg = config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "data": {
+                "source": "files",
+                "sft_files": [
+                    {
+                        "uri": str(write_parquet(tmp_path / "sft.parquet", sft)),
+                        "columns": dict(cols, solution="s"),
+                    }
+                ],
+                "rl_files": [
+                    {"uri": str(write_parquet(tmp_path / "rl.parquet", rl)), "columns": cols}
+                ],
+                "eval_files": [
+                    {"uri": str(write_parquet(tmp_path / "ev.parquet", [GOOD[0]])), "columns": cols}
+                ],
+                "sft_holdout_fraction": 0.0,
+            },
+        }
+    )
     out = DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval")
     metrics = run_data_prep(cfg, out, tmp_path / "cache")
-    assert metrics["data/sft_rows"] == 1 and metrics["data/rl_rows"] == 2 and metrics["data/eval_rows"] == 1
+    assert (
+        metrics["data/sft_rows"] == 1
+        and metrics["data/rl_rows"] == 2
+        and metrics["data/eval_rows"] == 1
+    )
     assert metrics["data/duplicates_removed"] == 1 and metrics["data/eval_overlap_removed"] == 3
     rl_out = datasets.load_from_disk(str(out.rl))
     assert sorted(rl_out["problem"]) == ["How many blue?", "How many green?"]

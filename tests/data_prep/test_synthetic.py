@@ -32,7 +32,7 @@ def reread_bar(scene) -> int:
     top = int(re.search(r"from 0 to (\d+)", scene.observations[0]).group(1))
     target = "ABCDEF".index(re.search(r"labelled (\w)", scene.problem).group(1))
     blue = _mask(scene.image, COLORS["blue"])
-    labels, n = ndimage.label(blue)
+    labels, _n = ndimage.label(blue)
     bars = sorted(ndimage.find_objects(labels), key=lambda s: s[1].start)
     heights = [s[0].stop - s[0].start for s in bars]
     return round(top * heights[target] / max(heights))
@@ -42,7 +42,7 @@ def reread_color_sum(scene) -> int:
     """One blob per square, valued by its colour: 1 + difficulty squares, none touching."""
     total, blobs = 0, 0
     for color, value in COLOR_VALUES.items():
-        labels, n = ndimage.label(_mask(scene.image, COLORS[color]))
+        _labels, n = ndimage.label(_mask(scene.image, COLORS[color]))
         total, blobs = total + value * n, blobs + n
     assert blobs == 1 + scene.difficulty
     return total
@@ -73,14 +73,19 @@ def test_answers_recheck(family, difficulty):
 def test_structured_cot_has_the_cold_start_shape(family):
     scene = next(generate(family, 1, [2], 56, seed=0))
     cot = structured_cot(scene)
-    parts = [cot.index(tag) for tag in ("Observation:", "Reasoning:", "Step 1:", "Reflection:", "\\boxed{")]
+    parts = [
+        cot.index(tag)
+        for tag in ("Observation:", "Reasoning:", "Step 1:", "Reflection:", "\\boxed{")
+    ]
     assert parts == sorted(parts)
     assert cot.rstrip().endswith(f"\\boxed{{{scene.answer}}}.")
 
 
 def test_splits_are_disjoint_seeded_and_distinct():
     test = list(generate("digit_arithmetic", 20, [1, 2, 3], 56, seed=1))
-    train = list(generate("digit_arithmetic", 60, [1, 2, 3], 56, seed=0, exclude={s.uid for s in test}))
+    train = list(
+        generate("digit_arithmetic", 60, [1, 2, 3], 56, seed=0, exclude={s.uid for s in test})
+    )
     assert not {s.uid for s in test} & {s.uid for s in train}
     assert len({s.uid for s in train}) == 60
     again = list(generate("digit_arithmetic", 20, [1, 2, 3], 56, seed=1))

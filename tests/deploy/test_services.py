@@ -31,7 +31,9 @@ def _container_env(objs: list[dict], container: dict, secrets: dict[str, str]) -
     for item in container.get("env", []):
         src = item.get("valueFrom")
         if src is None:  # $(VAR) expands variables defined earlier in the list
-            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+            env[item["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
+            )
         elif "secretKeyRef" in src:
             env[item["name"]] = secrets[src["secretKeyRef"]["key"]]
         elif "configMapKeyRef" in src:
@@ -44,7 +46,12 @@ def _container_env(objs: list[dict], container: dict, secrets: dict[str, str]) -
     return env
 
 
-def _request(port: int, host: str, method: str = "GET", path: str = "/api/2.0/mlflow/experiments/search?max_results=1"):
+def _request(
+    port: int,
+    host: str,
+    method: str = "GET",
+    path: str = "/api/2.0/mlflow/experiments/search?max_results=1",
+):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request(method, path, headers={"Host": host})
@@ -62,28 +69,46 @@ def test_mlflow_server_as_deployed(s3_server, tmp_path):
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     secrets = {**TEST_CREDENTIALS, "POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "hex0123"}
     env = _container_env(objs, container, secrets)
-    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow:hex0123@coldstart-postgres:5432/mlflow"
+    assert (
+        env["MLFLOW_BACKEND_STORE_URI"]
+        == "postgresql://mlflow:hex0123@coldstart-postgres:5432/mlflow"
+    )
 
     # What cannot be the same here: the database and the S3 endpoint (MinIO's Service name).
     bucket = unique_bucket("coldstart")
     _boto_client("s3", s3_server.endpoint_url).create_bucket(Bucket=bucket)
     destination = re.sub(r"^s3://[^/]+", f"s3://{bucket}", env["MLFLOW_ARTIFACTS_DESTINATION"])
-    env |= {"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url, "MLFLOW_ARTIFACTS_DESTINATION": destination}
+    env |= {
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "MLFLOW_ARTIFACTS_DESTINATION": destination,
+    }
     port = free_port()
     # Local address and a free port; one worker (CI has two cores; the worker count is not under test).
-    local = {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}", "--workers=2": "--workers=1"}
+    local = {
+        "--host=0.0.0.0": "--host=127.0.0.1",
+        "--port=5000": f"--port={port}",
+        "--workers=2": "--workers=1",
+    }
     args = [local.get(a, a) for a in container["args"]]
     assert set(local) <= set(container["args"]), container["args"]
     exe = Path(sys.executable).parent / container["command"][0]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     server = ServerProcess(
-        name="mlflow (manifest)", cmd=[str(exe), *container["command"][1:], *args], env={**base, **env},
-        health_url=f"http://127.0.0.1:{port}/health", log_path=tmp_path / "mlflow.log", start_timeout=90.0,
+        name="mlflow (manifest)",
+        cmd=[str(exe), *container["command"][1:], *args],
+        env={**base, **env},
+        health_url=f"http://127.0.0.1:{port}/health",
+        log_path=tmp_path / "mlflow.log",
+        start_timeout=90.0,
     )
     server.start()
     try:
-        for host in ("coldstart-mlflow:5000", "coldstart-mlflow.kubeflow.svc.cluster.local:5000", "localhost:5000"):
+        for host in (
+            "coldstart-mlflow:5000",
+            "coldstart-mlflow.kubeflow.svc.cluster.local:5000",
+            "localhost:5000",
+        ):
             status, body = _request(port, host)
             assert status == 200, f"Host {host}: {status} {body[:200]!r}"
         status, _ = _request(port, "attacker.example:5000")
@@ -95,17 +120,31 @@ def test_mlflow_server_as_deployed(s3_server, tmp_path):
         client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
         run = client.create_run(client.create_experiment("deploy-test"))
         client.log_text(run.info.run_id, "hello", "notes/hello.txt")
-        keys = [o["Key"] for o in _boto_client("s3", s3_server.endpoint_url).list_objects_v2(Bucket=bucket)["Contents"]]
+        keys = [
+            o["Key"]
+            for o in _boto_client("s3", s3_server.endpoint_url).list_objects_v2(Bucket=bucket)[
+                "Contents"
+            ]
+        ]
         assert any(k.startswith("mlflow/") and k.endswith("notes/hello.txt") for k in keys), keys
     finally:
         server.stop(timeout=3)
 
 
 def _create_bucket(endpoint: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **TEST_CREDENTIALS,
-           "COLDSTART_S3_ENDPOINT_URL": endpoint, "COLDSTART_S3_ADDRESSING_STYLE": "path"}
-    return subprocess.run([sys.executable, str(MINIO / "create_bucket.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        **TEST_CREDENTIALS,
+        "COLDSTART_S3_ENDPOINT_URL": endpoint,
+        "COLDSTART_S3_ADDRESSING_STYLE": "path",
+    }
+    return subprocess.run(
+        [sys.executable, str(MINIO / "create_bucket.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_bucket_job_script_creates_the_bucket_once(s3_server):

@@ -23,8 +23,13 @@ def eval_pipeline(data_dir: str, model_dir: str):
         data = dsl.importer(artifact_uri=data_dir, artifact_class=Dataset)
         base = dsl.importer(artifact_uri=model_dir, artifact_class=Model)
         sft = dsl.importer(artifact_uri=model_dir, artifact_class=Model)
-        eval_op(config_json=config_json, pipeline_run_id="eval-test", eval_data=data.output,
-                base_model=base.output, sft_model=sft.output)
+        eval_op(
+            config_json=config_json,
+            pipeline_run_id="eval-test",
+            eval_data=data.output,
+            base_model=base.output,
+            sft_model=sft.output,
+        )
 
     return pipeline
 
@@ -35,16 +40,25 @@ def test_optional_model_inputs_compile(tmp_path):
     spec = yaml.safe_load(path.read_text())
     inputs = spec["components"]["comp-eval-op"]["inputDefinitions"]["artifacts"]
     assert {name: inputs[name].get("isOptional", False) for name in inputs} == {
-        "eval_data": False, "base_model": False, "sft_model": True, "rl_model": True, "sft_rl_model": True}
+        "eval_data": False,
+        "base_model": False,
+        "sft_model": True,
+        "rl_model": True,
+        "sft_rl_model": True,
+    }
     task_inputs = spec["root"]["dag"]["tasks"]["eval-op"]["inputs"]["artifacts"]
     assert set(task_inputs) == {"eval_data", "base_model", "sft_model"}
 
 
 @pytest.mark.slow
 def test_eval_op_runs_under_kfp_local(tmp_path, tiny_model_dir, synthetic_data_dir):
-    cfg = tiny_config(tmp_path, eval={"max_new_tokens": 8, "benchmarks": [{"name": "synthetic", "limit": 4}]})
+    cfg = tiny_config(
+        tmp_path, eval={"max_new_tokens": 8, "benchmarks": [{"name": "synthetic", "limit": 4}]}
+    )
     root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
     eval_pipeline(str(synthetic_data_dir / "eval"), str(tiny_model_dir))(config_json=cfg.to_json())
 
     (run_dir,) = root.iterdir()
@@ -59,5 +73,11 @@ def test_eval_op_runs_under_kfp_local(tmp_path, tiny_model_dir, synthetic_data_d
     assert len(predictions) == 2 * 4 and set(predictions["model"]) == {"base", "SFT"}
     executor = json.loads((task / "executor_output.json").read_text())
     logged = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert set(logged) == {"base_synthetic_score", "base_synthetic_accuracy", "base_average",
-                           "sft_synthetic_score", "sft_synthetic_accuracy", "sft_average"}
+    assert set(logged) == {
+        "base_synthetic_score",
+        "base_synthetic_accuracy",
+        "base_average",
+        "sft_synthetic_score",
+        "sft_synthetic_accuracy",
+        "sft_average",
+    }

@@ -19,8 +19,17 @@ SCORES = {  # made-up fractions; the paper's 7B table has this shape
 
 def results(scores=SCORES):
     return {
-        model: {b: {"score": s, "accuracy": s, "n": 10.0, "no_answer": 1.0, "errors": 0.0, "correct": 7.0}
-                for b, s in zip(BENCHMARKS, values)}
+        model: {
+            b: {
+                "score": s,
+                "accuracy": s,
+                "n": 10.0,
+                "no_answer": 1.0,
+                "errors": 0.0,
+                "correct": 7.0,
+            }
+            for b, s in zip(BENCHMARKS, values, strict=False)
+        }
         for model, values in scores.items()
     }
 
@@ -52,7 +61,9 @@ def test_missing_score_is_na_and_left_out_of_the_average():
 def test_report_embeds_or_links_the_chart():
     embedded = markdown_report(results(), BENCHMARKS, {}, chart_png=b"\x89PNG")
     assert "(data:image/png;base64,iVBORw==)" in embedded and "### We-Math" in embedded
-    assert "![scores](chart.png)" in markdown_report(results(), BENCHMARKS, {}, chart_link="chart.png")
+    assert "![scores](chart.png)" in markdown_report(
+        results(), BENCHMARKS, {}, chart_link="chart.png"
+    )
 
 
 def test_bar_chart_png(tmp_path):

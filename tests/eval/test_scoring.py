@@ -144,11 +144,17 @@ def test_wemath_cases(tmp_path, sample_id, response, expected):
 
 WEMATH_RESPONSES = {
     # problem 2steps-1 (gold A, B, C): both steps right, composite wrong -> IG
-    "2steps_1-1": r"\boxed{A}", "2steps_2-1": r"\boxed{4cm}", "2steps_multi-1": r"\boxed{D}",
+    "2steps_1-1": r"\boxed{A}",
+    "2steps_2-1": r"\boxed{4cm}",
+    "2steps_multi-1": r"\boxed{D}",
     # problem 2steps-2 (gold A, A, D): one step wrong, composite right -> RM strict / CM loose
-    "2steps_1-2": r"\boxed{B}", "2steps_2-2": "The answer is A.", "2steps_multi-2": r"\boxed{(D) 6cm}",
+    "2steps_1-2": r"\boxed{B}",
+    "2steps_2-2": "The answer is A.",
+    "2steps_multi-2": r"\boxed{(D) 6cm}",
     # problem 3steps-1 (gold B, C, A, B): all steps wrong, composite right -> RM strict and loose
-    "3steps_1-1": "", "3steps_2-1": "no box and no answer", "3steps_3-1": r"\boxed{B}",
+    "3steps_1-1": "",
+    "3steps_2-1": "no box and no answer",
+    "3steps_3-1": r"\boxed{B}",
     "3steps_multi-1": r"\boxed{A} no wait \boxed{B}",
 }
 
@@ -167,9 +173,13 @@ def test_wemath_four_dimensional_metrics(tmp_path):
     assert m["score"] == m["accuracy"]
 
 
-@pytest.mark.parametrize(("metric", "expected"), [("strict", 0.5 / 3), ("loose", 1.5 / 3), ("accuracy", 0.5)])
+@pytest.mark.parametrize(
+    ("metric", "expected"), [("strict", 0.5 / 3), ("loose", 1.5 / 3), ("accuracy", 0.5)]
+)
 def test_wemath_report_column_follows_metric(tmp_path, metric, expected):
-    assert score_set("wemath", tmp_path, WEMATH_RESPONSES, metric=metric)["score"] == pytest.approx(expected)
+    assert score_set("wemath", tmp_path, WEMATH_RESPONSES, metric=metric)["score"] == pytest.approx(
+        expected
+    )
 
 
 def test_wemath_incomplete_problems_are_left_out_of_the_four_dimensions(tmp_path):
@@ -198,8 +208,14 @@ def test_mathverse_cases(tmp_path, sample_id, response, expected):
 
 
 def test_mathverse_score_by_version(tmp_path):
-    responses = {"1": r"\boxed{165°}", "2": r"\boxed{B}", "3": r"\boxed{B}",
-                 "4": r"\boxed{\frac{3}{4}}", "5": r"\boxed{3/4}", "6": r"\boxed{0.7}"}
+    responses = {
+        "1": r"\boxed{165°}",
+        "2": r"\boxed{B}",
+        "3": r"\boxed{B}",
+        "4": r"\boxed{\frac{3}{4}}",
+        "5": r"\boxed{3/4}",
+        "6": r"\boxed{0.7}",
+    }
     m = score_set("mathverse", tmp_path, responses)
     assert m["score"] == pytest.approx(5 / 6)
     assert m["version/text_dominant"] == 1.0 and m["version/vision_intensive"] == 1.0
@@ -235,9 +251,18 @@ def test_mathvision_cases(tmp_path, sample_id, response, expected):
 
 def test_mathvision_score_with_a_failed_generation(tmp_path):
     samples = list(samples_of("mathvision", tmp_path).values())
-    responses = {"1": r"\boxed{6}", "2": r"\boxed{3.1416}", "3": r"\boxed{0.5}", "4": r"\boxed{(2,1)}"}
-    completions = [Completion(responses[s.id], [], "stop") if s.id in responses
-                   else Completion("", [], "error", error="CUDA error") for s in samples]
+    responses = {
+        "1": r"\boxed{6}",
+        "2": r"\boxed{3.1416}",
+        "3": r"\boxed{0.5}",
+        "4": r"\boxed{(2,1)}",
+    }
+    completions = [
+        Completion(responses[s.id], [], "stop")
+        if s.id in responses
+        else Completion("", [], "error", error="CUDA error")
+        for s in samples
+    ]
     m, rows = score_responses("m", samples, completions, 1.0)
     assert m["accuracy"] == pytest.approx(3 / 5) and m["errors"] == 1  # 60.0
     assert m["level/1"] == 0.5  # ids 1 (right) and 5 (failed)
@@ -259,14 +284,25 @@ def test_synthetic_degrees():
     from components.eval.benchmarks import EvalSample
 
     sample = EvalSample("t", "synthetic", "angle x?", [], "30")
-    assert judge(sample, r"\boxed{30^\circ}").correct and judge(sample, r"\boxed{30 degrees}").correct
+    assert (
+        judge(sample, r"\boxed{30^\circ}").correct and judge(sample, r"\boxed{30 degrees}").correct
+    )
     assert not judge(sample, r"\boxed{60}").correct
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1,234", 1234.0), (r"\dfrac{3}{4}", 0.75), ("-2.5 m", -2.5), (r"x \approx 3.2", 3.2), ("45°", 45.0),
-     ("12 cm^2", 12.0), (r"\sqrt{2}", None), ("1, 2", None), ("1/0", None)],
+    [
+        ("1,234", 1234.0),
+        (r"\dfrac{3}{4}", 0.75),
+        ("-2.5 m", -2.5),
+        (r"x \approx 3.2", 3.2),
+        ("45°", 45.0),
+        ("12 cm^2", 12.0),
+        (r"\sqrt{2}", None),
+        ("1, 2", None),
+        ("1/0", None),
+    ],
 )
 def test_parse_number(text, value):
     got = parse_number(text)

@@ -23,13 +23,21 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def eval_config(tmp_path, **eval_section):
-    section = {"max_new_tokens": 12, "batch_size": 4,
-               "benchmarks": [{"name": "synthetic", "limit": 6}, {"name": "mathvista", "uri": str(URIS["mathvista"])}]}
+    section = {
+        "max_new_tokens": 12,
+        "batch_size": 4,
+        "benchmarks": [
+            {"name": "synthetic", "limit": 6},
+            {"name": "mathvista", "uri": str(URIS["mathvista"])},
+        ],
+    }
     section.update(eval_section)
     return tiny_config(tmp_path, eval=section)
 
 
-def test_main_writes_report_chart_predictions_and_logs_to_mlflow(tmp_path, tiny_model_dir, synthetic_data_dir):
+def test_main_writes_report_chart_predictions_and_logs_to_mlflow(
+    tmp_path, tiny_model_dir, synthetic_data_dir
+):
     cfg = eval_config(tmp_path)
     models = {"base": str(tiny_model_dir), "SFT+RL": str(tiny_model_dir)}
     metrics = main(cfg, models, synthetic_data_dir / "eval", tmp_path / "out", "run-1")
@@ -37,7 +45,11 @@ def test_main_writes_report_chart_predictions_and_logs_to_mlflow(tmp_path, tiny_
     out = tmp_path / "out"
     summary = json.loads((out / "metrics.json").read_text())
     assert list(summary["table"]) == ["base", "SFT+RL"]  # rows: models, in the given order
-    assert list(summary["table"]["base"]) == ["Synthetic", "MathVista", "Avg."]  # columns: benchmarks + average
+    assert list(summary["table"]["base"]) == [
+        "Synthetic",
+        "MathVista",
+        "Avg.",
+    ]  # columns: benchmarks + average
     # same weights, greedy: both rows score the same
     assert summary["table"]["base"] == summary["table"]["SFT+RL"]
     assert metrics["eval/sft_rl/mathvista/n"] == 8 and "eval/base/average" in metrics
@@ -53,7 +65,9 @@ def test_main_writes_report_chart_predictions_and_logs_to_mlflow(tmp_path, tiny_
 
     predictions = pd.read_parquet(out / "predictions" / "predictions.parquet")
     assert len(predictions) == 2 * (6 + 8)
-    assert {"model", "benchmark", "id", "response", "extracted", "gold", "correct"} <= set(predictions.columns)
+    assert {"model", "benchmark", "id", "response", "extracted", "gold", "correct"} <= set(
+        predictions.columns
+    )
     assert set(predictions["model"]) == {"base", "SFT+RL"}
     assert len(pd.read_csv(out / "predictions" / "predictions.csv")) == len(predictions)
 
@@ -62,10 +76,21 @@ def test_main_writes_report_chart_predictions_and_logs_to_mlflow(tmp_path, tiny_
     (stage,) = client.search_runs([experiment.experiment_id], "tags.`coldstart.stage` = 'eval'")
     assert stage.data.metrics["eval/base/mathvista/n"] == 8
     logged = {a.path for a in client.list_artifacts(stage.info.run_id, "eval")}
-    assert {"eval/report.md", "eval/chart.png", "eval/predictions.json", "eval/metrics.json"} <= logged
-    assert json.loads(stage.data.tags["mlflow.loggedArtifacts"]) == [{"path": "eval/predictions.json", "type": "table"}]
-    table = json.loads((out / "predictions" / "predictions.json").read_text())  # MLflow's table layout
-    assert table["columns"][:3] == ["model", "benchmark", "id"] and len(table["data"]) == len(predictions)
+    assert {
+        "eval/report.md",
+        "eval/chart.png",
+        "eval/predictions.json",
+        "eval/metrics.json",
+    } <= logged
+    assert json.loads(stage.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "eval/predictions.json", "type": "table"}
+    ]
+    table = json.loads(
+        (out / "predictions" / "predictions.json").read_text()
+    )  # MLflow's table layout
+    assert table["columns"][:3] == ["model", "benchmark", "id"] and len(table["data"]) == len(
+        predictions
+    )
 
 
 def _sample(i: int, image) -> EvalSample:
@@ -85,10 +110,14 @@ def test_failed_samples_are_scored_wrong_and_the_run_continues(tmp_path, tiny_mo
     samples = [
         _sample(0, good),
         _sample(1, b"not an image"),  # corrupt bytes: fails before generation
-        _sample(2, _png((1, 600))),  # the processor refuses an aspect ratio of 600: generation crashes
+        _sample(
+            2, _png((1, 600))
+        ),  # the processor refuses an aspect ratio of 600: generation crashes
         _sample(3, good),
     ]
-    completions = generate_responses(backend, samples, SamplingConfig(max_new_tokens=8), batch_size=4)
+    completions = generate_responses(
+        backend, samples, SamplingConfig(max_new_tokens=8), batch_size=4
+    )
     assert [c.finish_reason == "error" for c in completions] == [False, True, True, False]
     assert "image bytes cannot be decoded" in completions[1].error
     assert "aspect ratio" in completions[2].error
@@ -101,7 +130,10 @@ def test_failed_samples_are_scored_wrong_and_the_run_continues(tmp_path, tiny_mo
 def test_order_of_samples_survives_length_sorting(tmp_path, tiny_model_dir):
     cfg = eval_config(tmp_path)
     backend = make_eval_backend(cfg, tiny_model_dir)
-    samples = [EvalSample(str(i), "synthetic", "x" * (5 + 7 * (i % 3)), [_png((56, 56))], "1") for i in range(6)]
+    samples = [
+        EvalSample(str(i), "synthetic", "x" * (5 + 7 * (i % 3)), [_png((56, 56))], "1")
+        for i in range(6)
+    ]
     sampling = SamplingConfig(max_new_tokens=6)
     sorted_run = generate_responses(backend, samples, sampling, batch_size=1, by_length=True)
     plain_run = generate_responses(backend, samples, sampling, batch_size=1, by_length=False)
@@ -109,7 +141,9 @@ def test_order_of_samples_survives_length_sorting(tmp_path, tiny_model_dir):
 
 
 def test_missing_column_names_file_and_column(tmp_path):
-    frame = pd.read_parquet(URIS["mathvista"] / "testmini-00000-of-00001.parquet").drop(columns=["answer_type"])
+    frame = pd.read_parquet(URIS["mathvista"] / "testmini-00000-of-00001.parquet").drop(
+        columns=["answer_type"]
+    )
     bad = tmp_path / "mathvista.parquet"
     frame.to_parquet(bad)
     with pytest.raises(BenchmarkError, match=r"mathvista\.parquet: missing column 'answer_type'"):
@@ -117,7 +151,9 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 
 def test_renamed_column_is_mapped_back(tmp_path):
-    frame = pd.read_parquet(URIS["mathvista"] / "testmini-00000-of-00001.parquet").rename(columns={"answer": "gt"})
+    frame = pd.read_parquet(URIS["mathvista"] / "testmini-00000-of-00001.parquet").rename(
+        columns={"answer": "gt"}
+    )
     renamed = tmp_path / "mathvista.parquet"
     frame.to_parquet(renamed)
     spec = BenchmarkSpec(name="mathvista", uri=str(renamed), columns={"answer": "gt"})
@@ -129,7 +165,7 @@ def test_empty_gold_answer_is_a_named_error(tmp_path):
     frame.loc[2, "answer"] = ""
     path = tmp_path / "mathverse.parquet"
     frame.to_parquet(path)
-    with pytest.raises(BenchmarkError, match="mathverse.parquet: row 2: empty answer"):
+    with pytest.raises(BenchmarkError, match=r"mathverse\.parquet: row 2: empty answer"):
         load_benchmark(BenchmarkSpec(name="mathverse", uri=str(path)), None, tmp_path)
 
 
@@ -139,8 +175,14 @@ def test_benchmark_from_s3(tmp_path, s3_env):
     assert len(load_benchmark(spec, None, tmp_path)) == 10
 
 
-@pytest.mark.parametrize(("items", "message"), [([], "at least one --model"), (["base"], "NAME=DIR_OR_S3"),
-                                                (["base=a", "base=b"], "given twice")])
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([], "at least one --model"),
+        (["base"], "NAME=DIR_OR_S3"),
+        (["base=a", "base=b"], "given twice"),
+    ],
+)
 def test_parse_models_errors(items, message):
     with pytest.raises(InputError, match=message):
         parse_models(items)
@@ -162,8 +204,13 @@ class _BatchFailsBackend:
 
 
 def test_a_failing_batch_is_retried_prompt_by_prompt():
-    samples = [EvalSample(str(i), "synthetic", text, [], text) for i, text in enumerate(["1", "poison", "3"])]
-    completions = generate_responses(_BatchFailsBackend(), samples, SamplingConfig(max_new_tokens=4), batch_size=8)
+    samples = [
+        EvalSample(str(i), "synthetic", text, [], text)
+        for i, text in enumerate(["1", "poison", "3"])
+    ]
+    completions = generate_responses(
+        _BatchFailsBackend(), samples, SamplingConfig(max_new_tokens=4), batch_size=8
+    )
     assert [c.finish_reason for c in completions] == ["stop", "error", "stop"]
     assert completions[1].error == "engine error"
     metrics, _ = score_responses("m", samples, completions, 1.0)
@@ -176,6 +223,10 @@ def test_model_from_s3(tmp_path, s3_env, tiny_model_dir, synthetic_data_dir):
 
     sync_up(tiny_model_dir, s3_env.uri("models/base"))
     cfg = eval_config(tmp_path, benchmarks=[{"name": "synthetic", "limit": 2}])
-    run = run_eval(cfg, {"base": s3_env.uri("models/base")}, synthetic_data_dir / "eval", tmp_path / "cache")
+    run = run_eval(
+        cfg, {"base": s3_env.uri("models/base")}, synthetic_data_dir / "eval", tmp_path / "cache"
+    )
     assert run.results["base"]["synthetic"]["n"] == 2
-    assert (tmp_path / "cache" / "models" / s3_env.bucket / "models" / "base" / "config.json").exists()
+    assert (
+        tmp_path / "cache" / "models" / s3_env.bucket / "models" / "base" / "config.json"
+    ).exists()

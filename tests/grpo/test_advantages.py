@@ -44,7 +44,9 @@ def test_dr_grpo_keeps_reward_scale():
     adv, _ = group_advantages(rewards, 2, scale_by_std=False)
     torch.testing.assert_close(adv, torch.tensor([-5.0, 5.0, -0.05, 0.05]))
     scaled, _ = group_advantages(rewards, 2, scale_by_std=True)
-    torch.testing.assert_close(scaled[:2].abs(), scaled[2:].abs(), atol=1e-3, rtol=0)  # std scaling equalises them
+    torch.testing.assert_close(
+        scaled[:2].abs(), scaled[2:].abs(), atol=1e-3, rtol=0
+    )  # std scaling equalises them
 
 
 def test_bad_shapes_raise():

@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: kfp reads the pipeline function's real annotations.
 """
 
-
 import json
 
 import pytest
@@ -31,7 +30,11 @@ def test_interface_compiles(tmp_path):
     compiler.Compiler().compile(grpo_pipeline("/model", "/data"), str(path))
     comp = yaml.safe_load(path.read_text())["components"]["comp-grpo-op"]
     assert set(comp["inputDefinitions"]["artifacts"]) == {"init_model", "rl_data"}
-    assert set(comp["inputDefinitions"]["parameters"]) == {"config_json", "pipeline_run_id", "run_name"}
+    assert set(comp["inputDefinitions"]["parameters"]) == {
+        "config_json",
+        "pipeline_run_id",
+        "run_name",
+    }
     assert comp["inputDefinitions"]["parameters"]["run_name"]["defaultValue"] == "grpo"
     assert set(comp["outputDefinitions"]["artifacts"]) == {"model", "metrics"}
 
@@ -41,12 +44,16 @@ def test_grpo_op_runs_under_kfp_local(tiny_assets, tmp_path):
     cfg = tiny_config("grpo.total_steps=2", "grpo.max_completion_length=8", "grpo.rollout_batch_size=2",
                       "grpo.update_batch_size=2", f"output_dir={tmp_path / 'out'}")  # fmt: skip
     root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
     grpo_pipeline(str(tiny_assets["model"]), str(tiny_assets["rl"]))(config_json=cfg.to_json())
 
     (run_dir,) = root.iterdir()
     task = run_dir / "grpo-op"
-    assert (task / "model" / "model.safetensors").exists() and (task / "model" / "reward_curve.png").exists()
+    assert (task / "model" / "model.safetensors").exists() and (
+        task / "model" / "reward_curve.png"
+    ).exists()
     executor = json.loads((task / "executor_output.json").read_text())
     logged = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert logged["grpo_steps"] == 2 and "grpo_reward_mean" in logged

@@ -54,15 +54,21 @@ def rank_rows(batch, rank: int, size: int) -> torch.Tensor:
 
 
 def _worker(rank: int, size: int, tmp: str, shard_state: bool) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=size
+    )
     torch.set_num_threads(1)
     model, cfg, batch = torch.load(f"{tmp}/problem.pt", weights_only=False)
     cfg = cfg.model_copy(update={"shard_optimizer_state": shard_state})
     world = World(rank, size, 0)
-    _, update = update_policy(PlainEngine(model, cfg, world), batch.select(rank_rows(batch, rank, size)), cfg, world)
+    _, update = update_policy(
+        PlainEngine(model, cfg, world), batch.select(rank_rows(batch, rank, size)), cfg, world
+    )
     if rank == 0:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        torch.save({"state": model.state_dict(), "grads": grads, "update": update}, f"{tmp}/rank0.pt")
+        torch.save(
+            {"state": model.state_dict(), "grads": grads, "update": update}, f"{tmp}/rank0.pt"
+        )
     dist.destroy_process_group()
 
 
@@ -72,7 +78,9 @@ def test_two_ranks_update_like_one_process(tiny_assets, tiny_policy, tmp_path, s
     torch.save((model, cfg, batch), tmp_path / "problem.pt")
 
     _, single = update_policy(PlainEngine(model, cfg), batch, cfg)
-    mp.start_processes(_worker, args=(2, str(tmp_path), shard_state), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(2, str(tmp_path), shard_state), nprocs=2, join=True, start_method="spawn"
+    )
     two = torch.load(tmp_path / "rank0.pt", weights_only=False)
 
     # the last update's gradients (summed over ranks, clipped) equal the single process's
@@ -93,7 +101,9 @@ ZERO3_ON_CPU = ("grpo.deepspeed=zero3", "grpo.shard_optimizer_state=false")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [pytest.param((), id="plain"), pytest.param(ZERO3_ON_CPU, id="deepspeed-zero3")])
+@pytest.mark.parametrize(
+    "zero", [pytest.param((), id="plain"), pytest.param(ZERO3_ON_CPU, id="deepspeed-zero3")]
+)
 def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
     """`torchrun --nproc_per_node 2 -m components.grpo` (gloo): both ranks train, rank 0 logs and
     saves, and a rerun resumes from the checkpoint with both ranks' RNG streams. With ZeRO-3 on
@@ -104,7 +114,13 @@ def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "components.grpo",
            "--config", str(TINY_CONFIG), *sets, "--init-model", str(tiny_assets["model"]), "--data", str(tiny_assets["rl"]),
            "--output", str(out), "--run-id", "ddp", "--summary-json", str(tmp_path / "summary.json")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "DS_ACCELERATOR": "cpu",
+    }
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
     assert json.loads((tmp_path / "summary.json").read_text())["grpo/steps"] == 2
@@ -121,7 +137,9 @@ def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
 
 # --------------------------------------------------------------------------- a rank whose every prompt is too long
 
-LONG = " Explain every step of the count in great detail." * 8  # ~190 more tokens: prompts of ~250 > 128
+LONG = (
+    " Explain every step of the count in great detail." * 8
+)  # ~190 more tokens: prompts of ~250 > 128
 AGREE = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=4", "grpo.num_generations=2", "grpo.micro_batch_size=2",
          "grpo.max_completion_length=6", "grpo.max_prompt_length=128", "grpo.kl_coef=0.05", "grpo.learning_rate=1e-3",
          "grpo.shard_optimizer_state=false")  # fmt: skip
@@ -143,7 +161,10 @@ def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int
     dataset = load_rl_dataset(assets["rl"]).select(range(8))
     order = PromptOrder(len(dataset), cfg.rollout_batch_size, cfg.seed).indices(0)
     long_rows = {row for rank in long_ranks for row in order[rank :: world.size]}
-    dataset = dataset.map(lambda row, i: {"problem": row["problem"] + (LONG if i in long_rows else "")}, with_indices=True)
+    dataset = dataset.map(
+        lambda row, i: {"problem": row["problem"] + (LONG if i in long_rows else "")},
+        with_indices=True,
+    )
     torch.manual_seed(world.rank)
     processor = load_processor(assets["model"], cfg.min_pixels, cfg.max_pixels)
     policy, ref = prepare_policy(load_model(assets["model"]), cfg)
@@ -153,7 +174,10 @@ def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int
                     ref_model=prepare_reference(ref, engine), world=world, engine=engine)  # fmt: skip
     metrics, _ = grpo_step(run, 0)
     with engine.full_weights() as trained:
-        return {"metrics": metrics, "state": {k: v.detach().clone() for k, v in trained.state_dict().items()}}
+        return {
+            "metrics": metrics,
+            "state": {k: v.detach().clone() for k, v in trained.state_dict().items()},
+        }
 
 
 @pytest.mark.parametrize("stage", ["none", pytest.param("zero3", id="deepspeed-zero3")])
@@ -162,13 +186,20 @@ def test_a_rank_with_only_too_long_prompts_takes_part_with_nothing(tiny_assets, 
     collectives in step), rank 0 trains on its 2, both finish the step with the same weights and metrics."""
     from tests.grpo.ranks import errors_of, run_ranks
 
-    ranks = run_ranks(_too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (1,))
+    ranks = run_ranks(
+        _too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (1,)
+    )
     assert not errors_of(ranks), errors_of(ranks)
     first, second = ranks
-    assert first["metrics"]["prompts/dropped_too_long"] == 2 and first["metrics"]["completions/mean_length"] > 0
+    assert (
+        first["metrics"]["prompts/dropped_too_long"] == 2
+        and first["metrics"]["completions/mean_length"] > 0
+    )
     assert first["metrics"] == second["metrics"]
     start = load_model(tiny_assets["model"]).state_dict()
-    assert max((first["state"][k] - v).abs().max().item() for k, v in start.items()) > 0  # rank 0's prompts trained
+    assert (
+        max((first["state"][k] - v).abs().max().item() for k, v in start.items()) > 0
+    )  # rank 0's prompts trained
     assert all(torch.equal(first["state"][k], second["state"][k]) for k in start)
 
 
@@ -177,10 +208,15 @@ def test_every_prompt_too_long_is_the_same_error_on_every_rank(tiny_assets, tmp_
     """Before, the rank raised alone and the other waited in the step's first collective (run_ranks times out)."""
     from tests.grpo.ranks import run_ranks
 
-    ranks = run_ranks(_too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (0, 1))
+    ranks = run_ranks(
+        _too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (0, 1)
+    )
     assert [r.get("error") for r in ranks] == ["PromptsTooLongError"] * 2, ranks
     assert ranks[0]["message"] == ranks[1]["message"]
-    assert "rollout step 1: every prompt of this batch (4) is longer than max_prompt_length=128" in ranks[0]["message"]
+    assert (
+        "rollout step 1: every prompt of this batch (4) is longer than max_prompt_length=128"
+        in ranks[0]["message"]
+    )
     assert "raise grpo.max_prompt_length or lower grpo.max_pixels" in ranks[0]["message"]
 
 
@@ -198,7 +234,9 @@ def _no_image_worker(world, tmp) -> None:
     images = [] if world.rank == 1 else [Image.new("RGB", (56, 56))]
     run = SimpleNamespace(engine=SimpleNamespace(lockstep_forward=True), world=world,
                           cfg=SimpleNamespace(max_prompt_length=128))  # fmt: skip
-    agree_on_prompts(run, [PromptInput("q", images)], PromptFit(encoded=None, kept=[0], lengths=[10]), step=0)
+    agree_on_prompts(
+        run, [PromptInput("q", images)], PromptFit(encoded=None, kept=[0], lengths=[10]), step=0
+    )
 
 
 def test_zero3_prompt_without_an_image_is_the_same_error_on_every_rank(tmp_path):
@@ -207,5 +245,9 @@ def test_zero3_prompt_without_an_image_is_the_same_error_on_every_rank(tmp_path)
     ranks = run_ranks(_no_image_worker, tmp_path)
     assert [r.get("error") for r in ranks] == ["InputError"] * 2, ranks
     assert ranks[0]["message"] == ranks[1]["message"]
-    assert ranks[0]["message"].startswith("rollout step 1: 1 prompts without an image, and grpo.deepspeed=zero3 over 2 processes")
-    assert "use grpo.deepspeed=zero2 (or none), or give every RL row an image" in ranks[0]["message"]
+    assert ranks[0]["message"].startswith(
+        "rollout step 1: 1 prompts without an image, and grpo.deepspeed=zero3 over 2 processes"
+    )
+    assert (
+        "use grpo.deepspeed=zero2 (or none), or give every RL row an image" in ranks[0]["message"]
+    )

@@ -58,7 +58,11 @@ def test_autograd_matches_finite_differences(tiny_assets, tiny_policy, float64_m
     batch.ref_logps = logps + 0.3 * torch.randn(logps.shape, generator=gen, dtype=torch.float64)
     batch.advantages = torch.randn(len(batch), generator=gen, dtype=torch.float64)
     cfg = cfg.model_copy(update={"kl_coef": 0.1, "loss_agg_mode": mode, "compute_entropy": False})
-    norms = {"num_tokens": batch.completion_mask.sum().item(), "num_seqs": len(batch), "max_len": cfg.max_completion_length}
+    norms = {
+        "num_tokens": batch.completion_mask.sum().item(),
+        "num_seqs": len(batch),
+        "max_len": cfg.max_completion_length,
+    }
 
     def loss_value() -> torch.Tensor:
         return micro_batch_loss(model, batch, cfg, norms)[0]
@@ -81,6 +85,11 @@ def test_autograd_matches_finite_differences(tiny_assets, tiny_policy, float64_m
                 param.view(-1)[idx] = orig
             numeric = (up - down) / (2 * h)
             analytic = flat_grad[idx].item()
-            assert abs(numeric - analytic) <= 1e-7 + 1e-5 * abs(analytic), (name, idx, numeric, analytic)
+            assert abs(numeric - analytic) <= 1e-7 + 1e-5 * abs(analytic), (
+                name,
+                idx,
+                numeric,
+                analytic,
+            )
             checked += 1
     assert checked == 2 * len(PARAMS)

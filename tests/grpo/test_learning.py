@@ -41,8 +41,21 @@ def digits_then_answer(completions, answer, **_):
 @pytest.mark.slow
 def test_mean_reward_rises(tiny_assets, tmp_path):
     cfg = tiny_config(*LEARN)
-    paths = GRPOPaths(tiny_assets["model"], tiny_assets["rl"], tmp_path / "out", str(tmp_path / "ckpt"), tmp_path / "scratch")
-    _, history = run_grpo(cfg, paths, reward_funcs={"digits_answer": digits_then_answer}, reward_weights={"digits_answer": 1.0})
+    paths = GRPOPaths(
+        tiny_assets["model"],
+        tiny_assets["rl"],
+        tmp_path / "out",
+        str(tmp_path / "ckpt"),
+        tmp_path / "scratch",
+    )
+    _, history = run_grpo(
+        cfg,
+        paths,
+        reward_funcs={"digits_answer": digits_then_answer},
+        reward_weights={"digits_answer": 1.0},
+    )
     rewards = [h["reward/mean"] for h in history]
     first, last = sum(rewards[:WINDOW]) / WINDOW, sum(rewards[-WINDOW:]) / WINDOW
-    assert last - first >= MIN_GAIN, f"mean reward first {WINDOW} steps {first:.3f}, last {WINDOW} {last:.3f}: {rewards}"
+    assert last - first >= MIN_GAIN, (
+        f"mean reward first {WINDOW} steps {first:.3f}, last {WINDOW} {last:.3f}: {rewards}"
+    )

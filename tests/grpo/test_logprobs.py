@@ -24,13 +24,21 @@ def test_logprobs_match_generation_scores(tiny_assets, tiny_policy):
     model, processor, _ = tiny_policy
     prompts = prompts_from(tiny_assets["rl"])
     enc = encode_prompts(processor, prompts, SYSTEM)
-    model_inputs = {k: v for k, v in vars(enc).items() if k != "images_per_prompt" and v is not None}
+    model_inputs = {
+        k: v for k, v in vars(enc).items() if k != "images_per_prompt" and v is not None
+    }
     with torch.no_grad():
         out = model.generate(**model_inputs, max_new_tokens=12, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, pad_token_id=processor.tokenizer.pad_token_id)  # fmt: skip
     new = out.sequences[:, enc.input_ids.shape[1] :]
-    gen_logps = torch.stack([step.log_softmax(-1) for step in out.logits], dim=1).gather(-1, new[..., None])[..., 0]
-    eos = set([model.generation_config.eos_token_id] if isinstance(model.generation_config.eos_token_id, int) else model.generation_config.eos_token_id)
+    gen_logps = torch.stack([step.log_softmax(-1) for step in out.logits], dim=1).gather(
+        -1, new[..., None]
+    )[..., 0]
+    eos = set(
+        [model.generation_config.eos_token_id]
+        if isinstance(model.generation_config.eos_token_id, int)
+        else model.generation_config.eos_token_id
+    )
     completions = []
     for ids in new.tolist():
         cut = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
@@ -40,23 +48,36 @@ def test_logprobs_match_generation_scores(tiny_assets, tiny_policy):
         logps, _ = completion_logprobs(model, batch)
     mask = batch.completion_mask.bool()
     assert mask.sum() > 10
-    torch.testing.assert_close(logps[mask], gen_logps[:, : batch.completion_len][mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        logps[mask], gen_logps[:, : batch.completion_len][mask], atol=1e-4, rtol=1e-4
+    )
 
 
 def sampled_batch(tiny_assets, model, processor, G=3, tokens=10):
     torch.manual_seed(1)
     prompts = prompts_from(tiny_assets["rl"])
-    completions = HFBackend(model, processor, SYSTEM).generate(prompts, SamplingConfig(tokens, 1.0, 1.0, G))
+    completions = HFBackend(model, processor, SYSTEM).generate(
+        prompts, SamplingConfig(tokens, 1.0, 1.0, G)
+    )
     placeholders = [processor.image_token_id, processor.video_token_id]
-    return build_rollout_batch(encode_prompts(processor, prompts, SYSTEM), completions, processor.tokenizer.pad_token_id, placeholders)
+    return build_rollout_batch(
+        encode_prompts(processor, prompts, SYSTEM),
+        completions,
+        processor.tokenizer.pad_token_id,
+        placeholders,
+    )
 
 
 def test_shared_vision_features_equal_per_sequence_encoding(tiny_assets, tiny_policy):
     model, processor, _ = tiny_policy
     assert shares_vision_features(model)
     batch = sampled_batch(tiny_assets, model, processor)
-    shared, ent_shared = completion_logprobs(model, batch, temperature=0.7, compute_entropy=True, share_vision=True)
-    repeated, ent_repeated = completion_logprobs(model, batch, temperature=0.7, compute_entropy=True, share_vision=False)
+    shared, ent_shared = completion_logprobs(
+        model, batch, temperature=0.7, compute_entropy=True, share_vision=True
+    )
+    repeated, ent_repeated = completion_logprobs(
+        model, batch, temperature=0.7, compute_entropy=True, share_vision=False
+    )
     mask = batch.completion_mask.bool()
     torch.testing.assert_close(shared[mask], repeated[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent_shared[mask], ent_repeated[mask], atol=1e-5, rtol=1e-5)
@@ -70,10 +91,16 @@ def test_select_gives_the_same_logprobs_as_the_full_batch(tiny_assets, tiny_poli
         full, _ = completion_logprobs(model, batch)
         for rows in (torch.tensor([0]), torch.tensor([2, 3, 4]), torch.tensor([5, 6, 7, 8])):
             micro = batch.select(rows)
-            assert micro.images_per_prompt.sum() == len(micro.image_grid_thw) == len(set(batch.prompt_index[rows].tolist()))
+            assert (
+                micro.images_per_prompt.sum()
+                == len(micro.image_grid_thw)
+                == len(set(batch.prompt_index[rows].tolist()))
+            )
             part, _ = completion_logprobs(model, micro)
             m = micro.completion_mask.bool()
-            torch.testing.assert_close(part[m], full[rows, : micro.completion_len][m], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                part[m], full[rows, : micro.completion_len][m], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_sampled_image_placeholder_ends_the_trainable_part():

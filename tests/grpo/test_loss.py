@@ -7,13 +7,22 @@ import math
 import pytest
 import torch
 
-from components.grpo.loss import AGG_MODES, KL_ESTIMATORS, agg_loss, clipped_surrogate, get_kl_estimator, grpo_token_loss
+from components.grpo.loss import (
+    AGG_MODES,
+    KL_ESTIMATORS,
+    agg_loss,
+    clipped_surrogate,
+    get_kl_estimator,
+    grpo_token_loss,
+)
 
 
 def make_batch(B=6, T=9, seed=0, spread=1.0):
     gen = torch.Generator().manual_seed(seed)
     logp = -torch.rand(B, T, generator=gen, dtype=torch.float64) * 3
-    old = logp + spread * torch.randn(B, T, generator=gen, dtype=torch.float64)  # ratios from ~0.05 to ~20
+    old = logp + spread * torch.randn(
+        B, T, generator=gen, dtype=torch.float64
+    )  # ratios from ~0.05 to ~20
     ref = logp + 0.5 * torch.randn(B, T, generator=gen, dtype=torch.float64)
     adv = torch.randn(B, generator=gen, dtype=torch.float64)
     adv[0] = 0.0
@@ -81,14 +90,19 @@ def test_kl_estimators():
 def loop_agg(loss, mask, mode, max_len):
     B = loss.shape[0]
     if mode == "token-mean":
-        return sum(loss[b, t] for b in range(B) for t in range(loss.shape[1]) if mask[b, t]) / mask.sum()
+        return (
+            sum(loss[b, t] for b in range(B) for t in range(loss.shape[1]) if mask[b, t])
+            / mask.sum()
+        )
     if mode == "seq-mean-token-mean":
         per_seq = []
         for b in range(B):
             n = int(mask[b].sum())
             per_seq.append(sum(loss[b, t] for t in range(n)) / max(n, 1))
         return sum(per_seq) / B
-    return sum(loss[b, t] for b in range(B) for t in range(loss.shape[1]) if mask[b, t]) / (B * max_len)
+    return sum(loss[b, t] for b in range(B) for t in range(loss.shape[1]) if mask[b, t]) / (
+        B * max_len
+    )
 
 
 @pytest.mark.parametrize("mode", sorted(AGG_MODES))
@@ -96,7 +110,9 @@ def test_agg_matches_loop(mode):
     _, _, _, _, mask = make_batch()
     loss = torch.randn(mask.shape, dtype=torch.float64)
     got = agg_loss(loss, mask, mode, max_len=16)
-    torch.testing.assert_close(got, torch.as_tensor(loop_agg(loss, mask, mode, 16), dtype=torch.float64))
+    torch.testing.assert_close(
+        got, torch.as_tensor(loop_agg(loss, mask, mode, 16), dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("mode", sorted(AGG_MODES))

@@ -31,7 +31,12 @@ def cli_command(tiny_assets, out, tmp_path) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLDSTART_LOG_LEVEL": "INFO"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "COLDSTART_LOG_LEVEL": "INFO",
+    }
 
 
 @pytest.mark.slow
@@ -47,22 +52,43 @@ def test_kill_after_checkpoint_then_resume(tiny_assets, tmp_path):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "model.safetensors").exists(), "the run finished before the kill; nothing was tested"
+    assert not (out / "model.safetensors").exists(), (
+        "the run finished before the kill; nothing was tested"
+    )
 
-    rerun = subprocess.run(cli_command(tiny_assets, out, tmp_path), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        cli_command(tiny_assets, out, tmp_path),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = [line for line in rerun.stderr.splitlines() if "resumed from" in line]
     assert resumed, rerun.stderr[-3000:]
     resumed_step = int(resumed[0].rsplit("step", 1)[1])
     assert 2 <= resumed_step < 8
     history = json.loads((out / "grpo_history.json").read_text())
-    assert [h["step"] for h in history] == list(range(1, 9))  # steps before the kill come from the checkpoint
+    assert [h["step"] for h in history] == list(
+        range(1, 9)
+    )  # steps before the kill come from the checkpoint
 
     # the same run, never interrupted, ends with the same weights
     cfg = tiny_config(*SETTINGS, f"output_dir={tmp_path / 'runs'}")
-    straight = GRPOPaths(tiny_assets["model"], tiny_assets["rl"], tmp_path / "straight", str(tmp_path / "straight" / "checkpoints"), tmp_path / "scratch")
+    straight = GRPOPaths(
+        tiny_assets["model"],
+        tiny_assets["rl"],
+        tmp_path / "straight",
+        str(tmp_path / "straight" / "checkpoints"),
+        tmp_path / "scratch",
+    )
     _, straight_history = run_grpo(cfg, straight)
-    for key in ("completions/mean_length", "kl", "loss"):  # sampled tokens, hence the RNG stream, agree
+    for key in (
+        "completions/mean_length",
+        "kl",
+        "loss",
+    ):  # sampled tokens, hence the RNG stream, agree
         assert [h[key] for h in straight_history] == [h[key] for h in history], key
     a = safetensors.torch.load_file(out / "model.safetensors")
     b = safetensors.torch.load_file(tmp_path / "straight" / "model.safetensors")

@@ -6,23 +6,35 @@ import pytest
 import torch
 
 from components.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
-from components.grpo.rollout import PromptsTooLongError, build_rollout_batch, encode_prompts, generate_rollout
+from components.grpo.rollout import (
+    PromptsTooLongError,
+    build_rollout_batch,
+    encode_prompts,
+    generate_rollout,
+)
 from tests.grpo.test_logprobs import SYSTEM, prompts_from
 
 
 def test_too_long_prompts_are_dropped_and_counted(tiny_assets, tiny_policy):
     model, processor, _ = tiny_policy
-    short, = prompts_from(tiny_assets["rl"], rows=(0,))
-    long = PromptInput(short.problem + " Explain every step of the count in great detail." * 6, short.images)
+    (short,) = prompts_from(tiny_assets["rl"], rows=(0,))
+    long = PromptInput(
+        short.problem + " Explain every step of the count in great detail." * 6, short.images
+    )
     lengths = encode_prompts(processor, [short, long], SYSTEM).lengths.tolist()
     limit = (lengths[0] + lengths[1]) // 2
     rollout = generate_rollout(HFBackend(model, processor, SYSTEM), processor, [long, short],
                                SamplingConfig(4, 1.0, 1.0, 3), SYSTEM, limit)  # fmt: skip
     assert rollout.kept == [1] and rollout.dropped_too_long == 1
     assert len(rollout.batch) == 3 and rollout.batch.prompt_index.tolist() == [0, 0, 0]
-    assert int(rollout.batch.attention_mask[0].sum()) - int(rollout.batch.completion_mask[0].sum()) == lengths[0]
+    assert (
+        int(rollout.batch.attention_mask[0].sum()) - int(rollout.batch.completion_mask[0].sum())
+        == lengths[0]
+    )
     with pytest.raises(PromptsTooLongError, match="max_prompt_length"):
-        generate_rollout(HFBackend(model, processor, SYSTEM), processor, [long], SamplingConfig(4), SYSTEM, limit)
+        generate_rollout(
+            HFBackend(model, processor, SYSTEM), processor, [long], SamplingConfig(4), SYSTEM, limit
+        )
 
 
 def test_layout_left_padded_prompts_right_padded_completions(tiny_assets, tiny_policy):

@@ -35,7 +35,13 @@ DENSE = {"reward_funcs": {"digits": digit_reward}, "reward_weights": {"digits": 
 
 
 def paths_for(tiny_assets, tmp_path) -> GRPOPaths:
-    return GRPOPaths(tiny_assets["model"], tiny_assets["rl"], tmp_path / "out", str(tmp_path / "out" / "checkpoints"), tmp_path / "scratch")
+    return GRPOPaths(
+        tiny_assets["model"],
+        tiny_assets["rl"],
+        tmp_path / "out",
+        str(tmp_path / "out" / "checkpoints"),
+        tmp_path / "scratch",
+    )
 
 
 def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
@@ -44,11 +50,18 @@ def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]
 
 def test_main_trains_logs_and_saves(tiny_assets, tmp_path):
     """KL on (a reference model is loaded) and two updates per rollout (the off-policy path)."""
-    cfg = tiny_config(*FAST, "grpo.kl_coef=0.05", "grpo.update_batch_size=2", f"output_dir={tmp_path}",
-                      "tracking.register_model_name=coldstart-tiny-grpo")
+    cfg = tiny_config(
+        *FAST,
+        "grpo.kl_coef=0.05",
+        "grpo.update_batch_size=2",
+        f"output_dir={tmp_path}",
+        "tracking.register_model_name=coldstart-tiny-grpo",
+    )
     assert updates_per_rollout(cfg.grpo) == 2
     out = tmp_path / "model"
-    summary = main(cfg, str(tiny_assets["model"]), str(tiny_assets["rl"]), str(out), "run-1", "grpo")
+    summary = main(
+        cfg, str(tiny_assets["model"]), str(tiny_assets["rl"]), str(out), "run-1", "grpo"
+    )
     assert summary["grpo/steps"] == 2
 
     before = load_model(tiny_assets["model"]).state_dict()
@@ -72,7 +85,9 @@ def test_main_trains_logs_and_saves(tiny_assets, tmp_path):
 
 
 def test_frozen_vision_tower_keeps_its_blocks(tiny_assets, tmp_path):
-    cfg = tiny_config(*FAST, "grpo.freeze_vision_tower=true", "grpo.kl_coef=0", "grpo.learning_rate=1e-2")
+    cfg = tiny_config(
+        *FAST, "grpo.freeze_vision_tower=true", "grpo.kl_coef=0", "grpo.learning_rate=1e-2"
+    )
     run_grpo(cfg, paths_for(tiny_assets, tmp_path), **DENSE)
     before = load_model(tiny_assets["model"]).state_dict()
     diff = changed(before, load_model(tmp_path / "out"))

@@ -49,7 +49,9 @@ class _Accelerator:
         return tensor
 
 
-def trl_standin(loss_type: str, logp: torch.Tensor, beta: float, delta: float | None, accumulation: int):
+def trl_standin(
+    loss_type: str, logp: torch.Tensor, beta: float, delta: float | None, accumulation: int
+):
     """The attributes `_compute_loss` reads, nothing else; the model forward returns `logp`."""
     standin = types.SimpleNamespace(
         loss_type=loss_type,
@@ -67,19 +69,29 @@ def trl_standin(loss_type: str, logp: torch.Tensor, beta: float, delta: float | 
         current_gradient_accumulation_steps=accumulation,
         model=types.SimpleNamespace(training=True),
         accelerator=_Accelerator(),
-        args=types.SimpleNamespace(delta=delta, use_bias_correction_kl=False, steps_per_generation=accumulation),
+        args=types.SimpleNamespace(
+            delta=delta, use_bias_correction_kl=False, steps_per_generation=accumulation
+        ),
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
     )
-    standin._get_per_token_logps_and_entropies = lambda *a, **k: (logp, torch.zeros_like(logp), None)
+    standin._get_per_token_logps_and_entropies = lambda *a, **k: (
+        logp,
+        torch.zeros_like(logp),
+        None,
+    )
     return standin
 
 
 def make_inputs(B=8, T=12, seed=0):
     gen = torch.Generator().manual_seed(seed)
     logp = -torch.rand(B, T, generator=gen) * 4
-    old = logp + 1.2 * torch.randn(B, T, generator=gen)  # ratios on both clip sides and past the dual clip
+    old = logp + 1.2 * torch.randn(
+        B, T, generator=gen
+    )  # ratios on both clip sides and past the dual clip
     ref = logp + 0.3 * torch.randn(B, T, generator=gen)
-    adv = torch.randn(B, generator=gen).abs() * torch.tensor([1.0, -1.0]).repeat(B // 2)  # both signs
+    adv = torch.randn(B, generator=gen).abs() * torch.tensor([1.0, -1.0]).repeat(
+        B // 2
+    )  # both signs
     lengths = torch.randint(1, T + 1, (B,), generator=gen)
     mask = (torch.arange(T)[None] < lengths[:, None]).float()
     return logp, old, ref, adv, mask
@@ -121,8 +133,12 @@ def test_loss_and_gradient_match_trl(loss_type, dual, beta):
     logp, old, ref, adv, mask = make_inputs()
     rows = slice(None)
     norms = {"max_len": MAX_LEN}  # own batch's token / sequence counts
-    ours, our_grad, our_metrics = our_loss(TRL_TO_OURS[loss_type], logp, old, ref, adv, mask, rows, norms, beta, dual)
-    theirs, their_grad, their_metrics = trl_loss(loss_type, logp, old, ref, adv, mask, rows, mask.sum().item(), beta, dual, 1)
+    ours, our_grad, our_metrics = our_loss(
+        TRL_TO_OURS[loss_type], logp, old, ref, adv, mask, rows, norms, beta, dual
+    )
+    theirs, their_grad, their_metrics = trl_loss(
+        loss_type, logp, old, ref, adv, mask, rows, mask.sum().item(), beta, dual, 1
+    )
     assert abs(ours - theirs) <= 1e-6
     assert (our_grad - their_grad).abs().max().item() <= 1e-6
     for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
@@ -144,9 +160,13 @@ def test_token_mean_over_accumulated_micro_batches_matches_trl_dapo():
     our_grad = torch.zeros_like(logp)
     their_grad = torch.zeros_like(logp)
     for rows in (slice(0, 5), slice(5, 8)):
-        value, grad, _ = our_loss("token-mean", logp, old, ref, adv, mask, rows, {"num_tokens": total_tokens}, BETA, DUAL)
+        value, grad, _ = our_loss(
+            "token-mean", logp, old, ref, adv, mask, rows, {"num_tokens": total_tokens}, BETA, DUAL
+        )
         ours, our_grad = ours + value, our_grad + grad
-        value, grad, _ = trl_loss("dapo", logp, old, ref, adv, mask, rows, total_tokens, BETA, DUAL, 2)
+        value, grad, _ = trl_loss(
+            "dapo", logp, old, ref, adv, mask, rows, total_tokens, BETA, DUAL, 2
+        )
         theirs, their_grad = theirs + value, their_grad + grad
     assert abs(ours - theirs) <= 1e-6
     assert (our_grad - their_grad).abs().max().item() <= 1e-6
@@ -159,8 +179,31 @@ def max_parity_diff() -> float:
         for dual in (None, DUAL):
             for beta in (0.0, BETA):
                 logp, old, ref, adv, mask = make_inputs()
-                a, ga, _ = our_loss(TRL_TO_OURS[loss_type], logp, old, ref, adv, mask, slice(None), {"max_len": MAX_LEN}, beta, dual)
-                b, gb, _ = trl_loss(loss_type, logp, old, ref, adv, mask, slice(None), mask.sum().item(), beta, dual, 1)
+                a, ga, _ = our_loss(
+                    TRL_TO_OURS[loss_type],
+                    logp,
+                    old,
+                    ref,
+                    adv,
+                    mask,
+                    slice(None),
+                    {"max_len": MAX_LEN},
+                    beta,
+                    dual,
+                )
+                b, gb, _ = trl_loss(
+                    loss_type,
+                    logp,
+                    old,
+                    ref,
+                    adv,
+                    mask,
+                    slice(None),
+                    mask.sum().item(),
+                    beta,
+                    dual,
+                    1,
+                )
                 worst = max(worst, abs(a - b), (ga - gb).abs().max().item())
     return worst
 

@@ -51,7 +51,11 @@ def test_vllm_samples_groups_and_follows_pushed_weights(peaky_model_dir, tiny_as
 
     groups = engine.generate(prompts, SamplingConfig(12, temperature=1.0, top_p=1.0, n=4))
     assert [len(g) for g in groups] == [4, 4, 4]
-    assert all(0 < len(c.token_ids) <= 12 and c.finish_reason in ("stop", "length") for g in groups for c in g)
+    assert all(
+        0 < len(c.token_ids) <= 12 and c.finish_reason in ("stop", "length")
+        for g in groups
+        for c in g
+    )
 
     hf = HFBackend(policy, processor, SYSTEM)
     assert greedy(engine, prompts) == greedy(hf, prompts)  # same weights, same prompt tokens
@@ -70,7 +74,13 @@ def test_grpo_runs_with_vllm_rollouts(tiny_assets, tmp_path):
 
     cfg = tiny_config("grpo.rollout_backend=vllm", "grpo.total_steps=2", "grpo.max_completion_length=16",
                       "grpo.vllm_gpu_memory_utilization=0.2")  # fmt: skip
-    paths = GRPOPaths(tiny_assets["model"], tiny_assets["rl"], tmp_path / "out", str(tmp_path / "ckpt"), tmp_path / "scratch")
+    paths = GRPOPaths(
+        tiny_assets["model"],
+        tiny_assets["rl"],
+        tmp_path / "out",
+        str(tmp_path / "ckpt"),
+        tmp_path / "scratch",
+    )
     summary, history = run_grpo(cfg, paths)
     assert summary["grpo/steps"] == 2 and (tmp_path / "out" / "model.safetensors").exists()
     assert all(h["completions/mean_length"] > 0 for h in history)

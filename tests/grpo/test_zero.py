@@ -24,8 +24,8 @@ from components.grpo.engine import PlainEngine, build_engine
 from components.grpo.rollout import stand_in_batch
 from components.grpo.trainer import update_policy
 from components.grpo.zero import deepspeed_config, micro_batches_per_update, reference_config
-from tests.grpo.ranks import errors_of, run_ranks, skip_deepspeed_shm_kernel
 from tests.grpo.conftest import tiny_config
+from tests.grpo.ranks import errors_of, run_ranks, skip_deepspeed_shm_kernel
 from tests.grpo.test_distributed import make_problem, rank_rows
 
 ROUNDS = 2  # rollout batches; each is 2 optimizer updates (update batch = half the rollout batch)
@@ -39,14 +39,32 @@ def test_grpo_config_fills_every_auto_from_grpo_settings():
                      num_generations=4, micro_batch_size=3, max_grad_norm=0.7, bf16=True)  # fmt: skip
     ds = deepspeed_config(cfg, world_size=2, hidden_size=64)
     assert "auto" not in repr(ds)
-    assert micro_batches_per_update(cfg, 2) == 6  # 8 prompts / 2 ranks x 4 = 16 sequences in micro-batches of 3
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 6, 36)
-    assert ds["gradient_clipping"] == 0.7 and ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert (
+        micro_batches_per_update(cfg, 2) == 6
+    )  # 8 prompts / 2 ranks x 4 = 16 sequences in micro-batches of 3
+    assert (
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+        ds["train_batch_size"],
+    ) == (3, 6, 36)
+    assert (
+        ds["gradient_clipping"] == 0.7
+        and ds["bf16"]["enabled"] is True
+        and ds["fp16"]["enabled"] is False
+    )
     zero = ds["zero_optimization"]
-    assert (zero["stage"], zero["reduce_bucket_size"], zero["stage3_param_persistence_threshold"]) == (3, 64 * 64, 640)
-    assert "optimizer" not in ds and "scheduler" not in ds  # our AdamW and schedule, as without DeepSpeed
+    assert (
+        zero["stage"],
+        zero["reduce_bucket_size"],
+        zero["stage3_param_persistence_threshold"],
+    ) == (3, 64 * 64, 640)
+    assert (
+        "optimizer" not in ds and "scheduler" not in ds
+    )  # our AdamW and schedule, as without DeepSpeed
     assert reference_config(ds)["zero_optimization"]["stage"] == 3
-    assert reference_config(deepspeed_config(cfg.model_copy(update={"deepspeed": "zero2"}), 2, 64))["zero_optimization"] == {"stage": 0}
+    assert reference_config(deepspeed_config(cfg.model_copy(update={"deepspeed": "zero2"}), 2, 64))[
+        "zero_optimization"
+    ] == {"stage": 0}
 
 
 def test_sft_and_grpo_share_the_zero_files(tiny_model_dir, tmp_path):
@@ -56,27 +74,47 @@ def test_sft_and_grpo_share_the_zero_files(tiny_model_dir, tmp_path):
 
     model = load_model(tiny_model_dir)
     for stage in ("zero2", "zero3"):
-        args = training_arguments(SFTConfig(deepspeed=stage), tmp_path, False, str(CONFIG_FILES[stage]), cuda=False)
+        args = training_arguments(
+            SFTConfig(deepspeed=stage), tmp_path, False, str(CONFIG_FILES[stage]), cuda=False
+        )
         args.hf_deepspeed_config.trainer_config_finalize(args, model, num_training_steps=10)
         sft_zero = args.hf_deepspeed_config.config["zero_optimization"]
-        grpo_zero = deepspeed_config(GRPOConfig(deepspeed=stage, shard_optimizer_state=False), 1, 64)["zero_optimization"]
+        grpo_zero = deepspeed_config(
+            GRPOConfig(deepspeed=stage, shard_optimizer_state=False), 1, 64
+        )["zero_optimization"]
         assert sft_zero == grpo_zero
 
 
 def test_resolve_auto_names_what_is_left():
     with pytest.raises(ValueError, match=r"\['bf16.enabled'\]"):
-        resolve_auto({"bf16": {"enabled": "auto"}, "gradient_clipping": "auto"}, {"gradient_clipping": 1.0})
+        resolve_auto(
+            {"bf16": {"enabled": "auto"}, "gradient_clipping": "auto"}, {"gradient_clipping": 1.0}
+        )
 
 
 def test_config_errors_name_the_fields():
-    with pytest.raises(ValueError, match=r"grpo: .*deepspeed=zero2 shards the optimizer state itself; set shard_optimizer_state=false"):
+    with pytest.raises(
+        ValueError,
+        match=r"grpo: .*deepspeed=zero2 shards the optimizer state itself; set shard_optimizer_state=false",
+    ):
         config_from_dict({"grpo": {"deepspeed": "zero2", "shard_optimizer_state": True}})
-    defaulted = config_from_dict({"grpo": {"deepspeed": "zero3"}}).grpo  # the ZeRO-1 default steps aside
+    defaulted = config_from_dict(
+        {"grpo": {"deepspeed": "zero3"}}
+    ).grpo  # the ZeRO-1 default steps aside
     assert defaulted.shard_optimizer_state is False
     assert config_from_dict({"grpo": defaulted.model_dump(mode="json")}).grpo == defaulted
-    with pytest.raises(ValueError, match=r"grpo: .*lora_r > 0 with deepspeed zero3 is not supported"):
-        config_from_dict({"grpo": {"deepspeed": "zero3", "shard_optimizer_state": False, "lora_r": 8}})
-    assert config_from_dict({"grpo": {"deepspeed": "zero2", "shard_optimizer_state": False, "lora_r": 8}}).grpo.lora_r == 8
+    with pytest.raises(
+        ValueError, match=r"grpo: .*lora_r > 0 with deepspeed zero3 is not supported"
+    ):
+        config_from_dict(
+            {"grpo": {"deepspeed": "zero3", "shard_optimizer_state": False, "lora_r": 8}}
+        )
+    assert (
+        config_from_dict(
+            {"grpo": {"deepspeed": "zero2", "shard_optimizer_state": False, "lora_r": 8}}
+        ).grpo.lora_r
+        == 8
+    )
 
 
 def test_deepspeed_runs_only_where_there_is_a_device_for_it(monkeypatch):
@@ -86,7 +124,9 @@ def test_deepspeed_runs_only_where_there_is_a_device_for_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
     assert deepspeed_stage(cfg) == "none"
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # asked for DeepSpeed's CPU accelerator explicitly (these tests)
+    monkeypatch.setenv(
+        "DS_ACCELERATOR", "cpu"
+    )  # asked for DeepSpeed's CPU accelerator explicitly (these tests)
     assert deepspeed_stage(cfg) == "zero3"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("DS_ACCELERATOR")
@@ -102,7 +142,13 @@ def record_gradients(engine, full_grad) -> list[dict[str, torch.Tensor]]:
     step = engine.step
 
     def recording_step() -> float:
-        taken.append({n: full_grad(p).clone() for n, p in engine.module.named_parameters() if p.requires_grad})
+        taken.append(
+            {
+                n: full_grad(p).clone()
+                for n, p in engine.module.named_parameters()
+                if p.requires_grad
+            }
+        )
         return step()
 
     engine.step = recording_step
@@ -135,13 +181,15 @@ def test_zero_update_equals_one_process(tiny_assets, tiny_policy, tmp_path, stag
     model, cfg, batch = make_problem(tiny_assets, tiny_policy)
     torch.save((model, cfg, batch), tmp_path / "problem.pt")
     plain = PlainEngine(model, cfg.model_copy(update={"shard_optimizer_state": False}))
-    plain_grads = record_gradients(plain, lambda p: p.grad if p.grad is not None else torch.zeros_like(p))
+    plain_grads = record_gradients(
+        plain, lambda p: p.grad if p.grad is not None else torch.zeros_like(p)
+    )
     single = [update_policy(plain, batch, cfg)[1] for _ in range(ROUNDS)]
 
     ranks = run_ranks(_update_worker, tmp_path, stage, str(tiny_assets["model"]))
     assert not errors_of(ranks), errors_of(ranks)
     assert len(plain_grads) == 2 * ROUNDS and len(ranks[0]["grads"]) in (0, 2 * ROUNDS)
-    for ours, theirs in zip(ranks[0]["grads"], plain_grads):
+    for ours, theirs in zip(ranks[0]["grads"], plain_grads, strict=False):
         assert ours.keys() == theirs.keys()
         for name, grad in theirs.items():
             torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-7)
@@ -151,7 +199,9 @@ def test_zero_update_equals_one_process(tiny_assets, tiny_policy, tmp_path, stag
             assert ours["learning_rate"] == theirs["learning_rate"]
     start = torch.load(tmp_path / "problem.pt", weights_only=False)[0].state_dict()
     moved = max((v - start[k]).abs().max().item() for k, v in model.state_dict().items())
-    worst = max((ranks[0]["state"][k] - v).abs().max().item() for k, v in model.state_dict().items())
+    worst = max(
+        (ranks[0]["state"][k] - v).abs().max().item() for k, v in model.state_dict().items()
+    )
     # Measured: moved 4.05e-6 (4 updates x lr 1e-6), worst difference 2.05e-8 (zero2) / 1.49e-8 (zero3), at
     # weights whose gradient is float noise (e.g. k_proj biases: attention is invariant to them), which Adam
     # scales up to ~lr. Bound: 5% of the movement.
@@ -172,7 +222,13 @@ def grpo_run(world, tmp: Path, name: str, assets: dict, *settings: str) -> list[
     from tests.grpo.test_trainer import DENSE
 
     out = tmp / name
-    paths = GRPOPaths(Path(assets["model"]), Path(assets["rl"]), out / "model", str(out / "checkpoints"), out / "scratch")
+    paths = GRPOPaths(
+        Path(assets["model"]),
+        Path(assets["rl"]),
+        out / "model",
+        str(out / "checkpoints"),
+        out / "scratch",
+    )
     _, history = run_grpo(tiny_config(*STEPS, *settings), paths, **DENSE)
     return history
 
@@ -201,23 +257,37 @@ def test_zero_steps_checkpoint_and_resume(tiny_assets, tmp_path, stage):
     assert ranks[0] == ranks[1]  # every rank logs the same combined metrics
     history, resumed_history, plain_history = ranks[0]
     assert [h["step"] for h in resumed_history] == [1, 2]  # step 1 comes from the checkpoint
-    final = {name: load_model(tmp_path / name / "model").state_dict() for name in ("straight", "cut", "plain")}
+    final = {
+        name: load_model(tmp_path / name / "model").state_dict()
+        for name in ("straight", "cut", "plain")
+    }
 
     # resumed = straight: same sampled tokens (RNG restored), same weights (fp32 masters and AdamW state restored)
     for key in ("completions/mean_length", "reward/mean", "kl", "loss", "grad_norm"):
         assert resumed_history[1][key] == history[1][key], key
-    assert max_difference(final["cut"], final["straight"]) == 0.0  # measured: bitwise equal, zero2 and zero3
+    assert (
+        max_difference(final["cut"], final["straight"]) == 0.0
+    )  # measured: bitwise equal, zero2 and zero3
     # ZeRO = the plain engine over the same ranks (same rollouts: generation is local on each rank)
     for key in ("completions/mean_length", "reward/mean", "kl", "grad_norm"):
-        assert [h[key] for h in history] == pytest.approx([h[key] for h in plain_history], rel=1e-5), key
-    assert max_difference(final["straight"], final["plain"]) <= 0.05 * 4 * 1e-6  # measured 1.5e-8 (zero2), 1.1e-8 (zero3)
+        assert [h[key] for h in history] == pytest.approx(
+            [h[key] for h in plain_history], rel=1e-5
+        ), key
+    assert (
+        max_difference(final["straight"], final["plain"]) <= 0.05 * 4 * 1e-6
+    )  # measured 1.5e-8 (zero2), 1.1e-8 (zero3)
 
     # the checkpoint: whole weights that load without DeepSpeed, one optimizer partition per rank
     ckpt = tmp_path / "cut" / "checkpoints" / "checkpoint-1"
     assert sorted(p.name for p in ckpt.iterdir()) == ["COMPLETE", "config.json", "model.safetensors",
                                                       "trainer_state.pt", "zero-rank0-of-2.pt", "zero-rank1-of-2.pt"]  # fmt: skip
-    safetensors.torch.load_model(load_model(tiny_assets["model"]), str(ckpt / "model.safetensors"), strict=True)
-    assert torch.load(ckpt / "trainer_state.pt", weights_only=False)["layout"] == {"deepspeed": stage, "world_size": 2}
+    safetensors.torch.load_model(
+        load_model(tiny_assets["model"]), str(ckpt / "model.safetensors"), strict=True
+    )
+    assert torch.load(ckpt / "trainer_state.pt", weights_only=False)["layout"] == {
+        "deepspeed": stage,
+        "world_size": 2,
+    }
 
 
 def test_zero_checkpoint_does_not_resume_into_another_layout(tiny_assets, tmp_path):
@@ -238,22 +308,30 @@ def test_zero_checkpoint_does_not_resume_into_another_layout(tiny_assets, tmp_pa
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    with pytest.raises(InputError, match=r"grpo.deepspeed=zero3 over 8 processes, this run has grpo.deepspeed=none"):
+    with pytest.raises(
+        InputError, match=r"grpo.deepspeed=zero3 over 8 processes, this run has grpo.deepspeed=none"
+    ):
         ckpt.resume(engine, order)
-    assert not torch.equal(next(model.parameters()), next(iter(before.values())))  # nothing was loaded
+    assert not torch.equal(
+        next(model.parameters()), next(iter(before.values()))
+    )  # nothing was loaded
     assert state_file.exists()
 
 
 def _variant_worker(world, tmp, assets: dict, *settings: str) -> list[dict]:
     skip_deepspeed_shm_kernel()
-    return grpo_run(world, tmp, "run", assets, "grpo.total_steps=1", "grpo.learning_rate=1e-2", *settings)
+    return grpo_run(
+        world, tmp, "run", assets, "grpo.total_steps=1", "grpo.learning_rate=1e-2", *settings
+    )
 
 
 @pytest.mark.parametrize(
     "settings",
     [
         pytest.param(("grpo.deepspeed=zero2", "grpo.lora_r=4"), id="zero2-lora"),
-        pytest.param(("grpo.deepspeed=zero3", "grpo.freeze_vision_tower=true"), id="zero3-frozen-tower"),
+        pytest.param(
+            ("grpo.deepspeed=zero3", "grpo.freeze_vision_tower=true"), id="zero3-frozen-tower"
+        ),
     ],
 )
 def test_zero_with_frozen_weights(tiny_assets, tmp_path, settings):
@@ -261,12 +339,18 @@ def test_zero_with_frozen_weights(tiny_assets, tmp_path, settings):
     model has them merged) and a frozen vision tower under ZeRO-3 (partitioned but not trained)."""
     from tests.grpo.test_trainer import changed
 
-    ranks = run_ranks(_variant_worker, tmp_path, {k: str(v) for k, v in tiny_assets.items()}, *settings)
+    ranks = run_ranks(
+        _variant_worker, tmp_path, {k: str(v) for k, v in tiny_assets.items()}, *settings
+    )
     assert not errors_of(ranks), errors_of(ranks)
     assert "kl" in ranks[0][-1]
-    diff = changed(load_model(tiny_assets["model"]).state_dict(), load_model(tmp_path / "run" / "model"))
+    diff = changed(
+        load_model(tiny_assets["model"]).state_dict(), load_model(tmp_path / "run" / "model")
+    )
     if "grpo.lora_r=4" in settings:
         assert diff and all("language_model" in n for n in diff)
     else:
         assert not any(".visual.blocks." in n or ".visual.patch_embed." in n for n in diff)
-        assert any(".visual.merger." in n for n in diff) and any("language_model" in n for n in diff)
+        assert any(".visual.merger." in n for n in diff) and any(
+            "language_model" in n for n in diff
+        )

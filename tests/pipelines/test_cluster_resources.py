@@ -48,16 +48,24 @@ def assert_credentials_and_shm(k8s, executor, shm="16Gi"):
     assert {m["envVar"] for m in s3["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert not s3["optional"]  # a task without S3 keys fails at pod creation, not mid-run
     assert secrets["coldstart-mlflow-credentials"]["optional"] is True
-    assert {"name": "KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in ex["fieldPathAsEnv"]
+    assert {"name": "KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in ex[
+        "fieldPathAsEnv"
+    ]
     (cm,) = ex["configMapAsEnv"]
     assert cm["configMapName"] == "coldstart-env"
-    assert {"COLDSTART_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"} <= {m["envVar"] for m in cm["keyToEnv"]}
+    assert {"COLDSTART_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"} <= {
+        m["envVar"] for m in cm["keyToEnv"]
+    }
 
 
 def assert_on_gpu_nodes(spec, k8s, executor, count, selector=None):
     res = container(spec, executor)["resources"]
-    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == str(count)
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[executor]["tolerations"]
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"][
+        "resourceCount"
+    ] == str(count)
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[executor][
+        "tolerations"
+    ]
     if selector:
         assert k8s[executor]["nodeSelector"]["labels"] == selector
 
@@ -73,7 +81,10 @@ def test_gpu_task_requests_accelerator_on_gpu_nodes_with_shm_secrets_retries_tim
     assert (res["resourceMemoryRequest"], res["resourceMemoryLimit"]) == ("64Gi", "80Gi")
     assert k8s[ex]["activeDeadlineSeconds"] == "7200"
     task = spec["root"]["dag"]["tasks"]["data-prep-op"]
-    assert task["retryPolicy"]["maxRetryCount"] == 3 and task["retryPolicy"]["backoffDuration"] == "30s"
+    assert (
+        task["retryPolicy"]["maxRetryCount"] == 3
+        and task["retryPolicy"]["backoffDuration"] == "30s"
+    )
     assert task["cachingOptions"]["enableCache"] is True
 
 
@@ -87,34 +98,60 @@ def test_cpu_tasks_get_no_gpu_scheduling_but_shm_and_credentials(tmp_path):
 
 
 def test_stage_node_selector_tolerations_pull_secrets_pvc_and_caching_off(tmp_path):
-    cfg = load_config(CONFIGS / "tiny.yaml", [
-        'data_prep_resources.node_selector={"pool": "highmem"}',
-        'data_prep_resources.tolerations=[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]',
-        "cluster.image_pull_secrets=[regcred]", "cluster.model_cache_pvc=coldstart-models", "cluster.caching=false",
-        "cluster.s3_secret=my-s3", "cluster.mlflow_secret=null", "cluster.env_config_map=null",
-    ])
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            'data_prep_resources.node_selector={"pool": "highmem"}',
+            'data_prep_resources.tolerations=[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]',
+            "cluster.image_pull_secrets=[regcred]",
+            "cluster.model_cache_pvc=coldstart-models",
+            "cluster.caching=false",
+            "cluster.s3_secret=my-s3",
+            "cluster.mlflow_secret=null",
+            "cluster.env_config_map=null",
+        ],
+    )
     spec, k8s = compile_docs(build_pipeline(cfg), tmp_path)
     ex = k8s["exec-data-prep-op"]
     assert ex["nodeSelector"]["labels"] == {"pool": "highmem"}
-    assert ex["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    assert ex["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    ]
     assert [s["secretName"] for s in ex["imagePullSecret"]] == ["regcred"]
     assert [s["secretName"] for s in ex["secretAsEnv"]] == ["my-s3"] and "configMapAsEnv" not in ex
     (pvc,) = ex["pvcMount"]
-    assert pvc["mountPath"] == "/cache" and pvc["pvcNameParameter"]["runtimeValue"]["constant"] == "coldstart-models"
+    assert (
+        pvc["mountPath"] == "/cache"
+        and pvc["pvcNameParameter"]["runtimeValue"]["constant"] == "coldstart-models"
+    )
     env = {e["name"]: e["value"] for e in container(spec, "exec-data-prep-op")["env"]}
     assert env["HF_HOME"] == "/cache/huggingface"
-    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in spec["root"]["dag"]["tasks"].values())
+    assert not any(
+        t.get("cachingOptions", {}).get("enableCache")
+        for t in spec["root"]["dag"]["tasks"].values()
+    )
 
 
 def test_images_from_cluster_registry_and_tag_unless_the_stage_overrides(tmp_path):
-    cfg = load_config(CONFIGS / "tiny.yaml", [
-        "cluster.image_registry=registry.corp/ml", "cluster.image_tag=v3", "data_prep_resources.image=mine/dp:1",
-    ])
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            "cluster.image_registry=registry.corp/ml",
+            "cluster.image_tag=v3",
+            "data_prep_resources.image=mine/dp:1",
+        ],
+    )
     spec, _ = compile_docs(build_pipeline(cfg), tmp_path)
-    assert container(spec, "exec-data-prep-op")["image"] == "mine/dp:1"  # data_prep_resources also sizes base_model
-    cfg = load_config(CONFIGS / "tiny.yaml", ["cluster.image_registry=registry.corp/ml", "cluster.image_tag=v3"])
+    assert (
+        container(spec, "exec-data-prep-op")["image"] == "mine/dp:1"
+    )  # data_prep_resources also sizes base_model
+    cfg = load_config(
+        CONFIGS / "tiny.yaml", ["cluster.image_registry=registry.corp/ml", "cluster.image_tag=v3"]
+    )
     spec, _ = compile_docs(build_pipeline(cfg), tmp_path)
-    assert container(spec, "exec-base-model-op")["image"] == image_ref("cpu", "registry.corp/ml", "v3")
+    assert container(spec, "exec-base-model-op")["image"] == image_ref(
+        "cpu", "registry.corp/ml", "v3"
+    )
     assert container(spec, "exec-base-model-op")["image"] == "registry.corp/ml/coldstart-cpu:v3"
 
 
@@ -129,7 +166,9 @@ def test_paper_dag_schedules_every_gpu_task_on_gpu_nodes(tmp_path):
     for ex in executors:
         assert_credentials_and_shm(k8s, ex, shm=None)
     for ex in gpu:
-        assert_on_gpu_nodes(spec, k8s, ex, container(spec, ex)["resources"]["accelerator"]["resourceCount"])
+        assert_on_gpu_nodes(
+            spec, k8s, ex, container(spec, ex)["resources"]["accelerator"]["resourceCount"]
+        )
     assert {"exec-sft-op", "exec-grpo-op", "exec-eval-op"} <= gpu
 
 
@@ -191,5 +230,7 @@ def test_trainjob_option_with_the_in_pod_sft_component_is_refused():
         def wrong(config_json: str = "{}"):
             model = dsl.importer(artifact_uri="s3://b/m", artifact_class=Model).output
             data = dsl.importer(artifact_uri="s3://b/d", artifact_class=Dataset).output
-            task = sft.sft_op(config_json=config_json, pipeline_run_id="r", base_model=model, sft_data=data)
+            task = sft.sft_op(
+                config_json=config_json, pipeline_run_id="r", base_model=model, sft_data=data
+            )
             configure_task(task, cfg, "sft")

@@ -44,9 +44,13 @@ def test_compiled_yaml_holds_secret_names_never_values(tmp_path, sentinels):
         assert_clean(text, sentinels)
         spec, platform = yaml.safe_load_all(text)
         for name, ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
-            assert {s["secretName"] for s in ex["secretAsEnv"]} == {"coldstart-s3-credentials",
-                                                                     "coldstart-mlflow-credentials"}, name
-        assert_clean(spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"], sentinels)
+            assert {s["secretName"] for s in ex["secretAsEnv"]} == {
+                "coldstart-s3-credentials",
+                "coldstart-mlflow-credentials",
+            }, name
+        assert_clean(
+            spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"], sentinels
+        )
 
 
 def test_rerun_and_trainjob_pipelines_hold_no_credential(tmp_path, sentinels):
@@ -61,7 +65,10 @@ def test_rerun_and_trainjob_pipelines_hold_no_credential(tmp_path, sentinels):
 
 
 def test_submitted_run_holds_no_credential(fake_kfp, sentinels):  # noqa: F811 (fixture)
-    assert main(["submit", "--host", fake_kfp.url, "--config", str(CONFIGS / "qwen2.5-vl-7b.yaml")]) == 0
+    assert (
+        main(["submit", "--host", fake_kfp.url, "--config", str(CONFIGS / "qwen2.5-vl-7b.yaml")])
+        == 0
+    )
     assert fake_kfp.bodies("POST", "/runs")
     assert_clean(json.dumps([body for *_, body in fake_kfp.requests]), sentinels)
     assert_clean(json.dumps([query for _, _, query, _ in fake_kfp.requests]), sentinels)

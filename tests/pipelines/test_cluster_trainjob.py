@@ -30,7 +30,9 @@ from pipelines.trainjob import (
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33"
-INPUTS = TrainJobInputs("9f1c2d3e-run", "s3://b/root/base_model", "s3://b/root/sft_data", "s3://b/root/sft/model")
+INPUTS = TrainJobInputs(
+    "9f1c2d3e-run", "s3://b/root/base_model", "s3://b/root/sft_data", "s3://b/root/sft/model"
+)
 
 _STRINGS = {"type": "array", "maxItems": 128, "items": {"type": "string", "maxLength": 65536}}
 TRAINJOB_SCHEMA = {
@@ -107,14 +109,30 @@ def test_rendered_trainjob_fits_the_crd_schema_and_core_types():
     trainer = job["spec"]["trainer"]
     env_names = [e["name"] for e in trainer["env"]]
     assert len(env_names) == len(set(env_names))  # the CRD's env is a map keyed by name
-    container = {"name": "node", "image": trainer["image"], "command": trainer["command"], "env": trainer["env"],
-                 "resources": trainer["resourcesPerNode"]}
-    kubernetes_validate.validate(as_pod("node", {"containers": [container]}), K8S_VERSION, strict=True)
+    container = {
+        "name": "node",
+        "image": trainer["image"],
+        "command": trainer["command"],
+        "env": trainer["env"],
+        "resources": trainer["resourcesPerNode"],
+    }
+    kubernetes_validate.validate(
+        as_pod("node", {"containers": [container]}), K8S_VERSION, strict=True
+    )
 
-    assert job["spec"]["runtimeRef"] == {"name": "coldstart-torch", "apiGroup": "trainer.kubeflow.org",
-                                         "kind": "TrainingRuntime"}
-    assert trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8  # = sft.resources.accelerator_count
-    assert trainer["resourcesPerNode"]["limits"] == {"cpu": "32", "memory": "320Gi", "nvidia.com/gpu": "8"}
+    assert job["spec"]["runtimeRef"] == {
+        "name": "coldstart-torch",
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+    }
+    assert (
+        trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8
+    )  # = sft.resources.accelerator_count
+    assert trainer["resourcesPerNode"]["limits"] == {
+        "cpu": "32",
+        "memory": "320Gi",
+        "nvidia.com/gpu": "8",
+    }
     assert trainer["image"] == image_ref("train")
     assert job["spec"]["activeDeadlineSeconds"] == 86400
     assert "components.sft" in " ".join(trainer["command"])
@@ -128,9 +146,16 @@ def test_trainjob_env_has_config_and_uris_and_credentials_only_by_reference(monk
     assert load_config(None).model_validate_json(env["COLDSTART_CONFIG_JSON"]["value"]) == cfg
     assert env["COLDSTART_BASE_MODEL"]["value"] == INPUTS.base_model
     assert env["COLDSTART_SFT_DATA"]["value"] == INPUTS.sft_data
-    assert env["COLDSTART_OUTPUT"]["value"] == INPUTS.output and env["COLDSTART_RUN_ID"]["value"] == INPUTS.run_id
+    assert (
+        env["COLDSTART_OUTPUT"]["value"] == INPUTS.output
+        and env["COLDSTART_RUN_ID"]["value"] == INPUTS.run_id
+    )
     key = env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
-    assert key == {"name": "coldstart-s3-credentials", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}
+    assert key == {
+        "name": "coldstart-s3-credentials",
+        "key": "AWS_SECRET_ACCESS_KEY",
+        "optional": False,
+    }
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["configMapKeyRef"]["name"] == "coldstart-env"
     assert "SENTINEL" not in yaml.safe_dump(job)
@@ -139,7 +164,9 @@ def test_trainjob_env_has_config_and_uris_and_credentials_only_by_reference(monk
 def test_trainjob_name_is_stable_per_run_and_a_dns_label():
     name = trainjob_name(INPUTS)
     assert name == trainjob_name(INPUTS) and len(name) <= 63
-    assert name != trainjob_name(TrainJobInputs("another-run", INPUTS.base_model, INPUTS.sft_data, INPUTS.output))
+    assert name != trainjob_name(
+        TrainJobInputs("another-run", INPUTS.base_model, INPUTS.sft_data, INPUTS.output)
+    )
     assert render_trainjob(paper_cfg(), INPUTS, "ns")["metadata"]["name"] == name
 
 
@@ -177,8 +204,12 @@ def cond(kind, reason="", message=""):
 
 
 def fast(cfg_overrides=()):
-    return paper_cfg("cluster.trainjob.namespace=ns", "cluster.trainjob.poll_interval_s=0.001",
-                     "cluster.trainjob.timeout_s=0", *cfg_overrides)
+    return paper_cfg(
+        "cluster.trainjob.namespace=ns",
+        "cluster.trainjob.poll_interval_s=0.001",
+        "cluster.trainjob.timeout_s=0",
+        *cfg_overrides,
+    )
 
 
 def test_launcher_creates_the_trainjob_and_waits_until_complete():
@@ -190,7 +221,9 @@ def test_launcher_creates_the_trainjob_and_waits_until_complete():
 
 
 def test_launcher_reports_the_failure_reason():
-    api = FakeCustomObjects(conditions=[[], cond("Failed", "BackoffLimitExceeded", "node-1 OOMKilled")])
+    api = FakeCustomObjects(
+        conditions=[[], cond("Failed", "BackoffLimitExceeded", "node-1 OOMKilled")]
+    )
     with pytest.raises(RuntimeError, match="BackoffLimitExceeded: node-1 OOMKilled"):
         launch_and_wait(fast(), INPUTS, TrainJobClient(api))
 
@@ -204,7 +237,9 @@ def test_retried_launcher_attaches_to_its_running_trainjob():
 
 def test_a_failed_trainjob_of_an_earlier_attempt_is_replaced():
     job = render_trainjob(fast(), INPUTS, "ns")
-    client = TrainJobClient(FakeCustomObjects(existing={**job, "status": {"conditions": cond("Failed")}}))
+    client = TrainJobClient(
+        FakeCustomObjects(existing={**job, "status": {"conditions": cond("Failed")}})
+    )
     assert create_or_attach(client, job, sleep=lambda s: None) == "created"
     assert client.api.calls == ["get", "delete", "get", "create"]
 
@@ -214,14 +249,23 @@ def test_timeout_deletes_the_trainjob():
     api = FakeCustomObjects(existing={**job, "status": {}})
     ticks = iter(range(100))
     with pytest.raises(TimeoutError, match="deleted it"):
-        wait_for_trainjob(TrainJobClient(api), "ns", job["metadata"]["name"], 1.0, timeout_s=3,
-                          sleep=lambda s: None, clock=lambda: next(ticks))
+        wait_for_trainjob(
+            TrainJobClient(api),
+            "ns",
+            job["metadata"]["name"],
+            1.0,
+            timeout_s=3,
+            sleep=lambda s: None,
+            clock=lambda: next(ticks),
+        )
     assert api.calls[-1] == "delete" and not api.objects
 
 
 def test_launcher_needs_object_store_uris():
     with pytest.raises(InputError, match="object-store URIs"):
-        launch_and_wait(fast(), TrainJobInputs("r", "/tmp/base", "s3://b/d", "s3://b/o"), TrainJobClient(None))
+        launch_and_wait(
+            fast(), TrainJobInputs("r", "/tmp/base", "s3://b/d", "s3://b/o"), TrainJobClient(None)
+        )
 
 
 def load_manifests(name):
@@ -234,14 +278,22 @@ def test_trainer_manifests_validate_and_match_the_config():
 
     (runtime,) = load_manifests("runtime.yaml")
     defaults = TrainJobConfig()
-    assert (runtime["kind"], runtime["metadata"]["name"]) == (defaults.runtime_kind, defaults.runtime)
+    assert (runtime["kind"], runtime["metadata"]["name"]) == (
+        defaults.runtime_kind,
+        defaults.runtime,
+    )
     assert runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] == "auto"
     (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
     assert node["name"] == "node"
-    assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    assert (
+        node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"]
+        == "trainer"
+    )
     pod_spec = node["template"]["spec"]["template"]["spec"]
     kubernetes_validate.validate(as_pod("node", pod_spec), K8S_VERSION, strict=True)
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec[
+        "tolerations"
+    ]
     (container,) = pod_spec["containers"]
     assert container["name"] == "node"  # the container the TrainJob's trainer section overrides
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}

@@ -26,7 +26,7 @@ def executors(spec):
 
 
 def test_compiles_with_config_parameter_and_stage_images(tmp_path):
-    spec, platform = compile_docs(tmp_path)
+    spec, _platform = compile_docs(tmp_path)
     cfg = load_config(CONFIGS / "tiny.yaml")
     default = spec["root"]["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
     assert load_config(None).model_validate_json(default) == cfg
@@ -35,8 +35,13 @@ def test_compiles_with_config_parameter_and_stage_images(tmp_path):
     assert images["exec-base-model-op"] == stage_image("base_model")
     tasks = spec["root"]["dag"]["tasks"]
     assert {"data-prep-op", "base-model-op", "sft-op", "grpo-op"} <= set(tasks)
-    assert tasks["grpo-op"]["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]["producerTask"] == "sft-op"
-    assert images["exec-sft-op"] == stage_image("sft") and images["exec-grpo-op"] == stage_image("grpo")
+    assert (
+        tasks["grpo-op"]["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]["producerTask"]
+        == "sft-op"
+    )
+    assert images["exec-sft-op"] == stage_image("sft") and images["exec-grpo-op"] == stage_image(
+        "grpo"
+    )
 
 
 def test_ablation_branch_is_a_condition_on_the_parameter(tmp_path):

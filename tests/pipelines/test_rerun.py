@@ -57,13 +57,25 @@ def inputs(tmp_path):
 
 
 def rerun_local(tmp_path, model, data, *extra):
-    args = ["rerun", "grpo", "--local", "--init-model", str(model), "--data", str(data),
-            "--set", f"output_dir={tmp_path / 'out'}", *extra]
+    args = [
+        "rerun",
+        "grpo",
+        "--local",
+        "--init-model",
+        str(model),
+        "--data",
+        str(data),
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+        *extra,
+    ]
     assert main(args) == 0
     return (data.parent / "executions.log").read_text().splitlines()
 
 
-def test_local_rerun_runs_the_stage_then_reuses_its_cached_outputs(tmp_path, fake_grpo, inputs, capsys):
+def test_local_rerun_runs_the_stage_then_reuses_its_cached_outputs(
+    tmp_path, fake_grpo, inputs, capsys
+):
     model, data = inputs
     assert len(rerun_local(tmp_path, model, data)) == 1
     printed = capsys.readouterr().out
@@ -71,19 +83,27 @@ def test_local_rerun_runs_the_stage_then_reuses_its_cached_outputs(tmp_path, fak
     assert (run_dir / "fake-grpo-op" / "model" / "weights.txt").read_text() == "sft+grpo"
 
     assert len(rerun_local(tmp_path, model, data)) == 1  # unchanged inputs: cache hit, not executed
-    log = rerun_local(tmp_path, model, data, "--no-cache")  # forced, and grouped under the fresh job id
-    assert len(log) == 2 and log[0].startswith("rerun-grpo-") and not log[1].startswith("rerun-grpo-")
+    log = rerun_local(
+        tmp_path, model, data, "--no-cache"
+    )  # forced, and grouped under the fresh job id
+    assert (
+        len(log) == 2 and log[0].startswith("rerun-grpo-") and not log[1].startswith("rerun-grpo-")
+    )
     (data / "part-1.arrow").write_text("more rows")  # a changed input directory is a miss
     assert len(rerun_local(tmp_path, model, data)) == 3
 
 
 def test_one_stage_pipeline_imports_each_input_and_builds_a_missing_base_model(tmp_path):
     cfg = load_config(CONFIGS / "tiny.yaml", ["cluster.sft_launcher=trainjob"])
-    spec, _ = compile_docs(build_stage_pipeline(cfg, "sft", {"sft_data": "s3://b/runs/1/sft_data"}), tmp_path)
+    spec, _ = compile_docs(
+        build_stage_pipeline(cfg, "sft", {"sft_data": "s3://b/runs/1/sft_data"}), tmp_path
+    )
     executors = spec["deploymentSpec"]["executors"]
     (importer,) = [e["importer"] for e in executors.values() if "importer" in e]
     assert importer["artifactUri"]["constant"] == "s3://b/runs/1/sft_data"
-    assert importer["typeSchema"]["schemaTitle"] == "system.Dataset" and not importer.get("reimport")
+    assert importer["typeSchema"]["schemaTitle"] == "system.Dataset" and not importer.get(
+        "reimport"
+    )
     tasks = spec["root"]["dag"]["tasks"]
     stage_inputs = tasks["sft-trainjob-op"]["inputs"]["artifacts"]
     assert stage_inputs["sft_data"]["taskOutputArtifact"]["producerTask"].startswith("importer")
@@ -98,30 +118,57 @@ def test_one_stage_pipeline_imports_each_input_and_builds_a_missing_base_model(t
 ])  # fmt: skip
 def test_real_stages_compile_as_one_stage_pipelines(tmp_path, stage, module, uris):
     pytest.importorskip(module, reason=f"{module} not written yet")
-    spec, _ = compile_docs(build_stage_pipeline(load_config(CONFIGS / "tiny.yaml"), stage, uris), tmp_path)
-    imported = {e["importer"]["artifactUri"]["constant"] for e in spec["deploymentSpec"]["executors"].values()
-                if "importer" in e}
+    spec, _ = compile_docs(
+        build_stage_pipeline(load_config(CONFIGS / "tiny.yaml"), stage, uris), tmp_path
+    )
+    imported = {
+        e["importer"]["artifactUri"]["constant"]
+        for e in spec["deploymentSpec"]["executors"].values()
+        if "importer" in e
+    }
     assert imported == set(uris.values())
-    (stage_task,) = [t for name, t in spec["root"]["dag"]["tasks"].items() if name.startswith(f"{stage}-op")]
+    (stage_task,) = [
+        t for name, t in spec["root"]["dag"]["tasks"].items() if name.startswith(f"{stage}-op")
+    ]
     assert set(uris) <= set(stage_task["inputs"]["artifacts"])
 
 
 def run_id_of(body: dict) -> str:
     tasks = body["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
-    return tasks["fake-grpo-op"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"]
+    return tasks["fake-grpo-op"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"][
+        "constant"
+    ]
 
 
 def test_cluster_rerun_submits_the_one_stage_pipeline(fake_kfp, fake_grpo, capsys):  # noqa: F811
-    args = ["rerun", "grpo", "--host", fake_kfp.url, "--model", "s3://b/sft/model", "--data", "s3://b/rl",
-            "--set", "grpo.learning_rate=2e-06", "--experiment", "reruns"]
+    args = [
+        "rerun",
+        "grpo",
+        "--host",
+        fake_kfp.url,
+        "--model",
+        "s3://b/sft/model",
+        "--data",
+        "s3://b/rl",
+        "--set",
+        "grpo.learning_rate=2e-06",
+        "--experiment",
+        "reruns",
+    ]
     assert main(args) == 0 and main(args) == 0
     body = fake_kfp.bodies("POST", "/runs")[0]
     spec = body["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "coldstart-rerun-grpo"
-    imported = {e["importer"]["artifactUri"]["constant"]: e["importer"]["typeSchema"]["schemaTitle"]
-                for e in spec["deploymentSpec"]["executors"].values() if "importer" in e}
+    imported = {
+        e["importer"]["artifactUri"]["constant"]: e["importer"]["typeSchema"]["schemaTitle"]
+        for e in spec["deploymentSpec"]["executors"].values()
+        if "importer" in e
+    }
     assert imported == {"s3://b/sft/model": "system.Model", "s3://b/rl": "system.Dataset"}
-    assert config_from_json(body["runtime_config"]["parameters"]["config_json"]).grpo.learning_rate == 2e-06
+    assert (
+        config_from_json(body["runtime_config"]["parameters"]["config_json"]).grpo.learning_rate
+        == 2e-06
+    )
     assert fake_kfp.experiments[0]["display_name"] == "reruns"
     # a stable MLflow group for unchanged inputs, so the cluster's input fingerprint (and cache) matches
     ids = [run_id_of(body) for body in fake_kfp.bodies("POST", "/runs")]

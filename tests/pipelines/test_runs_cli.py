@@ -25,16 +25,24 @@ PIPELINES = {
 def make_pipeline_runs(output_dir: Path, tracking: dict) -> None:
     """Two pipeline runs as the stages log them; kfp-b's extra stage fails."""
     for kfp_run, (rewards, scores, lr) in PIPELINES.items():
-        cfg = tiny_config(output_dir.parent, output_dir=str(output_dir), grpo={"learning_rate": lr},
-                          tracking={"system_metrics": False, **tracking})
+        cfg = tiny_config(
+            output_dir.parent,
+            output_dir=str(output_dir),
+            grpo={"learning_rate": lr},
+            tracking={"system_metrics": False, **tracking},
+        )
         with stage_run(cfg, "data_prep", kfp_run) as tracker:
             tracker.log_metrics({"data/rl_rows": 48})
         with stage_run(cfg, "grpo", kfp_run) as tracker:
             for step, reward in enumerate(rewards, start=1):
-                tracker.log_metrics({"grpo/rewards/accuracy/mean": reward, "grpo/reward/mean": reward}, step=step)
+                tracker.log_metrics(
+                    {"grpo/rewards/accuracy/mean": reward, "grpo/reward/mean": reward}, step=step
+                )
         with stage_run(cfg, "eval", kfp_run) as tracker:
             for bench, score in scores.items():
-                tracker.log_metrics({f"eval/sft_rl/{bench}/score": score, f"eval/sft_rl/{bench}/accuracy": score})
+                tracker.log_metrics(
+                    {f"eval/sft_rl/{bench}/score": score, f"eval/sft_rl/{bench}/accuracy": score}
+                )
             tracker.log_metrics({"eval/sft_rl/average": sum(scores.values()) / len(scores)})
             tracker.log_dict({"rows": []}, "eval/predictions.json")
         if kfp_run == "kfp-b":
@@ -65,9 +73,20 @@ def test_tag_names_agree_with_the_tracker() -> None:
     from components.common import tracking
     from pipelines import runs
 
-    assert (runs.ROLE, runs.STAGE, runs.PIPELINE_RUN, runs.CONFIG_HASH, runs.REGISTERED, runs.PARENT) == (
-        tracking.TAG_ROLE, tracking.TAG_STAGE, tracking.TAG_PIPELINE_RUN, tracking.TAG_CONFIG_HASH,
-        tracking.TAG_REGISTERED, tracking.TAG_PARENT,
+    assert (
+        runs.ROLE,
+        runs.STAGE,
+        runs.PIPELINE_RUN,
+        runs.CONFIG_HASH,
+        runs.REGISTERED,
+        runs.PARENT,
+    ) == (
+        tracking.TAG_ROLE,
+        tracking.TAG_STAGE,
+        tracking.TAG_PIPELINE_RUN,
+        tracking.TAG_CONFIG_HASH,
+        tracking.TAG_REGISTERED,
+        tracking.TAG_PARENT,
     )
 
 
@@ -93,23 +112,35 @@ def test_show_params_metrics_artifacts(local_store: Path, capsys) -> None:
 
     code, out, _ = run_cli(capsys, "list", "--output-dir", str(local_store))
     lines = out.splitlines()
-    below_a = lines[next(i for i, line in enumerate(lines) if "kfp-a" in line):]
+    below_a = lines[next(i for i, line in enumerate(lines) if "kfp-a" in line) :]
     grpo_id = next(line for line in below_a if "└ grpo" in line).split("│")[2].strip()
     code, out, _ = run_cli(capsys, "show", grpo_id[:10], "--output-dir", str(local_store))
     assert code == 0
     row = next(line for line in out.splitlines() if "grpo/rewards/accuracy/mean" in line)
-    assert [c.strip() for c in row.split("│")[1:-1]] == ["grpo/rewards/accuracy/mean", "0.5", "5", "5"]
+    assert [c.strip() for c in row.split("│")[1:-1]] == [
+        "grpo/rewards/accuracy/mean",
+        "0.5",
+        "5",
+        "5",
+    ]
 
     code, out, _ = run_cli(capsys, "show", "eval", "--output-dir", str(local_store))
     assert code == 2  # two pipelines have an "eval" stage
 
 
-def test_compare_table_param_diff_and_reward_plot(local_store: Path, tmp_path: Path, capsys) -> None:
+def test_compare_table_param_diff_and_reward_plot(
+    local_store: Path, tmp_path: Path, capsys
+) -> None:
     plot = tmp_path / "plots" / "rewards.png"
-    code, out, _ = run_cli(capsys, "compare", "kfp-a", "kfp-b", "--plot", str(plot), "--output-dir", str(local_store))
+    code, out, _ = run_cli(
+        capsys, "compare", "kfp-a", "kfp-b", "--plot", str(plot), "--output-dir", str(local_store)
+    )
     assert code == 0, out
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in out.splitlines() if line.startswith("│ sft_rl/")}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("│ sft_rl/")
+    }
     assert rows["sft_rl/synthetic"] == ["50.0", "60.0", "+10.0"]
     assert rows["sft_rl/mathvista"] == ["30.0", "35.0", "+5.0"]
     assert rows["sft_rl/average"] == ["40.0", "47.5", "+7.5"]
@@ -120,15 +151,28 @@ def test_compare_table_param_diff_and_reward_plot(local_store: Path, tmp_path: P
     assert "reward curves (2)" in out
 
 
-def test_compare_falls_back_to_accuracy_and_reports_no_curves(local_store: Path, tmp_path: Path, capsys) -> None:
+def test_compare_falls_back_to_accuracy_and_reports_no_curves(
+    local_store: Path, tmp_path: Path, capsys
+) -> None:
     plot = tmp_path / "none.png"
-    code, out, _ = run_cli(capsys, "compare", "kfp-a", "--metric", "accuracy", "--plot", str(plot),
-                           "--output-dir", str(local_store))
+    code, out, _ = run_cli(
+        capsys,
+        "compare",
+        "kfp-a",
+        "--metric",
+        "accuracy",
+        "--plot",
+        str(plot),
+        "--output-dir",
+        str(local_store),
+    )
     assert code == 0 and "eval accuracy" in out and "50.0" in out
     assert not plot.exists() or plot.read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_missing_store_and_unknown_run_are_clear_errors(local_store: Path, tmp_path: Path, capsys) -> None:
+def test_missing_store_and_unknown_run_are_clear_errors(
+    local_store: Path, tmp_path: Path, capsys
+) -> None:
     code, _, err = run_cli(capsys, "list", "--output-dir", str(tmp_path / "nothing"))
     assert code == 2 and "no local MLflow store" in err and "MLFLOW_TRACKING_URI" in err
     code, _, err = run_cli(capsys, "show", "no-such-run", "--output-dir", str(local_store))
@@ -143,8 +187,15 @@ def test_sync_sends_a_spill_once_the_store_is_reachable(tmp_path: Path, capsys) 
     store_dir = tmp_path / "late"
     store_dir.write_text("not a folder")
     uri = f"sqlite:///{store_dir / 'mlflow.db'}"
-    cfg = tiny_config(tmp_path, tracking={"tracking_uri": uri, "system_metrics": False,
-                                          "start_timeout_s": 0.2, "flush_timeout_s": 0.2})
+    cfg = tiny_config(
+        tmp_path,
+        tracking={
+            "tracking_uri": uri,
+            "system_metrics": False,
+            "start_timeout_s": 0.2,
+            "flush_timeout_s": 0.2,
+        },
+    )
     with stage_run(cfg, "sft", "kfp-late") as tracker:
         tracker.log_metrics({"sft/train/loss": 2.0}, step=3)
     output_dir = Path(cfg.output_dir)
@@ -158,15 +209,26 @@ def test_sync_sends_a_spill_once_the_store_is_reachable(tmp_path: Path, capsys) 
     assert code == 0 and "sft/train/loss" in out
 
 
-def test_runs_against_a_tracking_server(mlflow_server: MlflowServer, s3_env: S3Env, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_runs_against_a_tracking_server(
+    mlflow_server: MlflowServer,
+    s3_env: S3Env,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+) -> None:
     experiment = f"runs-{uuid.uuid4().hex[:8]}"
-    make_pipeline_runs(tmp_path / "outputs", {"tracking_uri": mlflow_server.url, "experiment": experiment})
-    code, out, _ = run_cli(capsys, "list", "--tracking-uri", mlflow_server.url, "--experiment", experiment)
+    make_pipeline_runs(
+        tmp_path / "outputs", {"tracking_uri": mlflow_server.url, "experiment": experiment}
+    )
+    code, out, _ = run_cli(
+        capsys, "list", "--tracking-uri", mlflow_server.url, "--experiment", experiment
+    )
     assert code == 0 and "kfp-a" in out and "└ eval_extra" in out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # the env var alone also works
     plot = tmp_path / "server.png"
-    code, out, _ = run_cli(capsys, "compare", "kfp-a", "kfp-b", "--experiment", experiment, "--plot", str(plot))
+    code, out, _ = run_cli(
+        capsys, "compare", "kfp-a", "kfp-b", "--experiment", experiment, "--plot", str(plot)
+    )
     assert code == 0 and "+10.0" in out and plot.read_bytes()[:8] == PNG_SIGNATURE
     code, out, _ = run_cli(capsys, "show", "kfp-b", "--experiment", experiment)
     assert code == 0 and "config.yaml" in out and "FAILED" in out

@@ -66,9 +66,16 @@ class FakeKFP:
                 if path == f"{API}/healthz":
                     return self._reply(200, {"multi_user": False})
                 if path == f"{API}/experiments":
-                    wanted = [p["stringValue"] for p in json.loads(query.get("filter", "{}")).get("predicates", [])]
-                    found = [e for e in fake.experiments if e["display_name"] in wanted or not wanted]
-                    return self._reply(200, {"experiments": found, "total_size": len(found)} if found else {})
+                    wanted = [
+                        p["stringValue"]
+                        for p in json.loads(query.get("filter", "{}")).get("predicates", [])
+                    ]
+                    found = [
+                        e for e in fake.experiments if e["display_name"] in wanted or not wanted
+                    ]
+                    return self._reply(
+                        200, {"experiments": found, "total_size": len(found)} if found else {}
+                    )
                 if path.startswith(f"{API}/runs/"):
                     run_id = path.rsplit("/", 1)[1]
                     if run_id not in fake.runs:
@@ -77,7 +84,9 @@ class FakeKFP:
                     fake.gets[run_id] += 1
                     tasks = [{"display_name": "data_prep", "state": state}]
                     details = {"task_details": tasks}
-                    return self._reply(200, {**fake.runs[run_id], "state": state, "run_details": details})
+                    return self._reply(
+                        200, {**fake.runs[run_id], "state": state, "run_details": details}
+                    )
                 return self._reply(404, {"error": f"no route {path}"})
 
             def do_POST(self):
@@ -87,8 +96,12 @@ class FakeKFP:
                     fake.experiments.append(exp)
                     return self._reply(200, exp)
                 if path == f"{API}/runs":
-                    run = {"run_id": f"run-{len(fake.runs) + 1}", "display_name": body.get("display_name"),
-                           "experiment_id": body.get("experiment_id"), "state": "PENDING"}
+                    run = {
+                        "run_id": f"run-{len(fake.runs) + 1}",
+                        "display_name": body.get("display_name"),
+                        "experiment_id": body.get("experiment_id"),
+                        "state": "PENDING",
+                    }
                     fake.runs[run["run_id"]] = run
                     return self._reply(200, run)
                 return self._reply(404, {"error": f"no route {path}"})
@@ -130,14 +143,32 @@ def cached_tasks(run: dict) -> dict[str, bool]:
     """{task: enableCache} of every task that runs a container, in every DAG (root, conditions, loops)."""
     spec = run["pipeline_spec"]["pipeline_spec"]
     runs_container = {name for name, comp in spec["components"].items() if "executorLabel" in comp}
-    return {name: bool(task.get("cachingOptions", {}).get("enableCache"))
-            for name, task in spec_tasks(spec) if task["componentRef"]["name"] in runs_container}
+    return {
+        name: bool(task.get("cachingOptions", {}).get("enableCache"))
+        for name, task in spec_tasks(spec)
+        if task["componentRef"]["name"] in runs_container
+    }
 
 
-def test_submit_sends_compiled_spec_config_experiment_and_prints_run_url(fake_kfp, tmp_path, capsys):
+def test_submit_sends_compiled_spec_config_experiment_and_prints_run_url(
+    fake_kfp, tmp_path, capsys
+):
     lr = "sft.learning_rate=3e-05"
-    rc = main(["submit", "--host", fake_kfp.url, "--config", str(CONFIGS / "tiny.yaml"), "--set", lr,
-               "--experiment", "ablations", "--run-name", "cold-start-1"])
+    rc = main(
+        [
+            "submit",
+            "--host",
+            fake_kfp.url,
+            "--config",
+            str(CONFIGS / "tiny.yaml"),
+            "--set",
+            lr,
+            "--experiment",
+            "ablations",
+            "--run-name",
+            "cold-start-1",
+        ]
+    )
     assert rc == 0
     (exp,) = fake_kfp.bodies("POST", "/experiments")
     assert exp["display_name"] == "ablations"
@@ -166,10 +197,23 @@ def test_submit_sends_compiled_spec_config_experiment_and_prints_run_url(fake_kf
 
 def test_submit_reuses_an_existing_experiment_and_sets_pipeline_root(fake_kfp):
     fake_kfp.experiments.append({"experiment_id": "exp-old", "display_name": "coldstart-tiny"})
-    rc = main(["submit", "--host", fake_kfp.url, "--config", str(CONFIGS / "tiny.yaml"),
-               "--set", "cluster.pipeline_root=s3://bucket/roots", "--set", "cluster.service_account=trainer"])
+    rc = main(
+        [
+            "submit",
+            "--host",
+            fake_kfp.url,
+            "--config",
+            str(CONFIGS / "tiny.yaml"),
+            "--set",
+            "cluster.pipeline_root=s3://bucket/roots",
+            "--set",
+            "cluster.service_account=trainer",
+        ]
+    )
     assert rc == 0
-    assert fake_kfp.bodies("POST", "/experiments") == []  # found by name (tracking.experiment), not created
+    assert (
+        fake_kfp.bodies("POST", "/experiments") == []
+    )  # found by name (tracking.experiment), not created
     run = submitted_run(fake_kfp)
     assert run["experiment_id"] == "exp-old"
     assert run["runtime_config"]["pipeline_root"] == "s3://bucket/roots"
@@ -178,7 +222,9 @@ def test_submit_reuses_an_existing_experiment_and_sets_pipeline_root(fake_kfp):
 
 @pytest.mark.parametrize("ablation", ["false", "true"])
 def test_no_cache_turns_caching_off_for_every_task_of_every_branch(fake_kfp, ablation):
-    assert main(["submit", "--host", fake_kfp.url, "--set", f"ablation={ablation}", "--no-cache"]) == 0
+    assert (
+        main(["submit", "--host", fake_kfp.url, "--set", f"ablation={ablation}", "--no-cache"]) == 0
+    )
     caching = cached_tasks(submitted_run(fake_kfp))
     assert caching and not any(caching.values()), caching
 
@@ -189,7 +235,9 @@ def test_caching_off_in_config_compiles_into_the_spec(fake_kfp):
     assert caching and not any(caching.values()), caching
 
 
-@pytest.mark.parametrize(("states", "rc"), [(("PENDING", "RUNNING", "SUCCEEDED"), 0), (("RUNNING", "FAILED"), 1)])
+@pytest.mark.parametrize(
+    ("states", "rc"), [(("PENDING", "RUNNING", "SUCCEEDED"), 0), (("RUNNING", "FAILED"), 1)]
+)
 def test_watch_polls_until_the_run_ends(fake_kfp, capsys, states, rc):
     fake_kfp.states = list(states)
     assert main(["submit", "--host", fake_kfp.url, "--watch", "--poll-interval", "0.01"]) == rc
@@ -200,7 +248,9 @@ def test_watch_polls_until_the_run_ends(fake_kfp, capsys, states, rc):
 
 
 def test_namespace_goes_to_the_experiment(fake_kfp):
-    assert main(["submit", "--host", fake_kfp.url, "--namespace", "team-a", "--experiment", "e"]) == 0
+    assert (
+        main(["submit", "--host", fake_kfp.url, "--namespace", "team-a", "--experiment", "e"]) == 0
+    )
     (exp,) = fake_kfp.bodies("POST", "/experiments")
     assert exp == {"display_name": "e", "namespace": "team-a"}
     lists = [q for m, p, q, _ in fake_kfp.requests if m == "GET" and p == f"{API}/experiments"]

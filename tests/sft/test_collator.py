@@ -18,7 +18,14 @@ def test_labels_are_exactly_the_assistant_answers(processor, train_rows):
     batch = _batch(processor, rows)
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(processor.image_token)
-    assert {"input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw", "mm_token_type_ids"} <= set(batch)
+    assert {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "pixel_values",
+        "image_grid_thw",
+        "mm_token_type_ids",
+    } <= set(batch)
     lengths = batch["attention_mask"].sum(1)
     assert len(set(lengths.tolist())) > 1, "rows of different lengths: padding must be exercised"
     for i, row in enumerate(rows):
@@ -34,8 +41,12 @@ def test_labels_are_exactly_the_assistant_answers(processor, train_rows):
         assert not supervised[ids == image_id].any()
         assert (ids == image_id).sum() > 0
         prompt = tok.decode(ids[: span[0]])
-        assert PAPER_SYSTEM_PROMPT in prompt and row["problem"] in prompt and prompt.endswith("assistant\n")
-        assert (labels[lengths[i]:] == IGNORE_INDEX).all()
+        assert (
+            PAPER_SYSTEM_PROMPT in prompt
+            and row["problem"] in prompt
+            and prompt.endswith("assistant\n")
+        )
+        assert (labels[lengths[i] :] == IGNORE_INDEX).all()
         # mm_token_type_ids marks exactly the image tokens (Qwen2.5-VL's M-RoPE needs it).
         assert torch.equal(batch["mm_token_type_ids"][i].bool(), ids == image_id)
 
@@ -65,5 +76,7 @@ def test_truncation_cuts_the_answer_never_the_image(processor, train_rows):
 
 
 def test_truncation_through_image_tokens_is_refused(processor, train_rows):
-    with pytest.raises(InputError, match=r"count_shapes-.*sft.max_length=20 would cut inside the image tokens"):
+    with pytest.raises(
+        InputError, match=r"count_shapes-.*sft.max_length=20 would cut inside the image tokens"
+    ):
         _batch(processor, [train_rows[0]], max_length=20)

@@ -15,9 +15,16 @@ from tests.conftest import tiny_config
 def sft_pipeline(model_dir: str, data_dir: str):
     @dsl.pipeline(name="sft-component-test")
     def pipeline(config_json: str):
-        base = dsl.importer(artifact_uri=model_dir, artifact_class=Model, metadata={"name_or_path": "tiny"})
+        base = dsl.importer(
+            artifact_uri=model_dir, artifact_class=Model, metadata={"name_or_path": "tiny"}
+        )
         data = dsl.importer(artifact_uri=data_dir, artifact_class=Dataset)
-        sft_op(config_json=config_json, pipeline_run_id="sft-test", base_model=base.output, sft_data=data.output)
+        sft_op(
+            config_json=config_json,
+            pipeline_run_id="sft-test",
+            base_model=base.output,
+            sft_data=data.output,
+        )
 
     return pipeline
 
@@ -34,10 +41,15 @@ def test_interface_compiles(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sft_op_runs_under_kfp_local(tmp_path, tiny_model_dir, sft_dir):
-    cfg = tiny_config(tmp_path, sft={"max_steps": 2, "save_steps": 2, "per_device_train_batch_size": 2},
-                      tracking={"system_metrics": False})
+    cfg = tiny_config(
+        tmp_path,
+        sft={"max_steps": 2, "save_steps": 2, "per_device_train_batch_size": 2},
+        tracking={"system_metrics": False},
+    )
     root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
     sft_pipeline(str(tiny_model_dir), str(sft_dir))(config_json=cfg.to_json())
 
     (run_dir,) = root.iterdir()

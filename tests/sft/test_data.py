@@ -23,7 +23,7 @@ def test_lengths_match_the_collator_token_for_token(processor, train_rows):
     cfg = SFTConfig()
     counted = row_lengths(rows, processor, cfg.system_prompt)
     collate = SFTCollator(processor, cfg.system_prompt, 10_000)
-    for row, length in zip(rows, counted):
+    for row, length in zip(rows, counted, strict=False):
         batch = collate([row])
         assert batch["input_ids"].shape[1] == length.total
         assert int((batch["labels"][0] == -100).sum()) == length.prompt
@@ -33,13 +33,17 @@ def test_lengths_match_the_collator_token_for_token(processor, train_rows):
 def test_row_without_an_answer_is_named(processor, train_rows):
     rows = _edit(train_rows.select(range(4)), 2, solution="  ")
     bad_id = rows[2]["id"]
-    with pytest.raises(SFTDataError, match=rf"split 'train': 1 rows have no assistant answer.*{bad_id}"):
+    with pytest.raises(
+        SFTDataError, match=rf"split 'train': 1 rows have no assistant answer.*{bad_id}"
+    ):
         check_split(rows, processor, SFTConfig(), "train")
 
 
 def test_reserved_tokens_in_text_are_named(processor, train_rows):
     rows = _edit(train_rows.select(range(3)), 1, problem="Look: <|image_pad|> how many?")
-    with pytest.raises(SFTDataError, match=rf"reserved chat/vision tokens.*{rows[1]['id']} \(<\|image_pad\|>\)"):
+    with pytest.raises(
+        SFTDataError, match=rf"reserved chat/vision tokens.*{rows[1]['id']} \(<\|image_pad\|>\)"
+    ):
         check_split(rows, processor, SFTConfig(), "train")
 
 
@@ -47,28 +51,39 @@ def test_overlong_error_mode_names_rows_and_limit(processor, train_rows):
     rows = train_rows.select(range(4))
     longest = max(row_lengths(rows, processor, SFTConfig().system_prompt), key=lambda r: r.total)
     cfg = SFTConfig(max_length=longest.total - 1, overlong="error")
-    with pytest.raises(SFTDataError, match=rf"longer than sft.max_length={longest.total - 1} tokens.*{longest.row_id} \({longest.total} tokens\)"):
+    with pytest.raises(
+        SFTDataError,
+        match=rf"longer than sft.max_length={longest.total - 1} tokens.*{longest.row_id} \({longest.total} tokens\)",
+    ):
         check_split(rows, processor, cfg, "train")
 
 
 def test_overlong_truncate_mode_truncates_answers_and_drops_unfit_prompts(processor, train_rows):
-    rows = train_rows.select(range(0, len(train_rows), 4))  # every family: prompts of several lengths
+    rows = train_rows.select(
+        range(0, len(train_rows), 4)
+    )  # every family: prompts of several lengths
     lengths = row_lengths(rows, processor, SFTConfig().system_prompt)
     # The longest prompt (with its image tokens) no longer fits: that row is dropped; the shorter
     # prompts fit and their rows lose the tail of their answer.
     limit = max(r.prompt for r in lengths)
     assert min(r.prompt for r in lengths) < limit
-    checked = check_split(rows, processor, SFTConfig(max_length=limit, overlong="truncate"), "train")
+    checked = check_split(
+        rows, processor, SFTConfig(max_length=limit, overlong="truncate"), "train"
+    )
     unfit = [r.row_id for r in lengths if r.prompt >= limit]
     assert checked.dropped == unfit and unfit
-    assert sorted(checked.truncated) == sorted(r.row_id for r in lengths if r.prompt < limit < r.total)
+    assert sorted(checked.truncated) == sorted(
+        r.row_id for r in lengths if r.prompt < limit < r.total
+    )
     assert len(checked.dataset) == len(rows) - len(unfit)
     batch = SFTCollator(processor, SFTConfig().system_prompt, limit)(list(checked.dataset))
     assert batch["input_ids"].shape[1] <= limit
 
 
 def test_truncate_mode_with_nothing_left_is_an_error(processor, train_rows):
-    with pytest.raises(SFTDataError, match=r"every row's prompt \+ image tokens exceed sft.max_length=16"):
+    with pytest.raises(
+        SFTDataError, match=r"every row's prompt \+ image tokens exceed sft.max_length=16"
+    ):
         check_split(train_rows.select(range(2)), processor, SFTConfig(max_length=16), "train")
 
 

@@ -40,6 +40,10 @@ def test_lora_adapts_language_model_linears_and_saves_the_merger(model):
     names = _trainable(peft_model)
     lora = [n for n in names if "lora_" in n]
     assert lora and all(".language_model." in n for n in lora)
-    assert {n for n in names if "lora_" not in n} and all(".merger." in n for n in names if "lora_" not in n)
+    assert {n for n in names if "lora_" not in n} and all(
+        ".merger." in n for n in names if "lora_" not in n
+    )
     merged = peft_model.merge_and_unload()
-    assert set(merged.state_dict()) == base_keys  # a plain model again: what vLLM and the next stage load
+    assert (
+        set(merged.state_dict()) == base_keys
+    )  # a plain model again: what vLLM and the next stage load

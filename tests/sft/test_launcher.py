@@ -10,23 +10,38 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from components.common.tracking import local_tracking_uri
 from components.common import launcher
 from components.common.launcher import processes_to_launch, torchrun_command
+from components.common.tracking import local_tracking_uri
 from components.sft import cli
 from components.sft.launcher import run_under_torchrun, stage_args
 from tests.conftest import tiny_config
 
 
 def test_torchrun_command_reruns_the_stage_once_per_device(tmp_path):
-    args = {"--config": str(tmp_path / "c.json"), **stage_args("/m", "/d", "s3://b/out", "run-1"),
-            "--metrics-json": str(tmp_path / "m.json")}
+    args = {
+        "--config": str(tmp_path / "c.json"),
+        **stage_args("/m", "/d", "s3://b/out", "run-1"),
+        "--metrics-json": str(tmp_path / "m.json"),
+    }
     cmd = torchrun_command("components.sft", 8, args)
-    assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8"]
+    assert cmd[:5] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=8",
+    ]
     assert cmd[5:7] == ["-m", "components.sft"]
-    args = dict(zip(cmd[7::2], cmd[8::2]))
-    assert args == {"--config": str(tmp_path / "c.json"), "--base-model": "/m", "--data": "/d", "--output": "s3://b/out",
-                    "--run-id": "run-1", "--metrics-json": str(tmp_path / "m.json")}
+    args = dict(zip(cmd[7::2], cmd[8::2], strict=False))
+    assert args == {
+        "--config": str(tmp_path / "c.json"),
+        "--base-model": "/m",
+        "--data": "/d",
+        "--output": "s3://b/out",
+        "--run-id": "run-1",
+        "--metrics-json": str(tmp_path / "m.json"),
+    }
 
 
 def test_process_count(monkeypatch):
@@ -42,7 +57,9 @@ def test_process_count(monkeypatch):
 def test_main_hands_multi_gpu_runs_to_torchrun(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli, "processes_to_launch", lambda: 4)
-    monkeypatch.setattr(cli, "run_under_torchrun", lambda *a: calls.append(a) or {"sft/global_step": 1.0})
+    monkeypatch.setattr(
+        cli, "run_under_torchrun", lambda *a: calls.append(a) or {"sft/global_step": 1.0}
+    )
     cfg = tiny_config(tmp_path)
     assert cli.main(cfg, "/m", "/d", str(tmp_path / "out"), "r") == {"sft/global_step": 1.0}
     assert calls == [(cfg, "/m", "/d", str(tmp_path / "out"), "r", 4)]
@@ -52,20 +69,36 @@ def test_main_hands_multi_gpu_runs_to_torchrun(monkeypatch, tmp_path):
 @pytest.mark.timeout(600)
 def test_two_torchrun_workers_train_one_model_on_cpu(tmp_path, tiny_model_dir, sft_dir):
     experiment = f"ddp-{uuid.uuid4().hex[:6]}"
-    cfg = tiny_config(tmp_path, sft={"max_steps": 3, "save_steps": 3, "per_device_train_batch_size": 2,
-                                     "global_batch_size": 4, "logging_steps": 1},
-                      tracking={"experiment": experiment, "system_metrics": False})
+    cfg = tiny_config(
+        tmp_path,
+        sft={
+            "max_steps": 3,
+            "save_steps": 3,
+            "per_device_train_batch_size": 2,
+            "global_batch_size": 4,
+            "logging_steps": 1,
+        },
+        tracking={"experiment": experiment, "system_metrics": False},
+    )
     out = tmp_path / "model"
-    metrics = run_under_torchrun(cfg, str(tiny_model_dir), str(sft_dir), str(out), "ddp-run", nproc=2)
+    metrics = run_under_torchrun(
+        cfg, str(tiny_model_dir), str(sft_dir), str(out), "ddp-run", nproc=2
+    )
     assert metrics["sft/global_step"] == 3
     assert (out / "model.safetensors").is_file()
     client = MlflowClient(local_tracking_uri(cfg.output_dir))
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    assert [r.data.tags.get("coldstart.stage") for r in runs if r.data.tags.get("coldstart.role") == "stage"] == ["sft"]
+    assert [
+        r.data.tags.get("coldstart.stage")
+        for r in runs
+        if r.data.tags.get("coldstart.role") == "stage"
+    ] == ["sft"]
 
 
 @pytest.mark.slow
 def test_failed_workers_raise(tmp_path, tiny_model_dir):
     cfg = tiny_config(tmp_path)
     with pytest.raises(RuntimeError, match=r"torchrun exited with code"):
-        run_under_torchrun(cfg, str(tiny_model_dir), str(tmp_path / "no-data"), str(tmp_path / "o"), "bad", nproc=1)
+        run_under_torchrun(
+            cfg, str(tiny_model_dir), str(tmp_path / "no-data"), str(tmp_path / "o"), "bad", nproc=1
+        )

@@ -22,7 +22,9 @@ MAX_NEW_TOKENS = 192  # the longest synthetic solutions are ~150 tokens
 def test_tiny_sft_learns_the_boxed_format(tmp_path, tiny_model_dir):
     import datasets
 
-    cfg = load_config("configs/tiny.yaml", [f"output_dir={tmp_path / 'outputs'}", "tracking.system_metrics=false"])
+    cfg = load_config(
+        "configs/tiny.yaml", [f"output_dir={tmp_path / 'outputs'}", "tracking.system_metrics=false"]
+    )
     data = DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval")
     run_data_prep(cfg, data, tmp_path / "cache")
     metrics = main(cfg, tiny_model_dir, data.sft, tmp_path / "model", "learning")
@@ -34,9 +36,12 @@ def test_tiny_sft_learns_the_boxed_format(tmp_path, tiny_model_dir):
     held_out = datasets.load_from_disk(str(data.eval))
     prompts = [PromptInput(row["problem"], row["images"]) for row in held_out]
     outputs = HFBackend(model, processor, cfg.sft.system_prompt, batch_size=32).generate(
-        prompts, SamplingConfig(max_new_tokens=MAX_NEW_TOKENS))
+        prompts, SamplingConfig(max_new_tokens=MAX_NEW_TOKENS)
+    )
     texts = [group[0].text for group in outputs]
     boxed = sum("\\boxed{" in text for text in texts) / len(texts)
-    print(f"tiny SFT: loss {metrics['sft/train/loss_first']:.2f} -> {metrics['sft/train/loss_last']:.2f}, "
-          f"boxed {boxed:.0%} of {len(texts)} held-out problems")
+    print(
+        f"tiny SFT: loss {metrics['sft/train/loss_first']:.2f} -> {metrics['sft/train/loss_last']:.2f}, "
+        f"boxed {boxed:.0%} of {len(texts)} held-out problems"
+    )
     assert boxed >= BOXED_FLOOR, texts[:3]

@@ -14,8 +14,13 @@ from tests.servers import S3Env
 
 pytestmark = pytest.mark.timeout(600)
 
-STEADY = {"save_steps": 2, "save_total_limit": 1, "logging_steps": 1, "per_device_train_batch_size": 2,
-          "lr_scheduler_type": "constant"}
+STEADY = {
+    "save_steps": 2,
+    "save_total_limit": 1,
+    "logging_steps": 1,
+    "per_device_train_batch_size": 2,
+    "lr_scheduler_type": "constant",
+}
 
 
 @pytest.fixture
@@ -26,18 +31,26 @@ def scratch(tmp_path, monkeypatch):
 
 
 def _cfg(tmp_path, max_steps, **top):
-    tracking = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": f"s3-{uuid.uuid4().hex[:6]}",
-                "system_metrics": False}
+    tracking = {
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "experiment": f"s3-{uuid.uuid4().hex[:6]}",
+        "system_metrics": False,
+    }
     return tiny_config(tmp_path, sft={**STEADY, "max_steps": max_steps}, tracking=tracking, **top)
 
 
-def test_s3_output_gets_checkpoints_and_model_and_a_new_pod_resumes(tmp_path, s3_env: S3Env, scratch,
-                                                                     tiny_model_dir, sft_dir):
+def test_s3_output_gets_checkpoints_and_model_and_a_new_pod_resumes(
+    tmp_path, s3_env: S3Env, scratch, tiny_model_dir, sft_dir
+):
     output = s3_env.uri("runs/sft-model")
     main(_cfg(tmp_path, 2), tiny_model_dir, sft_dir, output, "pod-1")
     ckpt_root = storage.join(output, "checkpoints")
-    assert checkpoints.latest_complete_checkpoint(ckpt_root) == storage.join(ckpt_root, "checkpoint-2")
-    assert storage.exists(storage.join(output, "model.safetensors")) and storage.exists(storage.join(output, RESULT_FILE))
+    assert checkpoints.latest_complete_checkpoint(ckpt_root) == storage.join(
+        ckpt_root, "checkpoint-2"
+    )
+    assert storage.exists(storage.join(output, "model.safetensors")) and storage.exists(
+        storage.join(output, RESULT_FILE)
+    )
     load_model(storage.materialize(output, tmp_path / "download"))
 
     # A new pod: empty local disk, the remote checkpoints only. A longer run resumes from them.
@@ -48,8 +61,9 @@ def test_s3_output_gets_checkpoints_and_model_and_a_new_pod_resumes(tmp_path, s3
     assert checkpoints.complete_checkpoints(ckpt_root) == [storage.join(ckpt_root, "checkpoint-4")]
 
 
-def test_s3_output_dir_publishes_a_local_runs_checkpoints_per_pipeline_run(tmp_path, s3_env: S3Env, scratch,
-                                                                         tiny_model_dir, sft_dir):
+def test_s3_output_dir_publishes_a_local_runs_checkpoints_per_pipeline_run(
+    tmp_path, s3_env: S3Env, scratch, tiny_model_dir, sft_dir
+):
     """The kfp component writes to a local artifact path; with output_dir on S3 its checkpoints
     go to <output_dir>/<run id>/sft/checkpoints, where a retried pod of the same run finds them."""
     cfg = _cfg(tmp_path, 2, output_dir=s3_env.uri("pipeline-root"))

@@ -18,7 +18,13 @@ from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(600)
 
-QUICK = {"max_steps": 4, "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-3}
+QUICK = {
+    "max_steps": 4,
+    "save_steps": 2,
+    "logging_steps": 1,
+    "per_device_train_batch_size": 2,
+    "learning_rate": 1e-3,
+}
 
 
 def _cfg(tmp_path: Path, **sft):
@@ -39,30 +45,65 @@ def test_sft_writes_a_loadable_model_and_logs_to_mlflow(tmp_path, tiny_model_dir
 
     assert metrics["sft/global_step"] == 4 and metrics["sft/steps_run"] == 4
     assert metrics["sft/resumed_from_step"] == 0
-    assert {"sft/train/loss_first", "sft/train/loss_last", "sft/eval/loss", "sft/train/tokens_per_second_mean"} <= set(metrics)
+    assert {
+        "sft/train/loss_first",
+        "sft/train/loss_last",
+        "sft/eval/loss",
+        "sft/train/tokens_per_second_mean",
+    } <= set(metrics)
     # A plain model dir: weights, processor, chat template, config; loads as the next stage loads it.
-    for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "chat_template.jinja"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+    ):
         assert (out / name).is_file(), name
-    assert "{% generation %}" in (out / "chat_template.jinja").read_text().replace("{%- generation -%}", "{% generation %}")
+    assert "{% generation %}" in (out / "chat_template.jinja").read_text().replace(
+        "{%- generation -%}", "{% generation %}"
+    )
     assert json.loads((out / "coldstart_config.json").read_text())["sft"]["max_steps"] == 4
     load_model(out), load_processor(out)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
     assert (out / "checkpoints" / "checkpoint-4" / "coldstart_config.json").is_file()
     # The vision tower is frozen; the merger and the language model trained (keys in the
     # original Qwen2.5-VL checkpoint layout, as vLLM reads them).
-    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    before, after = (
+        load_file(tiny_model_dir / "model.safetensors"),
+        load_file(out / "model.safetensors"),
+    )
     assert not _changed(before, after, "visual.blocks.")
     assert _changed(before, after, "visual.merger.") and _changed(before, after, "model.layers.")
 
     client = MlflowClient(local_tracking_uri(cfg.output_dir))
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("coldstart.stage") == "sft"]
-    history = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)]
-               for k in ("sft/train/loss", "sft/train/learning_rate", "sft/train/grad_norm", "sft/train/tokens_per_second")}
+    (run,) = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("coldstart.stage") == "sft"
+    ]
+    history = {
+        k: [m.step for m in client.get_metric_history(run.info.run_id, k)]
+        for k in (
+            "sft/train/loss",
+            "sft/train/learning_rate",
+            "sft/train/grad_norm",
+            "sft/train/tokens_per_second",
+        )
+    }
     assert all(steps == [1, 2, 3, 4] for steps in history.values()), history
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "sft/eval/loss")][:2] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "sft/eval/loss")][:2] == [
+        2,
+        4,
+    ]
     assert run.data.params["sft.learning_rate"] == "0.001"
-    assert "loss_curve.png" in [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "sft")]
+    assert "loss_curve.png" in [
+        Path(a.path).name for a in client.list_artifacts(run.info.run_id, "sft")
+    ]
 
 
 def test_lora_run_saves_a_merged_plain_model(tmp_path, tiny_model_dir, sft_dir):
@@ -84,5 +125,13 @@ def test_model_dir_without_processor_is_named(tmp_path, tiny_model_dir, sft_dir)
 
 
 def test_global_batch_mismatch_is_named(tmp_path, tiny_model_dir, sft_dir):
-    with pytest.raises(ConfigError, match=r"sft.global_batch_size=64 but 1 devices x per_device_train_batch_size=2"):
-        main(_cfg(tmp_path, global_batch_size=64), tiny_model_dir, sft_dir, tmp_path / "model", "run-gb")
+    with pytest.raises(
+        ConfigError, match=r"sft.global_batch_size=64 but 1 devices x per_device_train_batch_size=2"
+    ):
+        main(
+            _cfg(tmp_path, global_batch_size=64),
+            tiny_model_dir,
+            sft_dir,
+            tmp_path / "model",
+            "run-gb",
+        )

@@ -16,20 +16,32 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.timeout(600)
 
 # Constant LR: a first run cut short at max_steps=2 has the same schedule as the full run.
-STEADY = {"save_steps": 2, "keep_checkpoints": True, "logging_steps": 1, "per_device_train_batch_size": 2,
-          "learning_rate": 2e-3, "lr_scheduler_type": "constant", "warmup_ratio": 0.0}
+STEADY = {
+    "save_steps": 2,
+    "keep_checkpoints": True,
+    "logging_steps": 1,
+    "per_device_train_batch_size": 2,
+    "learning_rate": 2e-3,
+    "lr_scheduler_type": "constant",
+    "warmup_ratio": 0.0,
+}
 
 
 def _losses(out: Path, step: int) -> list[float]:
-    state = json.loads((out / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+    state = json.loads(
+        (out / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text()
+    )
     return [e["loss"] for e in state["log_history"] if "loss" in e]
 
 
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
 def test_resumed_run_matches_uninterrupted_run(tmp_path, tiny_model_dir, sft_dir, lora_r):
     def cfg(max_steps: int):
-        return tiny_config(tmp_path, sft={**STEADY, "max_steps": max_steps, "lora_r": lora_r},
-                           tracking={"system_metrics": False})
+        return tiny_config(
+            tmp_path,
+            sft={**STEADY, "max_steps": max_steps, "lora_r": lora_r},
+            tracking={"system_metrics": False},
+        )
 
     stopped, reference = tmp_path / "stopped", tmp_path / "reference"
     main(cfg(2), tiny_model_dir, sft_dir, stopped, "first-half")
@@ -47,6 +59,12 @@ def test_rerun_of_a_finished_output_returns_its_result(tmp_path, tiny_model_dir,
     assert main(cfg, tiny_model_dir, sft_dir, out, "twice") == first
     assert (out / "model.safetensors").stat().st_mtime_ns == weights  # not retrained, not rewritten
     # Another training config resumes from the checkpoints instead (here: two more steps).
-    longer = tiny_config(tmp_path, sft={**STEADY, "max_steps": 4}, tracking={"system_metrics": False})
+    longer = tiny_config(
+        tmp_path, sft={**STEADY, "max_steps": 4}, tracking={"system_metrics": False}
+    )
     more = main(longer, tiny_model_dir, sft_dir, out, "longer")
-    assert (more["sft/resumed_from_step"], more["sft/steps_run"], more["sft/global_step"]) == (2, 2, 4)
+    assert (more["sft/resumed_from_step"], more["sft/steps_run"], more["sft/global_step"]) == (
+        2,
+        2,
+        4,
+    )

@@ -22,9 +22,17 @@ def _autos(node, path=""):
 def test_config_resolves_to_the_training_arguments(stage, bf16, tiny_model_dir, tmp_path):
     raw = json.loads(CONFIG_FILES[stage].read_text())
     assert raw["zero_optimization"]["stage"] == int(stage[-1])
-    assert "optimizer" not in raw and "scheduler" not in raw  # the Trainer's AdamW + cosine, as on CPU
+    assert (
+        "optimizer" not in raw and "scheduler" not in raw
+    )  # the Trainer's AdamW + cosine, as on CPU
     model = load_model(tiny_model_dir)  # before the arguments: ZeRO-3 would partition at load
-    cfg = SFTConfig(per_device_train_batch_size=3, gradient_accumulation_steps=5, max_grad_norm=0.7, bf16=bf16, deepspeed=stage)
+    cfg = SFTConfig(
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=5,
+        max_grad_norm=0.7,
+        bf16=bf16,
+        deepspeed=stage,
+    )
     args = training_arguments(cfg, tmp_path, False, str(CONFIG_FILES[stage]), cuda=False)
     ds = args.hf_deepspeed_config
     ds.trainer_config_finalize(args, model, num_training_steps=100)
@@ -52,8 +60,25 @@ def test_lora_with_zero3_is_rejected_at_the_config():
 
 def test_paper_recipe_arguments(tmp_path):
     """The recipe knobs reach TrainingArguments unchanged (a typo here would silently change runs)."""
-    cfg = SFTConfig(learning_rate=1e-5, weight_decay=0.1, adam_beta2=0.95, warmup_ratio=0.03, gradient_checkpointing=True)
-    args: TrainingArguments = training_arguments(cfg, tmp_path, has_eval=True, ds_config=None, cuda=False)
-    assert (args.learning_rate, args.weight_decay, args.adam_beta2, args.lr_scheduler_type.value) == (1e-5, 0.1, 0.95, "cosine")
-    assert args.warmup_steps == 0.03 and args.gradient_checkpointing and args.eval_strategy.value == "no"
+    cfg = SFTConfig(
+        learning_rate=1e-5,
+        weight_decay=0.1,
+        adam_beta2=0.95,
+        warmup_ratio=0.03,
+        gradient_checkpointing=True,
+    )
+    args: TrainingArguments = training_arguments(
+        cfg, tmp_path, has_eval=True, ds_config=None, cuda=False
+    )
+    assert (
+        args.learning_rate,
+        args.weight_decay,
+        args.adam_beta2,
+        args.lr_scheduler_type.value,
+    ) == (1e-5, 0.1, 0.95, "cosine")
+    assert (
+        args.warmup_steps == 0.03
+        and args.gradient_checkpointing
+        and args.eval_strategy.value == "no"
+    )
     assert args.remove_unused_columns is False and args.report_to == []

@@ -19,7 +19,9 @@ def ensure_bucket(bucket: str, timeout_s: float) -> str:
     endpoint = os.environ.get("COLDSTART_S3_ENDPOINT_URL") or None
     region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
     style = os.environ.get("COLDSTART_S3_ADDRESSING_STYLE", "path")
-    config = botocore.config.Config(s3={"addressing_style": style}, connect_timeout=3, retries={"max_attempts": 2})
+    config = botocore.config.Config(
+        s3={"addressing_style": style}, connect_timeout=3, retries={"max_attempts": 2}
+    )
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -41,7 +43,9 @@ def ensure_bucket(bucket: str, timeout_s: float) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bucket")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the endpoint")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the endpoint"
+    )
     args = parser.parse_args(argv)
     print(f"bucket {args.bucket}: {ensure_bucket(args.bucket, args.timeout)}")
     return 0
