@@ -65,7 +65,7 @@ def too_big_reason(parsed: Iterable[object]) -> str | None:
 
     >>> from sympy import Integer, Pow, Symbol, factorial
     >>> too_big_reason([factorial(Pow(Integer(10), Integer(9), evaluate=False))])
-    'factorial of 1e+09 has about 8.6e+09 digits (limit 1000)'
+    'factorial of 1e+09 has about 8.57e+09 digits (limit 1000)'
     >>> too_big_reason([Pow(Symbol("x"), Integer(2)), "x^2"]) is None
     True
     """

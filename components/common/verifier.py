@@ -419,16 +419,17 @@ class _Pool:
     def run(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> tuple[str, Any]:
         """``("ok", fn(*args))``, ``("timeout", None)`` or ``("died", None)``; WorkerError if fn raised.
 
-        A worker that dies under a request (killed from outside) is replaced and the request
-        sent once more, within what is left of ``timeout_s``.
+        ``timeout_s`` bounds the time on workers, not the wait for one. A worker that dies
+        under a request (killed from outside) is replaced and the request sent again, within
+        what is left of ``timeout_s``, to at most ``size + 1`` workers.
         """
-        deadline = time.monotonic() + timeout_s
-        outcome = "timeout"
-        for _attempt in range(2):
-            left = deadline - time.monotonic()
+        spent, outcome = 0.0, "timeout"
+        for _attempt in range(self.size + 1):
+            left = timeout_s - spent
             if left <= 0:
                 return "timeout", None
             worker = self._acquire()
+            start = time.monotonic()
             try:
                 worker.conn.send((fn, args, left + HARD_LIMIT_MARGIN_S))
                 if worker.conn.poll(left):
@@ -440,6 +441,7 @@ class _Pool:
                 outcome = "timeout"
             except (EOFError, OSError):  # killed from outside, crashed
                 outcome = "died"
+            spent += time.monotonic() - start
             self._discard(worker)
             if outcome == "timeout":
                 break
