@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,18 +69,47 @@ def measure(set_name: str, n: int) -> dict:
     cases = BUILDERS[set_name](n)
     jobs = [(as_completion(answer), gold, None) for answer, gold in cases]
     warm_up()
+    cpu_before = _cpu_seconds()
     if hasattr(rewards, "score_response"):
         result = _measure_pool(jobs)
     else:
         result = _measure_serial(jobs, rewards.accuracy_reward)
+    cpu_after = _cpu_seconds()
     latencies = sorted(result.pop("latencies"))
     return {
         **result,
+        "cpu_s": sum(cpu_after.values()) - sum(cpu_before.values()),
         "n": len(jobs),
         "max_completion_s": latencies[-1],
         "p99_completion_s": latencies[int(0.99 * (len(latencies) - 1))],
         "over_bound": sum(t > TIME_BOUND_S for t in latencies),
     }
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process, its reaped children and the live verifier workers
+    (a worker killed mid-run takes its seconds with it: reported counts say how many were)."""
+    from components.common import answers
+
+    try:
+        from components.common.verifier import worker_pids
+
+        pids = worker_pids()
+    except ImportError:  # a checkout with one worker subprocess
+        pids = [answers._VERIFIER._process.pid]
+    self_, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    out = {
+        "self": self_.ru_utime + self_.ru_stime,
+        "children": children.ru_utime + children.ru_stime,
+    }
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[str(pid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _measure_pool(jobs: list[tuple]) -> dict:
@@ -137,7 +167,7 @@ def run_child(checkout: Path, set_name: str, n: int) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    keys = ("total_s", "max_completion_s", "p99_completion_s", "over_bound")
+    keys = ("total_s", "cpu_s", "max_completion_s", "p99_completion_s", "over_bound")
     out = {k: statistics.median(r[k] for r in runs) for k in keys}
     out["total_s_all"] = [round(r["total_s"], 3) for r in runs]
     out["n"] = runs[0]["n"]
@@ -203,15 +233,16 @@ def markdown(report: dict) -> str:
         f"{m['load_avg_after'][0]} after). Per-completion time bound "
         f"{report['time_bound_s']} s.",
         "",
-        "| code | set | completions | batch s (median) | runs | max s per completion "
+        "| code | set | completions | batch s (median) | runs | CPU s | max s per completion "
         "| over bound | timeouts | rejected too big | worker forks | interpreter starts |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for impl, sets in report["results"].items():
         for set_name, r in sets.items():
             counts, spawns = r.get("counts", {}), r.get("spawns", {})
             lines.append(
                 f"| {impl} | {set_name} | {r['n']} | {r['total_s']:.2f} | {r['total_s_all']} "
+                f"| {r['cpu_s']:.1f} "
                 f"| {r['max_completion_s']:.3f} | {r['over_bound']} "
                 f"| {counts.get('timeouts', '-')} | {counts.get('too_big', '-')} "
                 f"| {spawns.get('worker_forks', '-')} | {spawns.get('interpreter_starts', '-')} |"
