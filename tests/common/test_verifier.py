@@ -14,6 +14,7 @@ import pytest
 from components.common import answer_bounds, rewards, verifier
 from components.common.rewards import accuracy_reward, check_metrics_since
 from components.common.verifier import Verdict, map_within_deadline, math_verdict
+from components.common.worker_pool import WorkerError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,7 +140,7 @@ def test_workers_killed_from_outside_are_replaced() -> None:
 
 
 def test_what_a_worker_raises_is_raised_in_the_caller() -> None:
-    with pytest.raises(verifier.WorkerError, match="math domain error"):
+    with pytest.raises(WorkerError, match="math domain error"):
         verifier.run_in_worker(math.sqrt, (-1.0,), 5.0)
 
 
