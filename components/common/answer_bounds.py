@@ -10,8 +10,9 @@ estimates the size (``log10 |value|``) of every number in it with float arithmet
 building the number, and names the first one over a limit. The verifier then judges that
 answer wrong without evaluating it (unless it is the same string as the gold answer).
 
-The limits are far beyond what a math answer needs and measured to evaluate in a few ms each
-(sympy 1.14, math-verify 0.9); what they let through is still cut off by the time bound.
+The limits are far beyond what a math answer needs; near them a check took tens of ms of CPU
+here, over them seconds to hours (sympy 1.14, math-verify 0.9). What they let through is
+still cut off by the time bound.
 Runs in the verifier worker (it imports sympy); see ``components.common.verifier``.
 """
 
