@@ -69,16 +69,13 @@ def measure(set_name: str, n: int) -> dict:
     cases = BUILDERS[set_name](n)
     jobs = [(as_completion(answer), gold, None) for answer, gold in cases]
     warm_up()
-    cpu_before = _cpu_seconds()
     if hasattr(rewards, "score_response"):
         result = _measure_pool(jobs)
     else:
         result = _measure_serial(jobs, rewards.accuracy_reward)
-    cpu_after = _cpu_seconds()
     latencies = sorted(result.pop("latencies"))
     return {
         **result,
-        "cpu_s": sum(cpu_after.values()) - sum(cpu_before.values()),
         "n": len(jobs),
         "max_completion_s": latencies[-1],
         "p99_completion_s": latencies[int(0.99 * (len(latencies) - 1))],
@@ -87,16 +84,12 @@ def measure(set_name: str, n: int) -> dict:
 
 
 def _cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far of this process, its reaped children and the live verifier workers
-    (a worker killed mid-run takes its seconds with it: reported counts say how many were)."""
+    """CPU seconds so far of this process, its reaped children and the live worker subprocess
+    of a checkout without the pool. (The pool's workers are the zygote's children, reaped by
+    the kernel: their seconds cannot be read from here, so the pool's runs report none.)"""
     from components.common import answers
 
-    try:
-        from components.common.verifier import worker_pids
-
-        pids = worker_pids()
-    except ImportError:  # a checkout with one worker subprocess
-        pids = [answers._VERIFIER._process.pid]
+    pids = [answers._VERIFIER._process.pid]
     self_, children = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
@@ -146,12 +139,15 @@ def _measure_pool(jobs: list[tuple]) -> dict:
 def _measure_serial(jobs: list[tuple], accuracy_reward) -> dict:
     """A checkout without the pool: one completion after another, as its ``accuracy_reward``."""
     latencies, scores = [], []
+    cpu_before = _cpu_seconds()
     start = time.perf_counter()
     for response, gold, _ in jobs:
         t = time.perf_counter()
         scores.extend(accuracy_reward([response], [gold]))
         latencies.append(time.perf_counter() - t)
-    return {"total_s": time.perf_counter() - start, "latencies": latencies, "rewards": scores}
+    total = time.perf_counter() - start
+    cpu = sum(_cpu_seconds().values()) - sum(cpu_before.values())
+    return {"total_s": total, "cpu_s": cpu, "latencies": latencies, "rewards": scores}
 
 
 # --------------------------------------------------------------------------- parent: interleave, report
@@ -167,8 +163,9 @@ def run_child(checkout: Path, set_name: str, n: int) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    keys = ("total_s", "cpu_s", "max_completion_s", "p99_completion_s", "over_bound")
+    keys = ("total_s", "max_completion_s", "p99_completion_s", "over_bound")
     out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["cpu_s"] = statistics.median(r["cpu_s"] for r in runs) if "cpu_s" in runs[0] else None
     out["total_s_all"] = [round(r["total_s"], 3) for r in runs]
     out["n"] = runs[0]["n"]
     out["reward_sum"] = runs[0]["rewards"] and sum(runs[0]["rewards"])
@@ -242,11 +239,18 @@ def markdown(report: dict) -> str:
             counts, spawns = r.get("counts", {}), r.get("spawns", {})
             lines.append(
                 f"| {impl} | {set_name} | {r['n']} | {r['total_s']:.2f} | {r['total_s_all']} "
-                f"| {r['cpu_s']:.1f} "
+                f"| {'-' if r['cpu_s'] is None else format(r['cpu_s'], '.1f')} "
                 f"| {r['max_completion_s']:.3f} | {r['over_bound']} "
                 f"| {counts.get('timeouts', '-')} | {counts.get('too_big', '-')} "
                 f"| {spawns.get('worker_forks', '-')} | {spawns.get('interpreter_starts', '-')} |"
             )
+    lines += [
+        "",
+        "CPU s: seconds of CPU of the baseline's process and its worker (the pool's workers are "
+        "not its children: not measured). Over bound: completions whose own wall time passed the "
+        "bound (its check plus waiting for a CPU on a loaded machine). Timeouts: checks cut off "
+        "at the bound, scored 0, their worker replaced by a fork.",
+    ]
     for set_name, n_differ in report.get("reward_disagreements", {}).items():
         lines.append(
             f"\n{set_name}: {n_differ} rewards differ between this code and the baseline "
