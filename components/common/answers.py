@@ -5,54 +5,23 @@ something the benchmark does not measure; so both call these functions.
 
 Extraction takes the *last* ``\\boxed{...}`` of a response (the prompt asks for the final
 answer there). Verification uses ``math-verify`` (sympy) for numbers, fractions, LaTeX,
-percentages and units, plus plain rules for multiple choice.
-
-Time bound: sympy can run for ever on model output (``9^{9^{9^9}}``,
-``\\binom{10^8}{5 \\cdot 10^7}``), and math-verify's own timeout is ``signal.alarm``: it
-cannot interrupt C code (big-int ``pow``) and refuses to run outside the main thread (eval
-uses thread pools, GRPO rewards may run anywhere). So every sympy call runs in one
-persistent worker process that the caller waits on for at most ``timeout_s``; on overrun
-the worker is killed, a replacement is started, and the answer counts as wrong. Cheap
-guards (length caps, exponent towers, huge factorials and exponents, deep nesting) reject
-most bombs before they reach the worker, and plain strings / plain numbers are compared
-without it.
-
-The worker is a fresh interpreter started with ``subprocess`` that imports only this
-module and talks over a ``multiprocessing`` connection. Not ``multiprocessing``'s spawn
-context: that re-runs the caller's ``__main__`` in the child (breaking scripts without an
-``if __name__ == "__main__"`` guard, and importing torch etc. into the worker), and it
-refuses to start from daemonic processes such as ``multiprocessing.Pool`` workers. Not
-fork: forking a process that holds torch/CUDA state or threads is unsafe. The worker is
-killed at exit (atexit) and exits by itself when its parent's end of the socket closes.
+percentages and units, plus plain rules for multiple choice; the math part runs in a pool
+of time-bounded worker processes with size limits on numbers (``components.common.verifier``).
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import logging
-import multiprocessing.connection
-import os
 import re
-import subprocess
-import sys
-import threading
-from collections.abc import Callable
-from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from components.common.verifier import MAX_ANSWER_CHARS
+from components.common.verifier import math_equivalent as _math_equivalent
+from components.common.verifier import squash as _squash
+from components.common.verifier import warm_up as warm_up  # re-exported: callers import it here
 
 MAX_SCAN_CHARS = 20_000
 """Only this many characters at the end of a response are scanned: the answer is at the end,
 and a 1-MB response must not cost more than a short one."""
-
-MAX_ANSWER_CHARS = 1_000
-"""An extracted answer longer than this is judged wrong without parsing."""
-
-MAX_BRACE_DEPTH = 20
-"""Deeper nesting is judged wrong without parsing (the LaTeX parser recurses per level)."""
-
-STARTUP_TIMEOUT_S = 60.0
-"""How long a call waits for a (re)started worker to import sympy; not part of ``timeout_s``."""
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _DEFAULT_N_CHOICES = 5  # without a choices list, a letter answer is one of A-E
@@ -245,11 +214,11 @@ def is_equivalent(
     letter ("B", "(B)", "B."), or, with ``choices``, is the gold option's text or is
     math-equivalent to it.
 
-    Returns within ``timeout_s`` for any input (see the module docstring), judging an answer
-    that takes longer as wrong. Calls from several threads share one worker and queue for
-    it. The first call in a process, and the first after an overrun, also wait for the
-    worker to start (bounded by ``STARTUP_TIMEOUT_S``); ``warm_up()`` does that ahead.
-    Text is only parsed, never evaluated as code.
+    Returns within ``timeout_s`` for any input, judging an answer that takes longer, or
+    holds a number too big to evaluate, as wrong (``components.common.verifier``). Calls
+    from several threads run on the verifier's workers in parallel; the first call in a
+    process also waits for them to start (``warm_up()`` does that ahead). Text is only
+    parsed, never evaluated as code.
 
     >>> is_equivalent("0.5", "1/2"), is_equivalent("(C)", "C"), is_equivalent("3", "4")
     (True, True, False)
@@ -299,225 +268,3 @@ def _choice_equivalent(
     if pred_index is not None:
         return pred_index == gold_index
     return bool(choices) and _math_equivalent(pred, _clean(choices[gold_index]), timeout_s)
-
-
-def _math_equivalent(pred: str, gold: str, timeout_s: float) -> bool:
-    """Equality of math answers: fast paths in this process, sympy in the worker."""
-    if not pred or not gold:
-        return False
-    if _squash(pred) == _squash(gold):
-        return True
-    numbers = _compare_plain_numbers(pred, gold)
-    if numbers is not None:
-        return numbers
-    if _is_explosive(pred) or _is_explosive(gold):
-        return False
-    finished, result = _VERIFIER.call(_verify_with_sympy, (pred, gold), timeout_s)
-    return finished and result is True
-
-
-def _squash(text: str) -> str:
-    return "".join(text.split())
-
-
-_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,40}(?:\.\d{0,40})?|\.\d{1,40})")
-_PLAIN_FRACTION_RE = re.compile(r"[-+]?\d{1,40}/\d{1,40}")
-_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-
-
-def _plain_number(text: str) -> Fraction | None:
-    """``text`` as an exact number if it is a plain decimal ("-1,234.50") or "a/b"; else None."""
-    if _THOUSANDS_RE.fullmatch(text):
-        text = text.replace(",", "")
-    if _PLAIN_NUMBER_RE.fullmatch(text) or (
-        _PLAIN_FRACTION_RE.fullmatch(text) and text.split("/")[1].strip("0")
-    ):
-        return Fraction(text)
-    return None
-
-
-def _compare_plain_numbers(pred: str, gold: str) -> bool | None:
-    """Exact comparison when both are plain numbers; None (ask sympy) when it cannot decide.
-
-    Unequal numbers where one is a fraction go to sympy, which rounds ("1/3" == "0.333333").
-    """
-    a, b = _plain_number(pred), _plain_number(gold)
-    if a is None or b is None:
-        return None
-    if a == b:
-        return True
-    return None if "/" in pred + gold else False
-
-
-_TOWER_RES = (
-    re.compile(r"\^\s*\{[^{}]*\^"),  # 9^{9^{...}}
-    re.compile(r"\^\s*\([^()]*\^"),  # 9^(9^9)
-    re.compile(r"\^\s*[\w.]+\s*\^"),  # 9^9^9
-)
-_HUGE_EXPONENT_RE = re.compile(r"\^\s*[{(]?\s*[-+]?\d{6,}")  # 10^{1000000}
-_HUGE_FACTORIAL_RE = re.compile(r"\d{5,}\s*!")  # 100000!
-
-
-def _is_explosive(text: str) -> bool:
-    """Cheap syntactic guard against answers whose evaluation can take unbounded time.
-
-    Catches exponent towers, exponents of a million or more, factorials of 10^4 or more, a
-    factorial next to a power or another factorial ((10^{10})!, ((10!)!)!), and deep
-    nesting. Legitimate answers rarely look like this; anything it misses is still cut
-    off by the worker's timeout, this just avoids paying a worker restart for it.
-    """
-    text = text.replace("**", "^")
-    if any(pattern.search(text) for pattern in _TOWER_RES) or _HUGE_EXPONENT_RE.search(text):
-        return True
-    if "!" in text and (_HUGE_FACTORIAL_RE.search(text) or "^" in text or text.count("!") > 1):
-        return True
-    return _brace_depth(text) > MAX_BRACE_DEPTH
-
-
-def _brace_depth(text: str) -> int:
-    depth = deepest = 0
-    for char in text:
-        if char in "{(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "})":
-            depth -= 1
-    return deepest
-
-
-def _verify_with_sympy(pred: str, gold: str) -> bool:
-    """math-verify on two extracted answers. Runs in the worker, so math-verify's own
-    signal-based timeouts are off: the parent enforces the bound."""
-    from math_verify import parse, verify
-
-    gold_parsed = parse(f"${gold}$", parsing_timeout=None)
-    pred_parsed = parse(f"${pred}$", parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-
-
-# --------------------------------------------------------------------------------------
-# the worker process
-
-_READY = "ready"
-_WORKER_COMMAND = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    f"from {__name__} import _worker_main; _worker_main(int(sys.argv[2]))"
-)
-
-
-def _worker_main(fd: int) -> None:
-    """Entry point of the worker subprocess: serve requests on the inherited socket ``fd``."""
-    _serve(multiprocessing.connection.Connection(fd))
-
-
-def _serve(conn: multiprocessing.connection.Connection) -> None:
-    """Worker loop: run ``fn(*args)`` per request, reply with the result (None on error)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings
-    _verify_with_sympy("1/2", "0.5")  # import sympy and fill its caches before saying ready
-    conn.send(_READY)
-    while True:
-        try:
-            fn, args = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        try:
-            result = fn(*args)
-        except Exception:
-            result = None
-        conn.send(result)
-
-
-class _Verifier:
-    """One persistent worker subprocess; killed and replaced when a call overruns its timeout.
-
-    The lock serialises threads; a forked child of this process starts its own worker
-    rather than sharing the parent's socket.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-        atexit.register(self.close)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen | None = None
-        self._conn: Any = None
-        self._ready = False
-
-    def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> tuple[bool, Any]:
-        """``(True, fn(*args))`` from the worker, or ``(False, None)`` after ``timeout_s``.
-
-        ``fn`` must be importable by name (a module-level function) to reach the worker.
-        """
-        with self._lock:
-            self._ensure_ready()
-            try:
-                self._conn.send((fn, args))
-                if self._conn.poll(max(timeout_s, 0.0)):
-                    return True, self._conn.recv()
-            except (EOFError, OSError):  # the worker died (killed from outside, crashed)
-                pass
-            self._kill()
-            self._start()  # the replacement imports sympy while the caller moves on
-            return False, None
-
-    def warm_up(self) -> None:
-        with self._lock:
-            self._ensure_ready()
-
-    def close(self) -> None:
-        with self._lock:
-            self._kill()
-
-    def _start(self) -> None:
-        parent_conn, child_conn = multiprocessing.Pipe()  # a socket pair on POSIX
-        child_fd = child_conn.fileno()
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_COMMAND, json.dumps(sys.path), str(child_fd)],
-            pass_fds=(child_fd,),
-            stdin=subprocess.DEVNULL,
-        )
-        child_conn.close()
-        self._conn, self._ready = parent_conn, False
-
-    def _ensure_ready(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            self._kill()  # died between calls (OOM killer, kill from outside): replace it
-        if self._process is None:
-            self._start()
-        if self._ready:
-            return
-        try:
-            ready = self._conn.poll(STARTUP_TIMEOUT_S) and self._conn.recv() == _READY
-        except (EOFError, OSError):
-            ready = False
-        if not ready:
-            self._kill()
-            raise RuntimeError(
-                f"the answer-verifier worker did not start within {STARTUP_TIMEOUT_S:.0f} s "
-                "(is math-verify installed? see its traceback above)"
-            )
-        self._ready = True
-
-    def _kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait(timeout=5)
-            self._conn.close()
-        self._process, self._conn, self._ready = None, None, False
-
-
-_VERIFIER = _Verifier()
-
-
-def warm_up() -> None:
-    """Start the verification worker now, so the first ``is_equivalent`` call does not wait
-    for it (call before timing-sensitive loops; optional)."""
-    _VERIFIER.warm_up()

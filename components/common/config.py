@@ -361,6 +361,19 @@ class GRPOConfig(_Strict):
     advantage_eps: float = Field(1e-6, gt=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     reward_weights: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0})
+    reward_timeout_s: float = Field(
+        1.0,
+        gt=0.0,
+        le=60.0,
+        description="time bound of one completion's answer check; over it the completion "
+        "scores 0 and counts in reward/timeouts",
+    )
+    reward_batch_deadline_s: float | None = Field(
+        300.0,
+        gt=0.0,
+        description="time bound of scoring one rollout batch (answers are checked in parallel); "
+        "completions not checked by then score 0 and count in reward/timeouts; null = none",
+    )
     freeze_vision_tower: bool = Field(
         False, description="freeze the vision encoder blocks (the merger still trains)"
     )

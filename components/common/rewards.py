@@ -5,15 +5,25 @@ the prompt can be gamed (a box in the question would earn credit). Each is a str
 TRL's conversational form ``[{"role": "assistant", "content": "..."}]``. Extra dataset
 columns (``answer``, optionally ``choices``) arrive as keyword lists, one entry per
 completion. Answer checking is ``components.common.answers``, the same code eval scores with.
+
+The accuracy reward checks a batch in parallel on the verifier's worker pool
+(``components.common.verifier``): each completion within ``timeout_s``, the whole batch
+within ``batch_deadline_s``; a completion over either scores 0 and is counted in
+``verifier.counts()``, which the trainer logs (``reward/timeouts``, ``reward/too_big``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from components.common.answers import MAX_SCAN_CHARS, extract_boxed, find_boxed, is_equivalent
+from components.common.verifier import counts, map_within_deadline
+
+DEFAULT_TIMEOUT_S = 1.0
+"""Time bound of one completion's answer check."""
 
 Completion = str | list[dict[str, Any]]
 RewardFunc = Callable[..., list[float]]
@@ -43,12 +53,19 @@ def completion_text(completion: Completion) -> str:
 
 
 def accuracy_reward(
-    completions: Sequence[Completion], answer: Sequence[Any], **kwargs: Any
+    completions: Sequence[Completion],
+    answer: Sequence[Any],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    batch_deadline_s: float | None = None,
+    **kwargs: Any,
 ) -> list[float]:
     """1.0 where the last ``\\boxed{}`` of the response is equivalent to ``answer``, else 0.0.
 
     Boxed only (no "the answer is" fallback): the reward credits the format the prompt
     asks for. A ``choices`` column, if the dataset has one, enables option-text matching.
+    Completions are checked in parallel, each within ``timeout_s``; those not checked
+    within ``batch_deadline_s`` (None = no deadline) score 0.0.
 
     >>> accuracy_reward([r"1/2 of 1 is \\boxed{0.5}", r"\\boxed{3}", "0.5"], ["1/2", "1/2", "1/2"])
     [1.0, 0.0, 0.0]
@@ -56,15 +73,27 @@ def accuracy_reward(
     [1.0]
     """
     choices = kwargs.get("choices") or [None] * len(completions)
-    return [
-        _accuracy(completion_text(completion), "" if gold is None else str(gold), options)
+    jobs = [
+        (completion_text(completion), "" if gold is None else str(gold), options)
         for completion, gold, options in zip(completions, answer, choices, strict=True)
     ]
+    return map_within_deadline(
+        _score_job, jobs, timeout_s=timeout_s, deadline_s=batch_deadline_s, default=0.0
+    )
 
 
-def _accuracy(response: str, gold: str, choices: list[str] | None) -> float:
+def _score_job(job: tuple[str, str, list[str] | None], timeout_s: float) -> float:
+    return score_response(*job, timeout_s=timeout_s)
+
+
+def score_response(
+    response: str, gold: str, choices: list[str] | None = None, *, timeout_s: float
+) -> float:
+    """The accuracy reward of one response: 1.0 if its last box is equivalent to ``gold``."""
     boxed = extract_boxed(response)
-    return 1.0 if boxed and is_equivalent(boxed, gold, choices=choices) else 0.0
+    return (
+        1.0 if boxed and is_equivalent(boxed, gold, choices=choices, timeout_s=timeout_s) else 0.0
+    )
 
 
 _AFTER_BOX_RE = re.compile(r"[\s.$*]*(?:\\[\])][\s.$*]*)?")  # "$.", "\]", "**" may close it
@@ -96,6 +125,14 @@ def _well_formatted(response: str) -> bool:
 REWARD_FUNCS: dict[str, RewardFunc] = {"accuracy": accuracy_reward, "format": format_reward}
 
 
+def bounded_reward_funcs(timeout_s: float, batch_deadline_s: float | None) -> dict[str, RewardFunc]:
+    """REWARD_FUNCS with the accuracy reward's time bounds set (GRPO: from its config)."""
+    accuracy = functools.partial(
+        accuracy_reward, timeout_s=timeout_s, batch_deadline_s=batch_deadline_s
+    )
+    return {**REWARD_FUNCS, "accuracy": functools.update_wrapper(accuracy, accuracy_reward)}
+
+
 def get_reward_func(name: str) -> RewardFunc:
     """The reward function registered as ``name``.
 
@@ -111,6 +148,22 @@ def get_reward_func(name: str) -> RewardFunc:
     except KeyError:
         valid = ", ".join(sorted(REWARD_FUNCS))
         raise ValueError(f"unknown reward function {name!r}; valid names: {valid}") from None
+
+
+CHECK_METRICS = ("reward/timeouts", "reward/too_big", "reward/verifier_errors")
+"""Answer checks that ended without a plain verdict (each scored 0), summed over ranks."""
+
+
+def check_metrics_since(before: Mapping[str, int]) -> dict[str, float]:
+    """CHECK_METRICS for the checks since ``before`` (a ``verifier.counts()`` snapshot):
+    over the time bound or past the batch deadline, refused as too big, failed."""
+    now = counts()
+    since = {key: now[key] - before[key] for key in now}
+    return {
+        "reward/timeouts": float(since["timeouts"] + since["past_deadline"]),
+        "reward/too_big": float(since["too_big"]),
+        "reward/verifier_errors": float(since["errors"]),
+    }
 
 
 def combine_rewards(

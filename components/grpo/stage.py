@@ -20,7 +20,7 @@ import torch
 from components.common.config import GRPOConfig, PipelineConfig
 from components.common.generation import make_backend
 from components.common.models import load_model, load_processor
-from components.common.rewards import REWARD_FUNCS
+from components.common.rewards import bounded_reward_funcs
 from components.common.zero import zero_wanted
 from components.grpo.checkpointing import Checkpointer
 from components.grpo.data import load_rl_dataset
@@ -188,10 +188,11 @@ def run_grpo(
         g.save_total_limit,
         g.model_dump_json(),
     )
+    rewards = reward_funcs or bounded_reward_funcs(g.reward_timeout_s, g.reward_batch_deadline_s)
     history = train(
         g, engine.module, processor, dataset,
         backend=backend,
-        reward_funcs=reward_funcs or REWARD_FUNCS,
+        reward_funcs=rewards,
         reward_weights=reward_weights or g.reward_weights,
         ref_model=ref,
         checkpointer=checkpointer,

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from components.common.config import GRPOConfig
 from components.common.errors import InputError
 from components.common.generation import PromptInput, SamplingConfig
-from components.common.rewards import combine_rewards
+from components.common.rewards import CHECK_METRICS, check_metrics_since, combine_rewards
+from components.common.verifier import counts as answer_check_counts
 from components.grpo.advantages import group_advantages
 from components.grpo.data import PromptOrder, reward_columns, to_prompts
 from components.grpo.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, shard
@@ -344,6 +345,7 @@ def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
     # -- rewards on the responses only, then group-normalised advantages
     kept_rows = {k: [v[i] for i in rollout.kept] for k, v in rows.items()}
     texts = [c.text for group in rollout.completions for c in group]
+    checks_before = answer_check_counts()
     rewards, per_func = score_completions(
         run.reward_funcs, run.reward_weights, texts, reward_columns(kept_rows, cfg.num_generations)
     )
@@ -374,6 +376,7 @@ def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
         "seq_metrics": {
             **adv_metrics,
             **completion_metrics(rollout),
+            **check_metrics_since(checks_before),
             "time/rollout_s": t_rollout - t_start,
             "time/reward_s": t_reward - t_rollout,
             "time/update_s": t_end - t_reward,
@@ -386,7 +389,7 @@ def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
     return metrics, texts
 
 
-SUMMED = ("prompts/dropped_too_long", "tokens_per_s")
+SUMMED = ("prompts/dropped_too_long", "tokens_per_s", *CHECK_METRICS)
 
 
 def combine_ranks(parts: list[dict[str, Any]]) -> dict[str, float]:

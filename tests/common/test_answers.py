@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common import answers
+from components.common import verifier
 from components.common.answers import (
     choice_letter,
     extract_answer,
@@ -186,7 +187,7 @@ ADVERSARIAL_ANSWERS = [
     "100000!",
     r"(10^{10})!",
     "((10!)!)!",
-    r"\binom{100000000}{50000000}",  # passes the cheap guards: the worker timeout cuts it
+    r"\binom{100000000}{50000000}",  # refused by its size before it is evaluated
     "{" * 5000 + "1" + "}" * 5000,
     "{" * 400 + "1" + "}" * 400,
     "1" * 2000,
@@ -225,9 +226,9 @@ def test_timeout_is_honoured_and_the_worker_recovers() -> None:
 
 
 def test_a_worker_killed_from_outside_is_replaced() -> None:
-    answers._VERIFIER._process.kill()
-    answers._VERIFIER._process.wait()
-    assert is_equivalent(r"\sqrt{4}", "2")  # fast path not taken: needs the worker
+    for pid in verifier.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    assert is_equivalent(r"\sqrt{4}", "2")  # fast path not taken: needs a worker
 
 
 def test_calls_from_a_thread_pool() -> None:
@@ -250,7 +251,7 @@ def test_unguarded_script_in_a_subprocess_scores_and_exits(tmp_path: Path) -> No
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False"]

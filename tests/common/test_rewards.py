@@ -10,11 +10,14 @@ from components.common.answers import warm_up
 from components.common.rewards import (
     REWARD_FUNCS,
     accuracy_reward,
+    bounded_reward_funcs,
+    check_metrics_since,
     combine_rewards,
     completion_text,
     format_reward,
     get_reward_func,
 )
+from components.common.verifier import counts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,3 +135,15 @@ def test_combine_rewards() -> None:
         combine_rewards(per_func, {"length": 1.0})
     with pytest.raises(ValueError, match="differ in length"):
         combine_rewards({"accuracy": [1.0], "format": [1.0, 0.0]}, {})
+
+
+def test_bounded_reward_funcs_carry_the_time_bounds() -> None:
+    """GRPO's config sets the accuracy reward's bounds; a batch past its deadline scores 0
+    and shows up in the step's reward/timeouts."""
+    funcs = bounded_reward_funcs(timeout_s=1.0, batch_deadline_s=1e-9)
+    assert funcs["accuracy"].__name__ == "accuracy_reward" and funcs["format"] is format_reward
+    before = counts()
+    assert funcs["accuracy"]([r"\boxed{\sqrt{4}}", r"\boxed{\sqrt{9}}"], ["2", "3"]) == [0.0, 0.0]
+    assert check_metrics_since(before)["reward/timeouts"] == 2.0
+    in_time = bounded_reward_funcs(timeout_s=5.0, batch_deadline_s=60.0)["accuracy"]
+    assert in_time([r"\boxed{\sqrt{4}}", r"\boxed{\sqrt{9}}"], ["2", "4"]) == [1.0, 0.0]

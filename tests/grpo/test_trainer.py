@@ -22,7 +22,7 @@ STEP_METRICS = (
     "grpo/frac_reward_zero_std", "grpo/kl", "grpo/clip_ratio/low_mean", "grpo/clip_ratio/high_mean",
     "grpo/clip_ratio/region_mean", "grpo/entropy", "grpo/completions/mean_length", "grpo/completions/max_length",
     "grpo/time/rollout_s", "grpo/time/update_s", "grpo/tokens_per_s", "grpo/loss", "grpo/grad_norm",
-    "grpo/learning_rate",
+    "grpo/learning_rate", "grpo/reward/timeouts", "grpo/reward/too_big", "grpo/reward/verifier_errors",
 )  # fmt: skip
 
 

@@ -1,0 +1,176 @@
+"""The verifier pool: verdicts in parallel, bombs refused within the bound, workers replaced by a
+fork (not a fresh import), the batch deadline, and counted outcomes."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import os
+import signal
+import time
+
+import pytest
+
+from components.common import answer_bounds, rewards, verifier
+from components.common.rewards import accuracy_reward, check_metrics_since
+from components.common.verifier import Verdict, map_within_deadline, math_verdict
+from components.common.worker_pool import WorkerError
+
+pytestmark = pytest.mark.timeout(120)
+
+HANG_GUARD_S = 1.5  # one check must return within its 1 s bound; the margin absorbs CI noise
+
+
+@pytest.fixture(autouse=True)
+def _warm_pool() -> None:
+    """Every worker up before each test (the first test also waits for the zygote import)."""
+    verifier.warm_up()
+
+
+PAIRS = [
+    (r"\frac{1}{2}", "0.5", Verdict.EQUAL),
+    (r"\frac{\sqrt{3}}{2}", r"\sqrt{3}/2", Verdict.EQUAL),
+    (r"2\sqrt{2}", r"\sqrt{8}", Verdict.EQUAL),
+    ("x^{2}+2x+1", "(x+1)^{2}", Verdict.EQUAL),
+    (r"e^{-x^{2}}", r"\frac{1}{e^{x^{2}}}", Verdict.EQUAL),
+    (r"\binom{5}{2}", "10", Verdict.EQUAL),
+    ("2^{10}", "1024", Verdict.EQUAL),
+    (r"50\%", "0.5", Verdict.EQUAL),
+    (r"\{2, 1\}", r"\{1, 2\}", Verdict.EQUAL),
+    ("0.33", "1/3", Verdict.DIFFERENT),
+    (r"\sqrt{2}", r"\sqrt{3}", Verdict.DIFFERENT),
+    ("x^{2}+2x+2", "(x+1)^{2}", Verdict.DIFFERENT),
+    (r"\binom{5}{2}", "11", Verdict.DIFFERENT),
+    ("5", "6", Verdict.DIFFERENT),
+    ("1,000", "1000", Verdict.EQUAL),
+]
+
+BOMBS = [
+    r"\binom{10^8}{5 \cdot 10^7}",
+    r"\binom{100000}{50000}",  # sympy computes this one while parsing, unless told not to
+    "99999999999^{99999}",
+    r"\Gamma(10^{7})",
+    r"\Gamma(100000)",
+    "(10^9)!",
+    "1000000!",
+    "9^{9^{9^{9}}}",
+    r"10^{10^{100}}",
+    r"\sin(10^{3000})",
+    r"\sqrt{10^{3000}+1}",
+    r"\prod_{k=1}^{10^{6}} k",
+    r"\sum_{k=1}^{10000} \frac{1}{k}",
+    "(x+1)^{1000}",
+    r"e^{10^{9}}",
+    "1.5^{999999}",
+    "{" * 400 + "1" + "}" * 400,
+    "7" * 2000,
+]
+
+
+def test_ordinary_pairs_get_their_verdicts_in_parallel() -> None:
+    verdicts = map_within_deadline(
+        lambda pair, bound: math_verdict(pair[0], pair[1], bound),
+        PAIRS,
+        timeout_s=5.0,  # a verdict, not the bound, is under test; a loaded machine is slow
+        deadline_s=None,
+        default=None,
+    )
+    assert verdicts == [expected for _, _, expected in PAIRS]
+
+
+@pytest.mark.parametrize("bomb", BOMBS, ids=lambda b: b[:30])
+def test_each_bomb_is_refused_within_the_bound(bomb: str) -> None:
+    before = verifier.counts()["too_big"]
+    start = time.perf_counter()
+    assert math_verdict(bomb, "5", 1.0) is Verdict.TOO_BIG
+    assert time.perf_counter() - start < HANG_GUARD_S
+    assert verifier.counts()["too_big"] == before + 1
+
+
+def test_a_bomb_equal_as_a_string_is_still_equal() -> None:
+    assert math_verdict("99999999999^{99999}", "99999999999^{99999}", 1.0) is Verdict.EQUAL
+
+
+def test_ten_bombs_in_one_batch_cost_no_worker_and_no_import() -> None:
+    """Before the pool, each of these hit the 1 s bound and then waited 2-3 s for a fresh
+    worker to import sympy: ten in one batch took 18 s."""
+    completions = [rf"so \boxed{{{bomb}}}" for bomb in BOMBS[:10]] + [r"\boxed{\frac{1}{2}}"]
+    before, stats = verifier.counts(), verifier.pool_stats()
+    start = time.perf_counter()
+    scores = accuracy_reward(completions, ["5"] * 10 + ["0.5"], batch_deadline_s=30.0)
+    assert time.perf_counter() - start < 10 * HANG_GUARD_S  # a hang guard: each is bounded
+    assert scores == [0.0] * 10 + [1.0]
+    assert verifier.pool_stats() == stats  # no worker killed, no interpreter started
+    metrics = check_metrics_since(before)
+    assert metrics == {
+        "reward/timeouts": 0.0,
+        "reward/too_big": 10.0,
+        "reward/verifier_errors": 0.0,
+    }
+
+
+def test_an_overrun_scores_wrong_is_counted_and_its_worker_is_replaced_by_a_fork() -> None:
+    before, stats, pids = verifier.counts(), verifier.pool_stats(), set(verifier.worker_pids())
+    start = time.perf_counter()
+    assert math_verdict(r"\frac{\sqrt{7}}{3}", r"\sqrt{7}/3", 1e-4) is Verdict.TIMEOUT
+    assert time.perf_counter() - start < HANG_GUARD_S
+    assert verifier.counts()["timeouts"] == before["timeouts"] + 1
+    verifier.warm_up()  # the replacement is forked in the background; wait for it here
+    after = verifier.pool_stats()
+    assert after["worker_forks"] == stats["worker_forks"] + 1
+    assert after["interpreter_starts"] == stats["interpreter_starts"]  # sympy not imported again
+    assert set(verifier.worker_pids()) != pids
+    assert math_verdict(r"\frac{\sqrt{7}}{3}", r"\sqrt{7}/3", 5.0) is Verdict.EQUAL
+
+
+def test_a_worker_that_runs_over_is_killed() -> None:
+    start = time.perf_counter()
+    assert verifier.run_in_worker(time.sleep, (30,), 0.3) == (False, None)
+    assert time.perf_counter() - start < HANG_GUARD_S
+
+
+def test_workers_killed_from_outside_are_replaced() -> None:
+    stats = verifier.pool_stats()
+    for pid in verifier.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    assert math_verdict(r"\sqrt{4}", "2", 5.0) is Verdict.EQUAL
+    verifier.warm_up()
+    assert verifier.pool_stats()["worker_forks"] == stats["worker_forks"] + verifier.pool_size()
+    assert verifier.pool_stats()["interpreter_starts"] == stats["interpreter_starts"]
+
+
+def test_what_a_worker_raises_is_raised_in_the_caller() -> None:
+    with pytest.raises(WorkerError, match="math domain error"):
+        verifier.run_in_worker(math.sqrt, (-1.0,), 5.0)
+
+
+def test_items_past_the_batch_deadline_get_the_default_and_are_counted() -> None:
+    before = verifier.counts()["past_deadline"]
+    start = time.perf_counter()
+    done = map_within_deadline(
+        lambda seconds, bound: verifier.run_in_worker(time.sleep, (seconds,), bound)[0],
+        [0.4] * 12,
+        timeout_s=1.0,
+        deadline_s=0.6,
+        default=None,
+    )
+    assert time.perf_counter() - start < 0.6 + HANG_GUARD_S
+    late = done.count(None)
+    assert late > 0 and set(done) <= {True, False, None}
+    assert verifier.counts()["past_deadline"] == before + late
+
+
+def test_a_dead_zygote_is_started_again() -> None:
+    stats = verifier.pool_stats()
+    verifier._POOL._zygote.kill()
+    verifier._POOL._zygote.wait()
+    for pid in verifier.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    assert math_verdict(r"\sqrt{9}", "3", 5.0) is Verdict.EQUAL
+    assert verifier.pool_stats()["interpreter_starts"] == stats["interpreter_starts"] + 1
+
+
+@pytest.mark.parametrize("module", [verifier, answer_bounds, rewards], ids=lambda m: m.__name__)
+def test_doctests(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
