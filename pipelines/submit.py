@@ -24,6 +24,7 @@ from typing import Any
 from components.common.config import PipelineConfig, load_config
 from components.common.errors import InputError
 from pipelines.caching import disable_caching_in_package, enable_caching_override
+from pipelines.cluster_config import cluster_config
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -160,6 +161,7 @@ def submit_pipeline(
     for note in cluster_warnings(cfg):
         print(f"warning: {note}", file=sys.stderr)
     experiment = opts.experiment or cfg.tracking.experiment
+    cluster = cluster_config(cfg)
     client = client_factory(opts)
     with tempfile.TemporaryDirectory() as tmp:
         package = str(Path(tmp) / "pipeline.yaml")
@@ -173,9 +175,9 @@ def submit_pipeline(
                 run_name=opts.run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H-%M-%S')}",
                 experiment_name=experiment,
                 namespace=opts.namespace,
-                pipeline_root=cfg.cluster.pipeline_root,
+                pipeline_root=cluster.pipeline_root,
                 enable_caching=enable_caching_override(opts.no_cache),
-                service_account=cfg.cluster.service_account,
+                service_account=cluster.service_account,
             )
     url = run_url(opts, result.run_id)
     print(f"submitted run {result.run_id} (experiment {experiment!r})\n{url}")

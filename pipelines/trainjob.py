@@ -1,7 +1,7 @@
 """Multi-node SFT: a pipeline task that launches a Kubeflow Trainer TrainJob and waits for it.
 
-With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (same signature as
-`sft_op`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
+With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (the signature of
+`sft_op`, plus the cluster section as `cluster_json`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
 nodes run `python -m components.sft` under torchrun (the Trainer's torch runtime sets the PET_*
 rendezvous variables), creates it with the Kubernetes API and polls until it completes or fails.
 Inputs and the output model are the task's artifact URIs (s3:// under the pipeline root): the
@@ -13,7 +13,9 @@ launcher attaches to its TrainJob instead of starting a second one.
 (No `from __future__ import annotations` here: this module defines a kfp component.)
 """
 
+import functools
 import hashlib
+import json
 import logging
 import re
 import time
@@ -27,6 +29,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from components.common.config import PipelineConfig
 from components.common.errors import InputError
 from components.common.images import stage_image
+from pipelines.cluster_config import cluster_config
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def _label(value: str) -> str:
 
 
 def _env(cfg: PipelineConfig, inputs: TrainJobInputs) -> list:
-    cluster = cfg.cluster
+    cluster = cluster_config(cfg)
     env = [
         {"name": "COLDSTART_CONFIG_JSON", "value": cfg.to_json()},
         {"name": "COLDSTART_RUN_ID", "value": inputs.run_id},
@@ -88,7 +91,7 @@ def _env(cfg: PipelineConfig, inputs: TrainJobInputs) -> list:
 
 
 def _resources_per_node(cfg: PipelineConfig) -> dict:
-    res = cfg.sft.resources
+    res = cluster_config(cfg).resources.sft
     requests = {"cpu": res.cpu, "memory": res.memory}
     limits = {"cpu": res.cpu_limit or res.cpu, "memory": res.memory_limit or res.memory}
     if res.accelerator_count:
@@ -101,13 +104,14 @@ def render_trainjob(cfg: PipelineConfig, inputs: TrainJobInputs, namespace: str)
     """The TrainJob manifest (a plain dict, as the Kubernetes API takes it)."""
     from pipelines.resources import image_kind, task_image
 
-    tj = cfg.cluster.trainjob
+    cluster = cluster_config(cfg)
+    tj, res = cluster.trainjob, cluster.resources.sft
     trainer = {
-        "image": task_image(cfg.sft.resources, image_kind(cfg, "sft"), cfg.cluster),
+        "image": task_image(res, image_kind(cfg, "sft"), cluster),
         "command": list(tj.command),
         "env": _env(cfg, inputs),
         "numNodes": tj.num_nodes,
-        "numProcPerNode": tj.procs_per_node or max(1, cfg.sft.resources.accelerator_count),
+        "numProcPerNode": tj.procs_per_node or max(1, res.accelerator_count),
         "resourcesPerNode": _resources_per_node(cfg),
     }
     spec = {
@@ -243,7 +247,7 @@ def launch_and_wait(
             f"the TrainJob launcher needs object-store URIs (a cluster with an s3:// pipeline root); "
             f"got local paths {local}. Use cluster.sft_launcher: pod locally."
         )
-    tj = cfg.cluster.trainjob
+    tj = cluster_config(cfg).trainjob
     manifest = render_trainjob(cfg, inputs, tj.namespace or current_namespace())
     client = client or kubernetes_client()
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
@@ -261,13 +265,19 @@ def launch_and_wait(
 @dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
 def sft_trainjob_op(
     config_json: str,
+    cluster_json: str,
     pipeline_run_id: str,
     base_model: Input[Model],
     sft_data: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> None:
-    """SFT on several nodes: launch a Kubeflow Trainer TrainJob that writes `model`, and wait for it."""
+    """SFT on several nodes: launch a Kubeflow Trainer TrainJob that writes `model`, and wait for it.
+
+    `cluster_json` is the config's cluster section (the training config in `config_json` has none).
+    """
+    import json
+
     from components.common.config import config_from_json
     from components.common.run_id import resolve_run_id
     from pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
@@ -275,15 +285,18 @@ def sft_trainjob_op(
     inputs = TrainJobInputs(
         resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri
     )
-    for name, value in launch_and_wait(config_from_json(config_json), inputs).items():
+    cfg = config_from_json(config_json)
+    cfg.cluster = json.loads(cluster_json)
+    for name, value in launch_and_wait(cfg, inputs).items():
         metrics.log_metric(name.replace("/", "_"), value)
     model.metadata["trainjob"] = trainjob_name(inputs)
 
 
 def select_sft_op(cfg: PipelineConfig) -> Any:
-    """The SFT component the DAG should use: in-pod (default) or the TrainJob launcher."""
-    if cfg.cluster.sft_launcher == "trainjob":
-        return sft_trainjob_op
+    """The SFT component the DAG should use: in-pod (default) or the TrainJob launcher, which
+    also gets the cluster section (as a constant input: it renders the TrainJob's pods from it)."""
+    if cluster_config(cfg).sft_launcher == "trainjob":
+        return functools.partial(sft_trainjob_op, cluster_json=json.dumps(cfg.cluster))
     from components.sft.component import sft_op
 
     return sft_op

@@ -20,6 +20,7 @@ import yaml
 from referencing import Registry, Resource
 
 from components.common.images import DEFAULT_REGISTRY, IMAGE_KINDS
+from pipelines.cluster_config import ClusterConfig
 from tests.deploy.manifests import (
     K8S,
     KUSTOMIZATIONS,
@@ -321,11 +322,7 @@ def test_our_workloads_run_as_non_root(path):
 # --------------------------------------------------------------------------- the pipeline's view
 
 
-def _cluster_defaults():
-    try:
-        from components.common.config import ClusterConfig
-    except ImportError:
-        pytest.skip("components.common.config has no ClusterConfig in this checkout")
+def _cluster_defaults() -> ClusterConfig:
     return ClusterConfig()
 
 

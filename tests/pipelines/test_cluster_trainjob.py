@@ -15,9 +15,10 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from components.common.config import TrainJobConfig, load_config
+from components.common.config import load_config
 from components.common.errors import InputError
 from components.common.images import image_ref
+from pipelines.cluster_config import TrainJobConfig
 from pipelines.trainjob import (
     TrainJobClient,
     TrainJobInputs,
@@ -127,7 +128,7 @@ def test_rendered_trainjob_fits_the_crd_schema_and_core_types():
     }
     assert (
         trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8
-    )  # = sft.resources.accelerator_count
+    )  # = cluster.resources.sft.accelerator_count
     assert trainer["resourcesPerNode"]["limits"] == {
         "cpu": "32",
         "memory": "320Gi",
@@ -143,7 +144,11 @@ def test_trainjob_env_has_config_and_uris_and_credentials_only_by_reference(monk
     cfg = paper_cfg()
     job = render_trainjob(cfg, INPUTS, "team-a")
     env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
-    assert load_config(None).model_validate_json(env["COLDSTART_CONFIG_JSON"]["value"]) == cfg
+    # the training config only: the cluster section stays with the launcher
+    assert load_config(None).model_validate_json(
+        env["COLDSTART_CONFIG_JSON"]["value"]
+    ) == cfg.model_copy(update={"cluster": {}})
+    assert "trainjob" not in env["COLDSTART_CONFIG_JSON"]["value"]
     assert env["COLDSTART_BASE_MODEL"]["value"] == INPUTS.base_model
     assert env["COLDSTART_SFT_DATA"]["value"] == INPUTS.sft_data
     assert (
