@@ -22,7 +22,9 @@ def test_flash_attention_without_flash_attn_is_refused_before_reading_the_model(
     if find_spec("flash_attn") is not None:
         pytest.skip("flash-attn is installed here: the refusal cannot be observed")
     # An empty directory: the attention check must come first, not the missing config.json.
-    with pytest.raises(ModelLoadError, match="flash-attn package is not installed.*sdpa.*FLASH_ATTN=1"):
+    with pytest.raises(
+        ModelLoadError, match=r"flash-attn package is not installed.*sdpa.*FLASH_ATTN=1"
+    ):
         load_model(tmp_path, "float32", "flash_attention_2")
 
 
@@ -32,7 +34,7 @@ def test_torch_kernels_pass(name):
 
 
 def test_unknown_kernel_is_named():
-    with pytest.raises(ModelLoadError, match="'flash_attention_3'.*valid"):
+    with pytest.raises(ModelLoadError, match=r"'flash_attention_3'.*valid"):
         check_attn_implementation("flash_attention_3")
 
 
