@@ -3,8 +3,7 @@
 Rendered with `kubectl kustomize` (skipped with a message where kubectl is absent), validated
 offline with `kubernetes-validate` (strict schemas: unknown fields are errors) for the oldest and
 the newest Kubernetes version we check. Custom resources (the Kubeflow Trainer's TrainingRuntime,
-TrainJob) have no schema there: their structure is checked instead (ObjectMeta, a spec mapping,
-and the Job templates inside a TrainingRuntime against batch/v1 JobTemplateSpec).
+TrainJob) are validated against the CRD schemas of the pinned Trainer release (tests/deploy/crds/).
 """
 
 from __future__ import annotations
@@ -12,15 +11,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import kubernetes_validate.utils as kv_utils
 import pytest
 import yaml
-from referencing import Registry, Resource
 
 from components.common.images import DEFAULT_REGISTRY, IMAGE_KINDS
 from pipelines.cluster_config import ClusterConfig
+from tests.deploy.crds.schema import validation_errors as crd_validation_errors
 from tests.deploy.manifests import (
     K8S,
     KUSTOMIZATIONS,
@@ -74,34 +72,6 @@ def test_kustomization_renders(path):
     assert len(keys) == len(set(keys)), f"{rel(path)}: duplicate objects"
 
 
-def _definitions_validator(version: str, definition: str) -> jsonschema.Draft202012Validator:
-    full = [v for v in kv_utils.all_versions() if kv_utils.major_minor(v) == version][-1]
-    defs = kv_utils.schema_contents(
-        f"kubernetes-json-schema/v{full}-local-strict/_definitions.json", full
-    )
-    registry = Registry().with_resource(defs["$id"], Resource.from_contents(defs))
-    return jsonschema.Draft202012Validator(
-        {"$ref": f"{defs['$id']}#/$defs/{definition}"}, registry=registry
-    )
-
-
-def _validate_custom(obj: dict, version: str) -> None:
-    """Structure only (no schema for CRDs here): group/version, ObjectMeta, spec; Job templates."""
-    group, _, api = obj["apiVersion"].partition("/")
-    assert group and api, f"{obj['kind']}: apiVersion {obj['apiVersion']!r} is not group/version"
-    _definitions_validator(version, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta").validate(
-        obj["metadata"]
-    )
-    assert isinstance(obj.get("spec"), dict), f"{obj['kind']} {obj['metadata']['name']}: no spec"
-    if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
-        jobs = obj["spec"]["template"]["spec"]["replicatedJobs"]
-        assert jobs, "a TrainingRuntime needs replicatedJobs"
-        template = _definitions_validator(version, "io.k8s.api.batch.v1.JobTemplateSpec")
-        for job in jobs:
-            assert job.get("name"), job
-            template.validate(job["template"])
-
-
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=overlay_ids(KUSTOMIZATIONS))
 def test_rendered_objects_match_the_kubernetes_schema(path, version):
@@ -116,12 +86,7 @@ def test_rendered_objects_match_the_kubernetes_schema(path, version):
                     f"{where}: no Kubernetes {version} schema for {obj['apiVersion']} {obj['kind']}"
                 )
                 continue
-            try:
-                _validate_custom(obj, version)
-            except jsonschema.ValidationError as err:
-                errors.append(
-                    f"{where} (custom resource): {list(err.absolute_path)}: {err.message}"
-                )
+            errors += [f"{where} (Trainer CRD): {e}" for e in crd_validation_errors(obj)]
         except kubernetes_validate.ValidationError as err:
             errors.append(f"{where}: {list(err.absolute_path)}: {err.message}")
     assert not errors, f"{rel(path)} against Kubernetes {version}:\n" + "\n".join(errors)
