@@ -25,6 +25,7 @@ from components.common.config import PipelineConfig, load_config
 from components.common.errors import InputError
 from pipelines.caching import disable_caching_in_package, enable_caching_override
 from pipelines.cluster_config import cluster_config
+from pipelines.compile import add_image_tag_arg, compile_package
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -96,6 +97,7 @@ def add_server_args(parser: argparse.ArgumentParser, host_required: bool = True)
     parser.add_argument(
         "--watch-timeout", type=float, default=0.0, help="stop watching after this long; 0 = never"
     )
+    add_image_tag_arg(parser)
     parser.add_argument(
         "--ui-host",
         default=None,
@@ -156,16 +158,14 @@ def submit_pipeline(
     client_factory: Callable[[ServerOptions], Any] = make_client,
 ) -> SubmitResult:
     """Compile `pipeline_func`, create the run, print its URL; with `opts.watch`, follow it to the end."""
-    from kfp import compiler
-
     for note in cluster_warnings(cfg):
         print(f"warning: {note}", file=sys.stderr)
     experiment = opts.experiment or cfg.tracking.experiment
     cluster = cluster_config(cfg)
-    client = client_factory(opts)
     with tempfile.TemporaryDirectory() as tmp:
         package = str(Path(tmp) / "pipeline.yaml")
-        compiler.Compiler().compile(pipeline_func, package)
+        compile_package(pipeline_func, package)  # refuses mutable images before any server call
+        client = client_factory(opts)
         if opts.no_cache:
             disable_caching_in_package(package)
         with contextlib.redirect_stdout(io.StringIO()):  # the client prints its own links
