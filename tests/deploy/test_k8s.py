@@ -260,11 +260,33 @@ def test_images_are_ours_or_pinned(path):
             assert tag and tag != "latest" and any(ch.isdigit() for ch in tag), (
                 f"{image}: pin a version tag or digest"
             )
-    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
-    for entry in kustomization.get("images", []):
-        assert entry["name"] in ours, (
-            f"{rel(path)}: images entry {entry['name']} is not one of ours"
-        )
+
+
+IMAGES_COMPONENT = K8S / "components" / "images"
+
+
+def test_one_images_block_sets_the_tags_of_all_of_k8s():
+    """Two `images:` blocks (one per overlay) let a stacked overlay reset the other's tag."""
+    with_images = [
+        rel(k.parent)
+        for k in sorted(K8S.rglob("kustomization.yaml"))
+        if "images" in (yaml.safe_load(k.read_text()) or {})
+    ]
+    assert with_images == [rel(IMAGES_COMPONENT)]
+    entries = yaml.safe_load((IMAGES_COMPONENT / "kustomization.yaml").read_text())["images"]
+    ours = {f"{DEFAULT_REGISTRY}/coldstart-{kind}" for kind in IMAGE_KINDS}
+    assert {e["name"] for e in entries} == ours
+    assert all(e["newTag"] not in ("", "latest") for e in entries)
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=overlay_ids(OVERLAYS))
+def test_every_image_of_ours_carries_the_tag_of_the_images_block(path):
+    entries = yaml.safe_load((IMAGES_COMPONENT / "kustomization.yaml").read_text())["images"]
+    tags = {e["name"]: e["newTag"] for e in entries}
+    for image in _images(render(path)):
+        name, _, tag = image.rpartition(":")
+        if "/coldstart-" in image:
+            assert tag == tags[name], f"{rel(path)}: {image}, expected tag {tags[name]}"
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=overlay_ids(OVERLAYS))
