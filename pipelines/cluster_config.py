@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from components.common.config import ConfigError, PipelineConfig, _format_errors, _Strict
+from components.common.images import STAGE_IMAGES, image_ref
 
 
 class TolerationConfig(_Strict):
@@ -268,3 +269,28 @@ def cluster_config(cfg: PipelineConfig) -> ClusterConfig:
         return _Section.model_validate({"cluster": cfg.cluster}).cluster
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, "the cluster section")) from None
+
+
+def image_kind(cfg: PipelineConfig, stage: str) -> str:
+    """The image a stage's task needs: vLLM lives only in `rollout` (it pins its own torch), and
+    data_prep's teacher distillation needs CUDA torch when the task has GPUs."""
+    distill = cfg.data.distill
+    if stage == "grpo" and cfg.grpo.rollout_backend == "vllm":
+        return "rollout"
+    if stage == "eval" and cfg.eval.backend == "vllm":
+        return "rollout"
+    if stage == "data_prep" and distill.enabled:
+        if distill.backend == "vllm":
+            return "rollout"
+        if cluster_config(cfg).resources.data_prep.accelerator_count:
+            return "train"
+    return STAGE_IMAGES[stage]
+
+
+def task_image(res: ResourcesConfig, kind: str, cluster: ClusterConfig | None = None) -> str:
+    """The stage's own `resources.image`, else the image of `kind` under the configured registry/tag."""
+    if res.image:
+        return res.image
+    if cluster is not None:
+        return image_ref(kind, cluster.image_registry, cluster.image_tag)
+    return image_ref(kind)

@@ -14,12 +14,14 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from components.common.config import PipelineConfig
-from components.common.images import STAGE_IMAGES, image_ref
+from components.common.images import STAGE_IMAGES
 from pipelines.cluster_config import (
     ClusterConfig,
     ResourcesConfig,
     TolerationConfig,
     cluster_config,
+    image_kind,
+    task_image,
 )
 
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
@@ -53,31 +55,6 @@ def launcher_resources(res: ResourcesConfig) -> ResourcesConfig:
     )
 
 
-def image_kind(cfg: PipelineConfig, stage: str) -> str:
-    """The image a stage's task needs: vLLM lives only in `rollout` (it pins its own torch), and
-    data_prep's teacher distillation needs CUDA torch when the task has GPUs."""
-    distill = cfg.data.distill
-    if stage == "grpo" and cfg.grpo.rollout_backend == "vllm":
-        return "rollout"
-    if stage == "eval" and cfg.eval.backend == "vllm":
-        return "rollout"
-    if stage == "data_prep" and distill.enabled:
-        if distill.backend == "vllm":
-            return "rollout"
-        if stage_resources(cfg, "data_prep").accelerator_count:
-            return "train"
-    return STAGE_IMAGES[stage]
-
-
-def task_image(res: ResourcesConfig, kind: str, cluster: ClusterConfig | None = None) -> str:
-    """The stage's own `resources.image`, else the image of `kind` under the configured registry/tag."""
-    if res.image:
-        return res.image
-    if cluster is not None:
-        return image_ref(kind, cluster.image_registry, cluster.image_tag)
-    return image_ref(kind)
-
-
 def configure_task(task: PipelineTask, cfg: PipelineConfig, stage: str) -> PipelineTask:
     """Everything the cluster needs to run one task of `stage`; call it for every task of the DAG."""
     cluster = cluster_config(cfg)
@@ -104,7 +81,7 @@ def _is_trainjob_launcher(task: PipelineTask, cluster: ClusterConfig, stage: str
     if stage == "sft" and cluster.sft_launcher == "trainjob" and not launcher:
         raise ValueError(
             "cluster.sft_launcher is 'trainjob' but the DAG's SFT task is not the TrainJob launcher; "
-            "build it with pipelines.trainjob.select_sft_op(cfg)"
+            "build it with pipelines.ops.select_sft_op(cfg)"
         )
     return launcher
 

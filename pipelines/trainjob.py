@@ -1,7 +1,7 @@
 """Multi-node SFT: a pipeline task that launches a Kubeflow Trainer TrainJob and waits for it.
 
-With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (the signature of
-`sft_op`, plus the cluster section as `cluster_json`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
+With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (pipelines/ops.py;
+the signature of `sft_op`, plus the cluster section as `cluster_json`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
 nodes run `python -m components.sft` under torchrun (the Trainer's torch runtime sets the PET_*
 rendezvous variables), creates it with the Kubernetes API and polls until it completes or fails.
 Inputs and the output model are the task's artifact URIs (s3:// under the pipeline root): the
@@ -10,12 +10,11 @@ lives in the runtime, k8s/trainer/runtime.yaml; credentials come from the same S
 every other task. The TrainJob name is derived from the run id and output URI, so a retried
 launcher attaches to its TrainJob instead of starting a second one.
 
-(No `from __future__ import annotations` here: this module defines a kfp component.)
+No kfp import here: the launcher's component body imports this module inside its pod, where
+kfp's runtime exposes no `dsl.component` (tests/pipelines/test_ops.py).
 """
 
-import functools
 import hashlib
-import json
 import logging
 import re
 import time
@@ -23,13 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
-
 from components.common.config import PipelineConfig
 from components.common.errors import InputError
-from components.common.images import stage_image
-from pipelines.cluster_config import cluster_config
+from pipelines.cluster_config import cluster_config, image_kind, task_image
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +97,6 @@ def _resources_per_node(cfg: PipelineConfig) -> dict:
 
 def render_trainjob(cfg: PipelineConfig, inputs: TrainJobInputs, namespace: str) -> dict:
     """The TrainJob manifest (a plain dict, as the Kubernetes API takes it)."""
-    from pipelines.resources import image_kind, task_image
-
     cluster = cluster_config(cfg)
     tj, res = cluster.trainjob, cluster.resources.sft
     trainer = {
@@ -260,43 +253,3 @@ def launch_and_wait(
         "sft/trainjob_nodes": float(tj.num_nodes),
         "sft/trainjob_seconds": time.monotonic() - start,
     }
-
-
-@dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
-def sft_trainjob_op(
-    config_json: str,
-    cluster_json: str,
-    pipeline_run_id: str,
-    base_model: Input[Model],
-    sft_data: Input[Dataset],
-    model: Output[Model],
-    metrics: Output[Metrics],
-) -> None:
-    """SFT on several nodes: launch a Kubeflow Trainer TrainJob that writes `model`, and wait for it.
-
-    `cluster_json` is the config's cluster section (the training config in `config_json` has none).
-    """
-    import json
-
-    from components.common.config import config_from_json
-    from components.common.run_id import resolve_run_id
-    from pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
-
-    inputs = TrainJobInputs(
-        resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri
-    )
-    cfg = config_from_json(config_json)
-    cfg.cluster = json.loads(cluster_json)
-    for name, value in launch_and_wait(cfg, inputs).items():
-        metrics.log_metric(name.replace("/", "_"), value)
-    model.metadata["trainjob"] = trainjob_name(inputs)
-
-
-def select_sft_op(cfg: PipelineConfig) -> Any:
-    """The SFT component the DAG should use: in-pod (default) or the TrainJob launcher, which
-    also gets the cluster section (as a constant input: it renders the TrainJob's pods from it)."""
-    if cluster_config(cfg).sft_launcher == "trainjob":
-        return functools.partial(sft_trainjob_op, cluster_json=json.dumps(cfg.cluster))
-    from components.sft.component import sft_op
-
-    return sft_op

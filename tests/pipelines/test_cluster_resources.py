@@ -9,9 +9,8 @@ from kfp import compiler
 
 from components.common.config import load_config
 from components.common.images import image_ref
-from pipelines.cluster_config import cluster_config
+from pipelines.cluster_config import cluster_config, image_kind
 from pipelines.pipeline import build_pipeline
-from pipelines.resources import image_kind
 from pipelines.stage_pipeline import build_stage_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
