@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from components.common.config import load_config
 from components.common.errors import InputError
 from components.common.stage_cli import setup_logging
-from pipelines import rerun, runs, submit
+from pipelines import doctor, rerun, runs, submit
 from pipelines.compile import add_image_tag_arg
 
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.register(sub)
     rerun.register(sub)
     runs.register(sub)
+    doctor.register(sub)
     return parser
 
 
