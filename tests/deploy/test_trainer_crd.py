@@ -52,3 +52,15 @@ def test_rendered_trainjob_matches_the_crd(config):
     job = render_trainjob(cfg, INPUTS, "team-a")
     assert validation_errors(job) == []
     assert isinstance(job["spec"]["trainer"]["numProcPerNode"], int)
+
+
+@needs_kubectl
+def test_training_runtime_scratch_is_a_volume_of_its_own_writable_by_the_image_user():
+    (runtime,) = find(render(K8S / "overlays" / "multinode-gpu"), "TrainingRuntime")
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]["spec"]
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert "ephemeral" in scratch, "checkpoints on the node's root disk get the pod evicted"
+    assert pod["securityContext"]["fsGroup"] == 10001
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["COLDSTART_SCRATCH"] == env["TMPDIR"] == "/scratch"
