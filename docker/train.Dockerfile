@@ -8,9 +8,10 @@
 # The runtime stage keeps the CUDA *devel* base on purpose: DeepSpeed ops other than fused Adam
 # (e.g. cpu_adam for ZeRO-Offload), Triton and flashinfer (vllm, in the rollout image) compile
 # kernels at first use and need nvcc and a C++ compiler. Pass a -runtime- image as CUDA_RUNTIME_IMAGE
-# for a smaller image if you use none of them.
-ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
+# for a smaller image if you use none of them. No -cudnn- base: torch's pip wheels bring cuDNN
+# (nvidia-cudnn-cu13 in the lock), a second copy in the base image would only add gigabytes.
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
 
 # ---------------------------------------------------------------- builder: the venv in /opt/venv
 FROM ${CUDA_DEVEL_IMAGE} AS builder

@@ -386,3 +386,11 @@ def test_the_build_assertion_accepts_a_cuda_build():
         sys.path.remove(str(DOCKER))
     assert problems("cuda", {"fused_adam": True, "cpu_adam": False}, ["fused_adam"]) == []
     assert problems("cuda", {"fused_adam": False}, ["fused_adam"])
+
+
+def test_train_image_ships_cudnn_once():
+    """torch's wheels bring cuDNN (nvidia-cudnn-cu13 in the lock): a -cudnn- base adds a copy."""
+    assert "nvidia-cudnn-cu13" in read_lock(LOCKS["train"])
+    args = arg_defaults(parse_dockerfile(dockerfile("train")))
+    for name in ("CUDA_DEVEL_IMAGE", "CUDA_RUNTIME_IMAGE"):
+        assert "cudnn" not in args[name], f"{name}={args[name]}"
