@@ -92,50 +92,48 @@ def gpus_needed(cfg: PipelineConfig) -> int:
     return max(stage_resources(cfg, s).accelerator_count for s in STAGES)
 
 
+def _gpus(node: dict) -> int:
+    return int((node.get("status", {}).get("allocatable") or {}).get(GPU, 0) or 0)
+
+
 def check_gpu_nodes(nodes: list[dict], need: int) -> list[Result]:
-    """`nodes`: Node objects as the API returns them (JSON)."""
+    """`nodes`: Node objects as the API returns them (JSON). Enough GPUs on one node, and the
+    driver of every GPU node at the CUDA 13.0 floor."""
     if need == 0:
         return [Result("OK", "gpu nodes", "the config asks for no GPUs")]
-    gpu_nodes = [
-        n for n in nodes if int((n.get("status", {}).get("allocatable") or {}).get(GPU, 0) or 0)
-    ]
+    gpu_nodes = [n for n in nodes if _gpus(n)]
     if not gpu_nodes:
         return [
-            Result("FAIL", "gpu nodes", f"no node advertises {GPU} (device plugin / GPU Operator)")
+            Result("FAIL", "gpu nodes", f"no node advertises {GPU} (device plugin, GPU Operator)")
         ]
-    biggest = max(int(n["status"]["allocatable"][GPU]) for n in gpu_nodes)
-    out = [
-        Result(
-            "OK" if biggest >= need else "FAIL",
-            "gpu nodes",
-            f"{len(gpu_nodes)} node(s) with {GPU}, at most {biggest} per node; the config needs {need}",
-        )
+    biggest = max(_gpus(n) for n in gpu_nodes)
+    detail = (
+        f"{len(gpu_nodes)} node(s) with {GPU}, at most {biggest} per node; the config needs {need}"
+    )
+    return [
+        Result("OK" if biggest >= need else "FAIL", "gpu nodes", detail),
+        check_drivers(gpu_nodes),
     ]
+
+
+def check_drivers(gpu_nodes: list[dict]) -> Result:
+    """The driver's major version from GPU feature discovery's node label."""
     drivers = {}
     for node in gpu_nodes:
         labels = node.get("metadata", {}).get("labels") or {}
-        major = next((labels[k] for k in DRIVER_LABELS if k in labels), None)
-        drivers[node["metadata"]["name"]] = major
+        drivers[node["metadata"]["name"]] = next(
+            (labels[k] for k in DRIVER_LABELS if k in labels), None
+        )
+    old = sorted(f"{n} ({v})" for n, v in drivers.items() if v and int(v) < MIN_DRIVER_MAJOR)
     unknown = sorted(n for n, v in drivers.items() if v is None)
-    old = sorted(
-        f"{n} ({v})" for n, v in drivers.items() if v is not None and int(v) < MIN_DRIVER_MAJOR
-    )
     if old:
-        out.append(
-            Result(
-                "FAIL", "nvidia driver", f"below {MIN_DRIVER_MAJOR} (CUDA 13.0): {', '.join(old)}"
-            )
+        return Result(
+            "FAIL", "nvidia driver", f"below {MIN_DRIVER_MAJOR} (CUDA 13.0): {', '.join(old)}"
         )
-    elif unknown:
-        out.append(
-            Result("WARN", "nvidia driver", f"no driver label on {', '.join(unknown)} (GPU feature "
-                   f"discovery sets {DRIVER_LABELS[0]}); check nvidia-smi shows {MIN_DRIVER_MAJOR}+")
-        )  # fmt: skip
-    else:
-        out.append(
-            Result("OK", "nvidia driver", f"{sorted(set(drivers.values()))} >= {MIN_DRIVER_MAJOR}")
-        )
-    return out
+    if unknown:
+        return Result("WARN", "nvidia driver", f"no driver label on {', '.join(unknown)} (GPU feature "
+                      f"discovery sets {DRIVER_LABELS[0]}); check nvidia-smi shows {MIN_DRIVER_MAJOR}+")  # fmt: skip
+    return Result("OK", "nvidia driver", f"{sorted(set(drivers.values()))} >= {MIN_DRIVER_MAJOR}")
 
 
 # --------------------------------------------------------------------------- launcher, secrets
