@@ -7,7 +7,7 @@
 #              built here or already in the registry)
 #   --dry-run  print the plan and the commands, run nothing (no Docker needed)
 #   --no-push  build and tag only
-#   --latest   also tag and push :latest
+#   --latest   also tag and push :latest (for people; the pipeline and k8s/ never use it)
 #
 # Environment:
 #   COLDSTART_REGISTRY   registry/namespace to push to (default: components/common/images.py's)
@@ -90,5 +90,6 @@ for kind in "${KINDS[@]}"; do
   fi
 done
 
-echo "# compile and submit against these images:"
+echo "# compile and submit against these images (compile/submit refuse latest and unset tags):"
 echo "export COLDSTART_REGISTRY=${COLDSTART_REGISTRY:-$(images_py 'print(images.DEFAULT_REGISTRY)')} COLDSTART_IMAGE_TAG=$COLDSTART_IMAGE_TAG"
+echo "# and for k8s/: newTag: $COLDSTART_IMAGE_TAG in k8s/components/images/kustomization.yaml"

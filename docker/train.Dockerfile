@@ -8,9 +8,10 @@
 # The runtime stage keeps the CUDA *devel* base on purpose: DeepSpeed ops other than fused Adam
 # (e.g. cpu_adam for ZeRO-Offload), Triton and flashinfer (vllm, in the rollout image) compile
 # kernels at first use and need nvcc and a C++ compiler. Pass a -runtime- image as CUDA_RUNTIME_IMAGE
-# for a smaller image if you use none of them.
-ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
+# for a smaller image if you use none of them. No -cudnn- base: torch's pip wheels bring cuDNN
+# (nvidia-cudnn-cu13 in the lock), a second copy in the base image would only add gigabytes.
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
 
 # ---------------------------------------------------------------- builder: the venv in /opt/venv
 FROM ${CUDA_DEVEL_IMAGE} AS builder
@@ -29,18 +30,27 @@ RUN grep -v '^deepspeed==' /tmp/lock/constraints-train.txt > /tmp/lock/without-d
  && pip install -r /tmp/lock/without-deepspeed.txt
 
 # ... then DeepSpeed, built against that torch with the fused Adam op compiled ahead of time
-# for the GPU generations listed (A100 8.0, H100/H200 9.0, B200 10.0).
+# for the GPU generations listed (A100 8.0, H100/H200 9.0, B200 10.0). There is no GPU during
+# `docker build`: without DS_ACCELERATOR=cuda DeepSpeed builds for the cpu accelerator and every
+# pod JIT-compiles FusedAdam. check_deepspeed_build.py fails the build unless cuda + fused_adam.
 ARG TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0"
 ARG DS_BUILD_FUSED_ADAM=1
+ARG DS_ACCELERATOR=cuda
+COPY docker/check_deepspeed_build.py /tmp/lock/check_deepspeed_build.py
 RUN TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" DS_BUILD_FUSED_ADAM="${DS_BUILD_FUSED_ADAM}" \
-    pip install --no-deps --no-build-isolation -c /tmp/lock/constraints-train.txt deepspeed
+    DS_ACCELERATOR="${DS_ACCELERATOR}" \
+    pip install --no-deps --no-build-isolation -c /tmp/lock/constraints-train.txt deepspeed \
+ && python /tmp/lock/check_deepspeed_build.py fused_adam
 
 # Optional flash-attention 2 (configs with model.attn_implementation: flash_attention_2 need it).
+# flash-attn reads its own list of architectures (FLASH_ATTN_CUDA_ARCHS), not TORCH_CUDA_ARCH_LIST.
 ARG FLASH_ATTN=0
 ARG FLASH_ATTN_VERSION=2.8.3.post2
+ARG FLASH_ATTN_CUDA_ARCHS="80;90;100"
 ARG MAX_JOBS=8
 RUN if [ "${FLASH_ATTN}" = "1" ]; then \
-      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" MAX_JOBS="${MAX_JOBS}" FLASH_ATTENTION_FORCE_BUILD=TRUE \
+      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" FLASH_ATTN_CUDA_ARCHS="${FLASH_ATTN_CUDA_ARCHS}" \
+      MAX_JOBS="${MAX_JOBS}" FLASH_ATTENTION_FORCE_BUILD=TRUE \
       pip install --no-deps --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"; \
     fi
 

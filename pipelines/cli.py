@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from components.common.config import load_config
 from components.common.errors import InputError
 from components.common.stage_cli import setup_logging
-from pipelines import rerun, runs, submit
+from pipelines import doctor, rerun, runs, submit
+from pipelines.compile import add_image_tag_arg
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from kfp import compiler
-
+    from pipelines.compile import compile_package
     from pipelines.pipeline import build_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    compiler.Compiler().compile(build_pipeline(cfg), args.output)
+    compile_package(build_pipeline(cfg), args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -68,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         "compile", help="write the pipeline YAML for a Kubeflow Pipelines cluster"
     )
     _add_config_args(comp)
+    add_image_tag_arg(comp)
     comp.add_argument("--output", default="pipeline.yaml")
     comp.set_defaults(func=cmd_compile)
     submit.register(sub)
     rerun.register(sub)
     runs.register(sub)
+    doctor.register(sub)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 The DAG's shape (which stages, which resources) is fixed at compile time from the config;
 the config itself also travels as the `config_json` parameter, so a cluster user can change
-hyperparameters of a compiled pipeline at submit time without recompiling. The ablation
+hyperparameters of a compiled pipeline at submit time without recompiling, and the values people
+change per run are typed parameters of their own (pipelines/run_params.py). The ablation
 (base / SFT / RL / SFT+RL side by side, as in the paper's tables) is the `ablation` parameter:
 its RL-only branch and its four-model eval run only when it is true.
 (No `from __future__ import annotations` here or in component modules: kfp reads the real
@@ -15,8 +16,9 @@ from components.common.config import PipelineConfig
 from components.data_prep.component import base_model_op, data_prep_op
 from components.eval.component import eval_op
 from components.grpo.component import grpo_op
+from pipelines.ops import resolve_config_op, select_sft_op
 from pipelines.resources import configure_task
-from pipelines.trainjob import select_sft_op
+from pipelines.run_params import knob_defaults, pipeline_docstring
 
 
 def build_pipeline(cfg: PipelineConfig):
@@ -28,11 +30,34 @@ def build_pipeline(cfg: PipelineConfig):
     from one run to the next and the cache (KFP's, or kfp.local's) can hit.
     """
 
-    @dsl.pipeline(
-        name=cfg.name, description="SFT cold start, then GRPO with verifiable rewards, then eval"
-    )
-    def coldstart_pipeline(config_json: str = cfg.to_json(), ablation: bool = cfg.ablation):
+    knob = knob_defaults(cfg)
+
+    def coldstart_pipeline(
+        model_uri: str = knob["model_uri"],
+        sft_data_uri: str = knob["sft_data_uri"],
+        rl_data_uri: str = knob["rl_data_uri"],
+        sft_learning_rate: float = knob["sft_learning_rate"],
+        sft_epochs: float = knob["sft_epochs"],
+        grpo_learning_rate: float = knob["grpo_learning_rate"],
+        grpo_total_steps: int = knob["grpo_total_steps"],
+        eval_max_new_tokens: int = knob["eval_max_new_tokens"],
+        config_json: str = cfg.to_json(),
+        ablation: bool = cfg.ablation,
+    ):
         run_id = ""  # resolved from KFP_RUN_ID in each stage (components/common/run_id.py)
+        resolve = resolve_config_op(
+            config_json=config_json,
+            model_uri=model_uri,
+            sft_data_uri=sft_data_uri,
+            rl_data_uri=rl_data_uri,
+            sft_learning_rate=sft_learning_rate,
+            sft_epochs=sft_epochs,
+            grpo_learning_rate=grpo_learning_rate,
+            grpo_total_steps=grpo_total_steps,
+            eval_max_new_tokens=eval_max_new_tokens,
+        ).set_display_name("config")
+        configure_task(resolve, cfg, "base_model")
+        config_json = resolve.output  # every stage gets the config with the typed parameters in
         data = data_prep_op(config_json=config_json, pipeline_run_id=run_id).set_display_name(
             "data_prep"
         )
@@ -99,4 +124,6 @@ def build_pipeline(cfg: PipelineConfig):
         else:
             evaluate()
 
-    return coldstart_pipeline
+    summary = "SFT cold start, then GRPO with verifiable rewards, then eval"
+    coldstart_pipeline.__doc__ = pipeline_docstring(summary)  # kfp reads the Args' descriptions
+    return dsl.pipeline(name=cfg.name, description=summary)(coldstart_pipeline)

@@ -1,6 +1,6 @@
 """What a task asks of the cluster: image, CPU/memory, accelerators, scheduling, secrets, caching.
 
-Set here, in pipelines/ only, from each stage's `resources` and the `cluster` config section;
+Set here, in pipelines/ only, from the config's `cluster` section (pipelines/cluster_config.py);
 kfp.local ignores all of it (caching aside), so the same pipeline function runs on a laptop and
 on the cluster. The DAG calls `configure_task(task, cfg, stage)` once per task.
 
@@ -13,31 +13,35 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.common.config import (
+from components.common.config import PipelineConfig
+from components.common.images import STAGE_IMAGES
+from pipelines.cluster_config import (
     ClusterConfig,
-    PipelineConfig,
     ResourcesConfig,
     TolerationConfig,
+    cluster_config,
+    image_kind,
+    task_image,
 )
-from components.common.images import STAGE_IMAGES, image_ref
 
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 
-# Which config section sizes which task. Several tasks may share a stage's section
-# (e.g. the RL-only GRPO branch of the ablation uses grpo's resources).
+SCRATCH_MOUNT = "/scratch"
+# Which cluster.resources entry sizes which task. Several tasks may share one (e.g. the RL-only
+# GRPO branch of the ablation uses grpo's).
 _SECTIONS = {
-    "data_prep": lambda cfg: cfg.data_prep_resources,
-    "base_model": lambda cfg: cfg.data_prep_resources,
-    "sft": lambda cfg: cfg.sft.resources,
-    "grpo": lambda cfg: cfg.grpo.resources,
-    "eval": lambda cfg: cfg.eval.resources,
+    "data_prep": "data_prep",
+    "base_model": "data_prep",
+    "sft": "sft",
+    "grpo": "grpo",
+    "eval": "eval",
 }
 
 
 def stage_resources(cfg: PipelineConfig, stage: str) -> ResourcesConfig:
     if stage not in _SECTIONS:
         raise ValueError(f"unknown stage {stage!r}; valid: {sorted(_SECTIONS)}")
-    return _SECTIONS[stage](cfg)
+    return getattr(cluster_config(cfg).resources, _SECTIONS[stage])
 
 
 def launcher_resources(res: ResourcesConfig) -> ResourcesConfig:
@@ -51,56 +55,33 @@ def launcher_resources(res: ResourcesConfig) -> ResourcesConfig:
     )
 
 
-def image_kind(cfg: PipelineConfig, stage: str) -> str:
-    """The image a stage's task needs: vLLM lives only in `rollout` (it pins its own torch), and
-    data_prep's teacher distillation needs CUDA torch when the task has GPUs."""
-    distill = cfg.data.distill
-    if stage == "grpo" and cfg.grpo.rollout_backend == "vllm":
-        return "rollout"
-    if stage == "eval" and cfg.eval.backend == "vllm":
-        return "rollout"
-    if stage == "data_prep" and distill.enabled:
-        if distill.backend == "vllm":
-            return "rollout"
-        if cfg.data_prep_resources.accelerator_count:
-            return "train"
-    return STAGE_IMAGES[stage]
-
-
-def task_image(res: ResourcesConfig, kind: str, cluster: ClusterConfig | None = None) -> str:
-    """The stage's own `resources.image`, else the image of `kind` under the configured registry/tag."""
-    if res.image:
-        return res.image
-    if cluster is not None:
-        return image_ref(kind, cluster.image_registry, cluster.image_tag)
-    return image_ref(kind)
-
-
 def configure_task(task: PipelineTask, cfg: PipelineConfig, stage: str) -> PipelineTask:
     """Everything the cluster needs to run one task of `stage`; call it for every task of the DAG."""
+    cluster = cluster_config(cfg)
     res, kind = stage_resources(cfg, stage), image_kind(cfg, stage)
-    if _is_trainjob_launcher(task, cfg, stage):
+    if _is_trainjob_launcher(task, cluster, stage):
         # The task only launches and watches a TrainJob, which holds the GPUs: a small CPU pod.
         res, kind = launcher_resources(res), "cpu"
-    apply_resources(task, res, stage, cfg.cluster, kind)
-    apply_scheduling(task, res, cfg.cluster)
-    apply_credentials(task, cfg.cluster)
-    apply_model_cache(task, cfg.cluster)
+    apply_resources(task, res, stage, cluster, kind)
+    apply_volumes(task, res, cluster)
+    apply_scheduling(task, res, cluster)
+    apply_credentials(task, cluster)
+    apply_model_cache(task, cluster)
     # The KFP run id as env (Downward API): env vars are not part of the cache fingerprint, unlike
     # a `pipeline_run_id` input, which makes every run's fingerprint unique.
     kubernetes.use_field_path_as_env(
         task, env_name="KFP_RUN_ID", field_path="metadata.labels['pipeline/runid']"
     )
-    task.set_caching_options(enable_caching=cfg.cluster.caching)
+    task.set_caching_options(enable_caching=cluster.caching)
     return task
 
 
-def _is_trainjob_launcher(task: PipelineTask, cfg: PipelineConfig, stage: str) -> bool:
+def _is_trainjob_launcher(task: PipelineTask, cluster: ClusterConfig, stage: str) -> bool:
     launcher = task.component_spec.name == "sft-trainjob-op"
-    if stage == "sft" and cfg.cluster.sft_launcher == "trainjob" and not launcher:
+    if stage == "sft" and cluster.sft_launcher == "trainjob" and not launcher:
         raise ValueError(
             "cluster.sft_launcher is 'trainjob' but the DAG's SFT task is not the TrainJob launcher; "
-            "build it with pipelines.trainjob.select_sft_op(cfg)"
+            "build it with pipelines.ops.select_sft_op(cfg)"
         )
     return launcher
 
@@ -128,6 +109,33 @@ def apply_resources(
         )
     if res.timeout_s:
         kubernetes.set_timeout(task, res.timeout_s)
+    return task
+
+
+def apply_volumes(task: PipelineTask, res: ResourcesConfig, cluster: ClusterConfig) -> PipelineTask:
+    """Room off the node's root disk, sized per stage: /scratch for checkpoint staging and
+    downloads (COLDSTART_SCRATCH and TMPDIR point there), and the launcher's artifact staging
+    directory. A generic ephemeral volume is a PVC made for the pod and deleted with it."""
+    volumes = [("scratch", SCRATCH_MOUNT, res.scratch_size)]
+    volumes.append(("staging", cluster.staging_mount(), res.staging_size))
+    for name, mount, size in volumes:
+        if not size:
+            continue
+        if cluster.volume_kind == "empty_dir":
+            kubernetes.empty_dir_mount(task, volume_name=name, mount_path=mount, size_limit=size)
+        else:
+            kubernetes.add_ephemeral_volume(
+                task,
+                volume_name=name,
+                mount_path=mount,
+                access_modes=["ReadWriteOnce"],
+                size=size,
+                storage_class_name=cluster.storage_class,
+                labels={"app.kubernetes.io/part-of": "coldstart"},
+            )
+    if res.scratch_size:
+        task.set_env_variable("COLDSTART_SCRATCH", SCRATCH_MOUNT)
+        task.set_env_variable("TMPDIR", SCRATCH_MOUNT)
     return task
 
 

@@ -38,7 +38,7 @@ class StageSpec:
 
     def component(self, cfg: PipelineConfig) -> Any:
         if self.module == "components.sft.component":
-            from pipelines.trainjob import select_sft_op
+            from pipelines.ops import select_sft_op
 
             return select_sft_op(cfg)
         return getattr(importlib.import_module(self.module), self.op)

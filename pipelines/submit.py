@@ -24,6 +24,8 @@ from typing import Any
 from components.common.config import PipelineConfig, load_config
 from components.common.errors import InputError
 from pipelines.caching import disable_caching_in_package, enable_caching_override
+from pipelines.cluster_config import cluster_config
+from pipelines.compile import add_image_tag_arg, compile_package
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -95,6 +97,7 @@ def add_server_args(parser: argparse.ArgumentParser, host_required: bool = True)
     parser.add_argument(
         "--watch-timeout", type=float, default=0.0, help="stop watching after this long; 0 = never"
     )
+    add_image_tag_arg(parser)
     parser.add_argument(
         "--ui-host",
         default=None,
@@ -155,15 +158,14 @@ def submit_pipeline(
     client_factory: Callable[[ServerOptions], Any] = make_client,
 ) -> SubmitResult:
     """Compile `pipeline_func`, create the run, print its URL; with `opts.watch`, follow it to the end."""
-    from kfp import compiler
-
     for note in cluster_warnings(cfg):
         print(f"warning: {note}", file=sys.stderr)
     experiment = opts.experiment or cfg.tracking.experiment
-    client = client_factory(opts)
+    cluster = cluster_config(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         package = str(Path(tmp) / "pipeline.yaml")
-        compiler.Compiler().compile(pipeline_func, package)
+        compile_package(pipeline_func, package)  # refuses mutable images before any server call
+        client = client_factory(opts)
         if opts.no_cache:
             disable_caching_in_package(package)
         with contextlib.redirect_stdout(io.StringIO()):  # the client prints its own links
@@ -173,9 +175,9 @@ def submit_pipeline(
                 run_name=opts.run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H-%M-%S')}",
                 experiment_name=experiment,
                 namespace=opts.namespace,
-                pipeline_root=cfg.cluster.pipeline_root,
+                pipeline_root=cluster.pipeline_root,
                 enable_caching=enable_caching_override(opts.no_cache),
-                service_account=cfg.cluster.service_account,
+                service_account=cluster.service_account,
             )
     url = run_url(opts, result.run_id)
     print(f"submitted run {result.run_id} (experiment {experiment!r})\n{url}")

@@ -1,7 +1,7 @@
 """Multi-node SFT: a pipeline task that launches a Kubeflow Trainer TrainJob and waits for it.
 
-With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (same signature as
-`sft_op`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
+With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (pipelines/ops.py;
+the signature of `sft_op`, plus the cluster section as `cluster_json`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
 nodes run `python -m components.sft` under torchrun (the Trainer's torch runtime sets the PET_*
 rendezvous variables), creates it with the Kubernetes API and polls until it completes or fails.
 Inputs and the output model are the task's artifact URIs (s3:// under the pipeline root): the
@@ -10,7 +10,8 @@ lives in the runtime, k8s/trainer/runtime.yaml; credentials come from the same S
 every other task. The TrainJob name is derived from the run id and output URI, so a retried
 launcher attaches to its TrainJob instead of starting a second one.
 
-(No `from __future__ import annotations` here: this module defines a kfp component.)
+No kfp import here: the launcher's component body imports this module inside its pod, where
+kfp's runtime exposes no `dsl.component` (tests/pipelines/test_ops.py).
 """
 
 import hashlib
@@ -21,12 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
-
 from components.common.config import PipelineConfig
 from components.common.errors import InputError
-from components.common.images import stage_image
+from pipelines.cluster_config import cluster_config, image_kind, task_image
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ def _label(value: str) -> str:
 
 
 def _env(cfg: PipelineConfig, inputs: TrainJobInputs) -> list:
-    cluster = cfg.cluster
+    cluster = cluster_config(cfg)
     env = [
         {"name": "COLDSTART_CONFIG_JSON", "value": cfg.to_json()},
         {"name": "COLDSTART_RUN_ID", "value": inputs.run_id},
@@ -88,7 +86,7 @@ def _env(cfg: PipelineConfig, inputs: TrainJobInputs) -> list:
 
 
 def _resources_per_node(cfg: PipelineConfig) -> dict:
-    res = cfg.sft.resources
+    res = cluster_config(cfg).resources.sft
     requests = {"cpu": res.cpu, "memory": res.memory}
     limits = {"cpu": res.cpu_limit or res.cpu, "memory": res.memory_limit or res.memory}
     if res.accelerator_count:
@@ -99,15 +97,14 @@ def _resources_per_node(cfg: PipelineConfig) -> dict:
 
 def render_trainjob(cfg: PipelineConfig, inputs: TrainJobInputs, namespace: str) -> dict:
     """The TrainJob manifest (a plain dict, as the Kubernetes API takes it)."""
-    from pipelines.resources import image_kind, task_image
-
-    tj = cfg.cluster.trainjob
+    cluster = cluster_config(cfg)
+    tj, res = cluster.trainjob, cluster.resources.sft
     trainer = {
-        "image": task_image(cfg.sft.resources, image_kind(cfg, "sft"), cfg.cluster),
+        "image": task_image(res, image_kind(cfg, "sft"), cluster),
         "command": list(tj.command),
         "env": _env(cfg, inputs),
         "numNodes": tj.num_nodes,
-        "numProcPerNode": tj.procs_per_node or max(1, cfg.sft.resources.accelerator_count),
+        "numProcPerNode": tj.procs_per_node or max(1, res.accelerator_count),
         "resourcesPerNode": _resources_per_node(cfg),
     }
     spec = {
@@ -243,7 +240,7 @@ def launch_and_wait(
             f"the TrainJob launcher needs object-store URIs (a cluster with an s3:// pipeline root); "
             f"got local paths {local}. Use cluster.sft_launcher: pod locally."
         )
-    tj = cfg.cluster.trainjob
+    tj = cluster_config(cfg).trainjob
     manifest = render_trainjob(cfg, inputs, tj.namespace or current_namespace())
     client = client or kubernetes_client()
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
@@ -256,34 +253,3 @@ def launch_and_wait(
         "sft/trainjob_nodes": float(tj.num_nodes),
         "sft/trainjob_seconds": time.monotonic() - start,
     }
-
-
-@dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
-def sft_trainjob_op(
-    config_json: str,
-    pipeline_run_id: str,
-    base_model: Input[Model],
-    sft_data: Input[Dataset],
-    model: Output[Model],
-    metrics: Output[Metrics],
-) -> None:
-    """SFT on several nodes: launch a Kubeflow Trainer TrainJob that writes `model`, and wait for it."""
-    from components.common.config import config_from_json
-    from components.common.run_id import resolve_run_id
-    from pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
-
-    inputs = TrainJobInputs(
-        resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri
-    )
-    for name, value in launch_and_wait(config_from_json(config_json), inputs).items():
-        metrics.log_metric(name.replace("/", "_"), value)
-    model.metadata["trainjob"] = trainjob_name(inputs)
-
-
-def select_sft_op(cfg: PipelineConfig) -> Any:
-    """The SFT component the DAG should use: in-pod (default) or the TrainJob launcher."""
-    if cfg.cluster.sft_launcher == "trainjob":
-        return sft_trainjob_op
-    from components.sft.component import sft_op
-
-    return sft_op

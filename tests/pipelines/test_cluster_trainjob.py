@@ -1,23 +1,23 @@
 """Multi-node SFT as a Kubeflow Trainer TrainJob: the rendered manifest, the launcher's create/wait
 logic against a stand-in Kubernetes API, and the k8s/trainer manifests.
 
-TRAINJOB_SCHEMA is the subset of the trainer.kubeflow.org/v1alpha1 TrainJob CRD that the launcher
-renders (field names, types and limits as in the CRD), closed with additionalProperties: false so
-a misspelt field fails. Env entries and per-node resources are checked against the real core/v1
-schema by wrapping them in a Pod (kubernetes-validate, offline).
+The TrainJob and the TrainingRuntime are validated against the CRD schemas of the pinned Kubeflow
+Trainer release (vendored, tests/deploy/crds/), undeclared fields refused. Env entries and per-node
+resources are also checked against the real core/v1 schema by wrapping them in a Pod
+(kubernetes-validate, offline).
 """
 
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from components.common.config import TrainJobConfig, load_config
+from components.common.config import load_config
 from components.common.errors import InputError
 from components.common.images import image_ref
+from pipelines.cluster_config import TrainJobConfig
 from pipelines.trainjob import (
     TrainJobClient,
     TrainJobInputs,
@@ -27,68 +27,13 @@ from pipelines.trainjob import (
     trainjob_name,
     wait_for_trainjob,
 )
+from tests.deploy.crds.schema import validation_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33"
 INPUTS = TrainJobInputs(
     "9f1c2d3e-run", "s3://b/root/base_model", "s3://b/root/sft_data", "s3://b/root/sft/model"
 )
-
-_STRINGS = {"type": "array", "maxItems": 128, "items": {"type": "string", "maxLength": 65536}}
-TRAINJOB_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "trainer.kubeflow.org/v1alpha1"},
-        "kind": {"const": "TrainJob"},
-        "metadata": {
-            "type": "object",
-            "required": ["name", "namespace"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63},
-                "namespace": {"type": "string", "minLength": 1},
-                "labels": {"type": "object", "additionalProperties": {
-                    "type": "string", "maxLength": 63, "pattern": "^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"}},
-            },
-        },
-        "spec": {
-            "type": "object",
-            "required": ["runtimeRef"],
-            "additionalProperties": False,
-            "properties": {
-                "runtimeRef": {
-                    "type": "object",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string", "minLength": 1, "maxLength": 253},
-                        "apiGroup": {"const": "trainer.kubeflow.org"},
-                        "kind": {"enum": ["TrainingRuntime", "ClusterTrainingRuntime"]},
-                    },
-                },
-                "trainer": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "image": {"type": "string", "maxLength": 500},
-                        "command": _STRINGS,
-                        "args": _STRINGS,
-                        "env": {"type": "array", "maxItems": 128, "items": {"type": "object", "required": ["name"]}},
-                        "numNodes": {"type": "integer", "minimum": 1},
-                        "numProcPerNode": {"type": "integer", "minimum": 1},
-                        "resourcesPerNode": {
-                            "type": "object", "additionalProperties": False,
-                            "properties": {"requests": {"type": "object"}, "limits": {"type": "object"}},
-                        },
-                    },
-                },
-                "suspend": {"type": "boolean"},
-                "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
-            },
-        },
-    },
-}  # fmt: skip
 
 
 def paper_cfg(*overrides):
@@ -105,7 +50,7 @@ def as_pod(name, spec):
 def test_rendered_trainjob_fits_the_crd_schema_and_core_types():
     cfg = paper_cfg()
     job = render_trainjob(cfg, INPUTS, "kubeflow")
-    jsonschema.validate(job, TRAINJOB_SCHEMA)
+    assert validation_errors(job) == []  # the vendored CRD of the pinned Trainer release
     trainer = job["spec"]["trainer"]
     env_names = [e["name"] for e in trainer["env"]]
     assert len(env_names) == len(set(env_names))  # the CRD's env is a map keyed by name
@@ -127,7 +72,7 @@ def test_rendered_trainjob_fits_the_crd_schema_and_core_types():
     }
     assert (
         trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8
-    )  # = sft.resources.accelerator_count
+    )  # = cluster.resources.sft.accelerator_count
     assert trainer["resourcesPerNode"]["limits"] == {
         "cpu": "32",
         "memory": "320Gi",
@@ -143,7 +88,11 @@ def test_trainjob_env_has_config_and_uris_and_credentials_only_by_reference(monk
     cfg = paper_cfg()
     job = render_trainjob(cfg, INPUTS, "team-a")
     env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
-    assert load_config(None).model_validate_json(env["COLDSTART_CONFIG_JSON"]["value"]) == cfg
+    # the training config only: the cluster section stays with the launcher
+    assert load_config(None).model_validate_json(
+        env["COLDSTART_CONFIG_JSON"]["value"]
+    ) == cfg.model_copy(update={"cluster": {}})
+    assert "trainjob" not in env["COLDSTART_CONFIG_JSON"]["value"]
     assert env["COLDSTART_BASE_MODEL"]["value"] == INPUTS.base_model
     assert env["COLDSTART_SFT_DATA"]["value"] == INPUTS.sft_data
     assert (
@@ -282,7 +231,9 @@ def test_trainer_manifests_validate_and_match_the_config():
         defaults.runtime_kind,
         defaults.runtime,
     )
-    assert runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] == "auto"
+    # v2.2+ has no mlPolicy.torch.numProcPerNode: the TrainJob sets trainer.numProcPerNode
+    assert runtime["spec"]["mlPolicy"]["torch"] == {}
+    assert validation_errors(runtime) == []
     (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
     assert node["name"] == "node"
     assert (

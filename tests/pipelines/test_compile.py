@@ -71,5 +71,7 @@ def test_every_task_mounts_memory_backed_shm(tmp_path):
 
 
 def test_image_override_per_stage(tmp_path):
-    spec, _ = compile_docs(tmp_path, "tiny.yaml", "data_prep_resources.image=registry.local/dp:1")
+    spec, _ = compile_docs(
+        tmp_path, "tiny.yaml", "cluster.resources.data_prep.image=registry.local/dp:1"
+    )
     assert executors(spec)["exec-data-prep-op"]["container"]["image"] == "registry.local/dp:1"
