@@ -54,9 +54,7 @@ class S3Settings(_EnvSettings):
     session_token: SecretStr | None = Field(None, validation_alias=_env("AWS_SESSION_TOKEN"))
     # Small by default, so that a wrong endpoint fails in seconds, not minutes.
     max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("COLDSTART_S3_MAX_ATTEMPTS"))
-    connect_timeout: float = Field(
-        3.0, gt=0, validation_alias=_env("COLDSTART_S3_CONNECT_TIMEOUT")
-    )
+    connect_timeout: float = Field(3.0, gt=0, validation_alias=_env("COLDSTART_S3_CONNECT_TIMEOUT"))
     read_timeout: float = Field(60.0, gt=0, validation_alias=_env("COLDSTART_S3_READ_TIMEOUT"))
     multipart_threshold: int = Field(
         64 * MIB, ge=5 * MIB, validation_alias=_env("COLDSTART_S3_MULTIPART_THRESHOLD")

@@ -220,7 +220,9 @@ def _s3_errors(uri: str) -> Iterator[None]:
         try:
             message = _explain(err, uri)
         except _BOTO_ERRORS as probe_err:
-            message = f"{uri}: S3 request failed ({err}); probing the bucket also failed ({probe_err})"
+            message = (
+                f"{uri}: S3 request failed ({err}); probing the bucket also failed ({probe_err})"
+            )
         raise StorageError(message) from err
 
 

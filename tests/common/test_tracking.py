@@ -27,7 +27,7 @@ from components.common.tracking import (
     RunSpec,
     StageTracker,
     local_tracking_uri,
-    register_model,
+
     spill_root,
     stage_run,
 )
