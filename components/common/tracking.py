@@ -1,34 +1,17 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per stage, never blocking training.
 
-Stages run in separate processes (pods on the cluster, subprocesses under kfp.local), so the
-parent run is found by a tag carrying the kfp pipeline job id, and created by whichever stage
-gets there first. With no tracking server configured, runs go to a sqlite store inside the
-run's output folder, so a laptop run needs no server.
+Stages run in separate processes (pods, or subprocesses under kfp.local), so the parent run is
+found by a tag carrying the kfp run id and created by whichever stage gets there first. With no
+server configured, runs go to a sqlite store under the run's output folder.
 
-A stage logs through a :class:`StageTracker`. Metrics, params and tags go through MLflow's own
-asynchronous logging (``MlflowClient.log_batch(..., synchronous=False)``: MLflow's queue and
-thread pool batch and send them); system metrics come from MLflow's own
-``SystemMetricsMonitor`` (what ``log_system_metrics=True`` starts). What is ours is the outage
-spill, :class:`Spill`: every log call is kept until MLflow confirms it. When the server is down
-or slow:
-
-- a log call still returns at once: training goes on;
-- one warning per outage names the tracking URI; a background thread probes the server with
-  backoff (0.5 s doubling to 5 s) and sends everything still unconfirmed when it is back
-  (artifacts and the model are sent by that thread too, so they never block the stage);
-- if the server is down when the stage starts, the stage waits at most
-  ``tracking.start_timeout_s`` and goes on; its runs are created when the server answers;
-- at the end of the stage the tracker waits up to ``tracking.flush_timeout_s`` of outage, then
-  writes what is left (with copies of pending artifact files) to
-  ``<output_dir>/mlflow/pending/`` (local or ``s3://``). The next stage that reaches the
-  server replays it, as does ``coldstart runs sync``;
-- the spill holds at most ``tracking.spill_max_entries`` log calls: beyond that the oldest are
-  dropped, with a warning at the first drop and the count at the end of the stage.
-
-MLflow's own HTTP retries would otherwise hold a sending thread for minutes per call (7
-retries, 120 s timeout); unless set by the user, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` are lowered to 0 and 10 s in processes that track, since the
-spill retries on its own.
+MLflow does the logging: metrics, params and tags go through its asynchronous logging
+(``log_batch(..., synchronous=False)``), system metrics through its ``SystemMetricsMonitor``.
+What is ours is the outage :class:`Spill`: MLflow's async logging drops a batch the server
+does not take, so every call is kept until MLflow confirms it; a background thread probes a
+down server with backoff and resends when it is back, sends files (artifacts, the model) so
+they never block the stage, and at the end of the stage writes what is left to
+``<output_dir>/mlflow/pending/`` for the next stage (or ``coldstart runs sync``) to replay.
+The spill holds at most ``tracking.spill_max_entries`` calls. Behaviour: docs/tracking.md.
 """
 
 from __future__ import annotations
@@ -80,6 +63,7 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # we log the stage run's URL once
+    "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "1",  # MLflow merges a second of calls per request
 }
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LENGTH = 6000
@@ -371,9 +355,7 @@ class StageTracker:
         self.spec = spec
         self.spill = Spill(spill_max_entries, entries)
         self.spill_to = spill_to  # where close() spills when the server stays down
-        self._parent_setup = list(
-            parent_setup or []
-        )  # sent only if this tracker creates the parent
+        self._parent_setup = parent_setup or []  # sent only if this tracker creates the parent
         self._system_interval = system_metrics_interval_s
         self._system: Any | None = None
         self._client: MlflowClient | None = None  # made by the thread: a new sqlite store migrates
@@ -423,21 +405,6 @@ class StageTracker:
         """A matplotlib figure saved as ``name`` (e.g. ``plots/reward.png``)."""
         target = self._spool_path(name)
         figure.savefig(target, bbox_inches="tight")
-        self._add(_file_entry(target, name, "stage"))
-
-    def log_dict(self, data: dict, name: str) -> None:
-        """``name`` ending in .yaml/.yml is written as YAML, anything else as JSON."""
-        yml = name.endswith((".yaml", ".yml"))
-        text = (
-            yaml.safe_dump(data, sort_keys=False)
-            if yml
-            else json.dumps(data, indent=2, default=str)
-        )
-        self.log_text(text, name)
-
-    def log_text(self, text: str, name: str) -> None:
-        target = self._spool_path(name)
-        target.write_text(text)
         self._add(_file_entry(target, name, "stage"))
 
     def log_model(self, model_dir: str | Path, register_as: str | None = None) -> None:
@@ -972,3 +939,15 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
             raise
         finally:
             tracker.close(status, timeout)
+
+
+def log_final_model(tracker: StageTracker, cfg: PipelineConfig, model_dir: str | Path) -> None:
+    """What SFT and GRPO call on their saved final model: log it in MLflow's transformers format
+    (``tracking.log_model``) and register it when ``tracking.register_model_name`` is set."""
+    if cfg.tracking.log_model or cfg.tracking.register_model_name:
+        tracker.log_model(model_dir, register_as=cfg.tracking.register_model_name)
+
+
+def register_model(tracker: StageTracker, model_dir: str | Path, name: str) -> None:
+    """The earlier name of :meth:`StageTracker.log_model` with a registered name."""
+    tracker.log_model(model_dir, register_as=name)
