@@ -70,6 +70,7 @@ MAX_PARAM_LENGTH = 6000
 SMALL_FILE_BYTES = 16 * 1024 * 1024  # files up to this size are copied when logged
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 5.0
 SPILL_VERSION = 2
+_PARENT_RUNNING = {"kind": "status", "target": "parent", "status": "RUNNING"}  # a later stage
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -399,13 +400,14 @@ class StageTracker:
         self, path: str | Path, artifact_path: str | None = None, name: str | None = None
     ) -> None:
         """A file (stored as ``name``, default its own name) or a directory's contents."""
-        self._add(self._artifact_entry(Path(path), artifact_path, name, "stage"))
+        self._add(self._artifact_entry(Path(path), artifact_path, name))
 
     def log_figure(self, figure: Any, name: str) -> None:
         """A matplotlib figure saved as ``name`` (e.g. ``plots/reward.png``)."""
         target = self._spool_path(name)
         figure.savefig(target, bbox_inches="tight")
-        self._add(_file_entry(target, name, "stage"))
+        folder = Path(name).parent.as_posix()
+        self.log_artifact(target, None if folder == "." else folder)
 
     def log_model(self, model_dir: str | Path, register_as: str | None = None) -> None:
         """The final model in MLflow's transformers format, registered as ``register_as`` if given.
@@ -500,9 +502,7 @@ class StageTracker:
     def _run(self, entry: dict) -> str:
         return self.spec.stage_id if entry["target"] == "stage" else self.spec.parent_id
 
-    def _artifact_entry(
-        self, path: Path, artifact_path: str | None, name: str | None, target: str
-    ) -> dict:
+    def _artifact_entry(self, path: Path, artifact_path: str | None, name: str | None) -> dict:
         path = path.resolve()
         if not path.exists():
             raise FileNotFoundError(f"log_artifact: {path} does not exist")
@@ -512,7 +512,7 @@ class StageTracker:
             path = copy
         return {
             "kind": "artifact",
-            "target": target,
+            "target": "stage",
             "path": str(path),
             "artifact_path": artifact_path,
         }
@@ -605,7 +605,7 @@ class StageTracker:
             spec.experiment_id = ensure_experiment(client, spec.experiment, spec.artifact_location)
         if spec.parent_id is None:
             spec.parent_id, created = find_or_create_parent(client, spec)
-            first = self._parent_setup if created else [_status_entry("RUNNING")]
+            first = self._parent_setup if created else [_PARENT_RUNNING]
             for entry in first:
                 self.spill.add(entry)
         spec.stage_id = find_or_create_stage(client, spec)
@@ -693,8 +693,12 @@ class StageTracker:
         if name and self._client.search_model_versions(versions):
             return
         mlflow.set_tracking_uri(self.spec.tracking_uri)  # Model.log uses the fluent URI
+        model = mlflow.initialize_logged_model(  # in the run's experiment, not the fluent one
+            name=MODEL_ARTIFACT, source_run_id=run_id, experiment_id=self.spec.experiment_id
+        )
         info = mlflow.transformers.log_model(
             path,
+            model_id=model.model_id,
             name=MODEL_ARTIFACT,
             task=MODEL_TASK,
             run_id=run_id,
@@ -744,20 +748,6 @@ def _param_entries(params: dict[str, Any], target: str) -> list[dict]:
     ]
 
 
-def _file_entry(path: Path, name: str, target: str) -> dict:
-    folder = Path(name).parent.as_posix()
-    return {
-        "kind": "artifact",
-        "target": target,
-        "path": str(path),
-        "artifact_path": None if folder == "." else folder,
-    }
-
-
-def _status_entry(status: str) -> dict:
-    return {"kind": "status", "target": "parent", "status": status}
-
-
 def _spill_files(entry: dict, base: str, index: int) -> dict:
     """Copy an entry's file(s) next to the spill, so they outlive the pod."""
     if entry["kind"] not in ("artifact", "model"):
@@ -780,9 +770,7 @@ def _pending_spills(root: str) -> list[str]:
     except storage.StorageError as exc:
         log.warning("MLflow: cannot list pending spills under %s: %s", root, exc)
         return []
-    prefix = root.rstrip("/") + "/" if storage.is_s3(root) else str(Path(root)) + os.sep
-    tops = [u for u in listed if "/" not in u[len(prefix) :].replace(os.sep, "/")]
-    return [u for u in tops if u.endswith(".json")]
+    return [u for u in listed if u.endswith(".json") and "/files/" not in u]
 
 
 def replay_pending(root: str, outage_timeout_s: float = 30.0) -> tuple[int, int]:

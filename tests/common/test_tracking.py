@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -207,7 +208,8 @@ def test_server_shows_what_users_expect(
     (model,) = models["models"]
     assert model["info"]["source_run_id"] == grpo_id and model["info"]["name"] == "model"
     name = cfg.tracking.register_model_name
-    versions = _rest(mlflow_server, "model-versions/search", {"filter": f"name='{name}'"})
+    query = urllib.parse.urlencode({"filter": f"name='{name}'"})
+    versions = _rest(mlflow_server, f"model-versions/search?{query}")
     (version,) = versions["model_versions"]
     assert version["run_id"] == grpo_id and version["status"] == "READY"
     assert by_role["grpo"][1]["coldstart.registered_model"] == f"{name}/1"
