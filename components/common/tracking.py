@@ -406,8 +406,17 @@ class StageTracker:
         """A matplotlib figure saved as ``name`` (e.g. ``plots/reward.png``)."""
         target = self._spool_path(name)
         figure.savefig(target, bbox_inches="tight")
-        folder = Path(name).parent.as_posix()
-        self.log_artifact(target, None if folder == "." else folder)
+        self._log_spooled(target, name)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        """``name`` ending in .yaml/.yml is written as YAML, anything else as JSON."""
+        yml = name.endswith((".yaml", ".yml"))
+        self.log_text(yaml.safe_dump(data) if yml else json.dumps(data, indent=2), name)
+
+    def log_text(self, text: str, name: str) -> None:
+        target = self._spool_path(name)
+        target.write_text(text)
+        self._log_spooled(target, name)
 
     def log_model(self, model_dir: str | Path, register_as: str | None = None) -> None:
         """The final model in MLflow's transformers format, registered as ``register_as`` if given.
@@ -510,12 +519,11 @@ class StageTracker:
             copy = self._spool_path(name or path.name)
             shutil.copy2(path, copy)
             path = copy
-        return {
-            "kind": "artifact",
-            "target": "stage",
-            "path": str(path),
-            "artifact_path": artifact_path,
-        }
+        return _artifact(path, artifact_path)
+
+    def _log_spooled(self, path: Path, name: str) -> None:
+        folder = Path(name).parent.as_posix()
+        self._add(_artifact(path, None if folder == "." else folder))
 
     def _spool_path(self, name: str) -> Path:
         self._spooled += 1
@@ -535,7 +543,6 @@ class StageTracker:
     # ---- the background thread: confirm, send files, probe and resend after an outage
 
     def _watch(self) -> None:
-        self._client = MlflowClient(self.spec.tracking_uri)
         self._recover()
         self._tried.set()
         while True:
@@ -578,6 +585,8 @@ class StageTracker:
         """Create the runs if needed and send the oldest entry; if that works, resend the rest."""
         probe: tuple[int, dict] | None = None
         try:
+            if self._client is None:  # here: opening a store can fail (a sqlite file unwritable)
+                self._client = MlflowClient(self.spec.tracking_uri)
             if self.spec.stage_id is None:
                 self._connect()
             probe = next(((n, e) for n in self.spill.numbers() if (e := self.spill.get(n))), None)
@@ -748,6 +757,10 @@ def _param_entries(params: dict[str, Any], target: str) -> list[dict]:
     ]
 
 
+def _artifact(path: Path, artifact_path: str | None, target: str = "stage") -> dict:
+    return {"kind": "artifact", "target": target, "path": str(path), "artifact_path": artifact_path}
+
+
 def _spill_files(entry: dict, base: str, index: int) -> dict:
     """Copy an entry's file(s) next to the spill, so they outlive the pod."""
     if entry["kind"] not in ("artifact", "model"):
@@ -845,13 +858,7 @@ def _parent_setup(cfg: PipelineConfig, folder: Path) -> list[dict]:
     """Flattened config params and the config YAML, sent to the parent run when it is created."""
     config_file = folder / CONFIG_ARTIFACT
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    artifact = {
-        "kind": "artifact",
-        "target": "parent",
-        "path": str(config_file),
-        "artifact_path": None,
-    }
-    return [*_param_entries(flatten(cfg), "parent"), artifact]
+    return [*_param_entries(flatten(cfg), "parent"), _artifact(config_file, None, "parent")]
 
 
 @contextmanager
