@@ -63,8 +63,11 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # we log the stage run's URL once
-    "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "1",  # MLflow merges a second of calls per request
 }
+# With it set, MLflow merges queued batches into one request and, when that request fails,
+# reports the merged-in batches as logged (mlflow 3.17: only the merged batch gets the error):
+# the spill would drop calls that never arrived.
+UNSAFE_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LENGTH = 6000
 SMALL_FILE_BYTES = 16 * 1024 * 1024  # files up to this size are copied when logged
@@ -113,6 +116,8 @@ def limit_client_retries() -> None:
     """Lower MLflow's HTTP retries/timeout (unless the user set them): the spill retries itself."""
     for name, value in HTTP_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if os.environ.pop(UNSAFE_ENV, None):
+        log.warning("%s unset: MLflow would report failed merged batches as logged", UNSAFE_ENV)
 
 
 def source_tags(stage: str) -> dict[str, str]:

@@ -149,6 +149,25 @@ def test_local_store_parent_and_nested_stage_runs(tmp_path: Path) -> None:
     assert str(Path(cfg.output_dir).resolve() / "mlflow" / "artifacts") in grpo.info.artifact_uri
 
 
+def test_a_rejected_call_is_dropped_with_an_error_and_the_rest_arrives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A param changed to another value is refused by MLflow: an error, no outage, no retry loop."""
+    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    cfg = _cfg(tmp_path)
+    with stage_run(cfg, "sft", "kfp-reject") as tracker:
+        tracker.log_params({"sft.seed": 1})
+        assert tracker.flush(60.0)
+        tracker.log_params({"sft.seed": 2})
+        tracker.log_metrics({"sft/train/loss": 0.5}, step=1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("MLflow rejected params" in m for m in messages), messages
+    assert not any(UNREACHABLE in m for m in messages), messages
+    _, stages = _runs(MlflowClient(local_tracking_uri(cfg.output_dir)), cfg.tracking.experiment)
+    assert stages["sft"].data.params["sft.seed"] == "1"
+    assert stages["sft"].data.metrics["sft/train/loss"] == 0.5
+
+
 # --------------------------------------------------------------------------- server
 
 
