@@ -338,6 +338,8 @@ def mlflow_server(
         **TEST_CREDENTIALS,
         "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url,
         "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
+        # no job runner (seven huey worker processes): tests use none of its jobs
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     for name in _AWS_LEAKS:
         env.pop(name, None)
@@ -347,7 +349,7 @@ def mlflow_server(
         env=env,
         health_url=f"http://127.0.0.1:{port}/health",
         log_path=workdir / "server.log",
-        start_timeout=60.0,
+        start_timeout=180.0,  # ~10-15 s on an idle machine; minutes when 2 cores are shared
     )
     process.start()
     try:

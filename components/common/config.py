@@ -476,8 +476,9 @@ class EvalConfig(_Strict):
 class TrackingConfig(_Strict):
     """MLflow: where runs go and how a stage behaves when the tracking server is down or slow.
 
-    Logging never blocks training: calls are buffered and sent by a background thread, retried
-    while the server is unreachable. See docs/tracking.md.
+    Logging never blocks training: MLflow's asynchronous logging sends the calls; what an
+    unreachable server did not take is kept (up to spill_max_entries) and sent when it is back.
+    See docs/tracking.md.
     """
 
     experiment: str = Field("coldstart", min_length=1)
@@ -488,7 +489,7 @@ class TrackingConfig(_Strict):
     register_model_name: str | None = Field(
         None,
         min_length=1,
-        description="register the final GRPO model under this name in the MLflow model registry",
+        description="register the final model (SFT, GRPO) under this name in the MLflow model registry",
     )
     system_metrics: bool = Field(
         True, description="log CPU, memory, disk, network (and GPU) as system/* metrics"
@@ -508,6 +509,18 @@ class TrackingConfig(_Strict):
         le=86_400.0,
         description="at stage end, how long to wait for an unreachable server before spilling the buffered "
         "logs to <output_dir>/mlflow/pending (replayed by the next stage or `coldstart runs sync`)",
+    )
+    spill_max_entries: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="most log calls kept while the server is unreachable; beyond it the oldest are "
+        "dropped, with a warning and a count",
+    )
+    log_model: bool = Field(
+        True,
+        description="log the final SFT/GRPO model in MLflow's transformers format (loads it once "
+        "on CPU at the end of the stage; turn off for models too big for that)",
     )
 
 

@@ -1,34 +1,25 @@
 """Object storage: one API for local paths and ``s3://`` URIs.
 
-Every stage reads inputs and writes outputs through these functions, so the same code
-runs on a laptop (plain paths) and on the cluster (an S3-compatible store: AWS S3,
-MinIO, Ceph). Local paths get the same semantics as S3 (copies, prefixes, listing) so
-the caller never branches on the scheme.
+Every stage reads inputs and writes outputs through these functions, so the same code runs on
+a laptop (plain paths) and on the cluster (an S3-compatible store: AWS S3, MinIO, Ceph); the
+caller never branches on the scheme.
 
-Configuration comes from the environment only (secrets never enter pipeline
-parameters):
+S3 goes through boto3: its transfer manager (``upload_file`` / ``download_file`` with a
+``TransferConfig``) does multipart, parallel parts and retries; listing and batch deletes use
+boto3's resource collections. boto3 rather than fsspec/s3fs: boto3 is already there (MLflow's
+artifact store uses it), s3fs would add aiobotocore and its tight botocore pins, and boto3's
+error codes are what the named errors below are made from.
 
-- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``): credentials,
-  read by boto3 itself.
-- ``COLDSTART_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``:
-  the endpoint of a non-AWS store (MinIO, moto); unset means AWS.
-- ``AWS_DEFAULT_REGION`` or ``AWS_REGION``: region (default ``us-east-1``).
-- ``COLDSTART_S3_ADDRESSING_STYLE``: ``path`` for MinIO, ``virtual`` or ``auto`` (default).
-- ``COLDSTART_S3_MAX_ATTEMPTS`` (default 3), ``COLDSTART_S3_CONNECT_TIMEOUT`` (s, default 3),
-  ``COLDSTART_S3_READ_TIMEOUT`` (s, default 60): retries (botocore "standard" mode, with
-  exponential backoff) and timeouts. Kept small by default so that a wrong endpoint fails
-  in seconds, not minutes.
-- ``COLDSTART_S3_MULTIPART_THRESHOLD`` / ``COLDSTART_S3_MULTIPART_CHUNKSIZE`` (bytes,
-  default 64 MiB each): files above the threshold are transferred in parallel parts.
-
-Every failure of the store becomes a :class:`StorageError` whose message names the URI
-and says what to check.
+Settings come from the environment (``components.common.settings.S3Settings``):
+``COLDSTART_S3_ENDPOINT_URL`` (else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), the
+``AWS_*`` credentials and region, ``COLDSTART_S3_ADDRESSING_STYLE``, retries, timeouts and
+multipart sizes. Every failure of the store becomes a :class:`StorageError` that names the
+URI and says what to check.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -45,12 +36,11 @@ import botocore.exceptions
 from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
+from components.common import settings
+from components.common.settings import S3Settings
+
 logger = logging.getLogger(__name__)
 
-ENDPOINT_ENV_VARS = ("COLDSTART_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-CREDENTIAL_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-DEFAULT_REGION = "us-east-1"
-MIB = 1024 * 1024
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _DENIED_CODES = {
     "403",
@@ -61,6 +51,12 @@ _DENIED_CODES = {
     "ExpiredToken",
     "InvalidToken",
 }
+_BOTO_ERRORS = (
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+    S3UploadFailedError,
+    S3TransferFailedError,
+)
 
 
 class StorageError(RuntimeError):
@@ -103,95 +99,54 @@ def _dir_key(key: str) -> str:
 # --------------------------------------------------------------------------- client
 
 
-@dataclass(frozen=True)
-class S3Settings:
-    """The S3 client settings read from the environment (see the module docstring)."""
-
-    endpoint_url: str | None
-    region: str
-    addressing_style: str
-    max_attempts: int
-    connect_timeout: float
-    read_timeout: float
-    multipart_threshold: int
-    multipart_chunksize: int
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as err:
-        raise StorageError(f"{name}={raw!r} is not a number") from err
-
-
 def s3_settings() -> S3Settings:
-    """Read the S3 settings from the environment now (the environment may change between calls)."""
-    endpoint = next((os.environ[v] for v in ENDPOINT_ENV_VARS if os.environ.get(v)), None)
-    style = os.environ.get("COLDSTART_S3_ADDRESSING_STYLE", "auto") or "auto"
-    if style not in ("auto", "path", "virtual"):
-        raise StorageError(
-            f"COLDSTART_S3_ADDRESSING_STYLE={style!r}: expected 'path' (MinIO), 'virtual' or 'auto'"
-        )
-    return S3Settings(
-        endpoint_url=endpoint,
-        region=os.environ.get("AWS_DEFAULT_REGION")
-        or os.environ.get("AWS_REGION")
-        or DEFAULT_REGION,
-        addressing_style=style,
-        max_attempts=int(_env_number("COLDSTART_S3_MAX_ATTEMPTS", 3)),
-        connect_timeout=_env_number("COLDSTART_S3_CONNECT_TIMEOUT", 3.0),
-        read_timeout=_env_number("COLDSTART_S3_READ_TIMEOUT", 60.0),
-        multipart_threshold=int(_env_number("COLDSTART_S3_MULTIPART_THRESHOLD", 64 * MIB)),
-        multipart_chunksize=int(_env_number("COLDSTART_S3_MULTIPART_CHUNKSIZE", 64 * MIB)),
-    )
+    """The S3 settings in the environment now; a bad value is a StorageError naming the variable."""
+    try:
+        return settings.read(S3Settings)
+    except ValueError as err:
+        raise StorageError(str(err)) from err
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client configured from the environment (cached per distinct settings).
-
-    Credentials are not part of the cache key: boto3 resolves them from the environment when
-    the client is created, so a change of ``AWS_ACCESS_KEY_ID`` needs :func:`reset_clients`.
-    """
-    return _client_for(s3_settings(), _credentials_fingerprint())
+    """A boto3 S3 client for the current settings (cached per distinct settings and keys)."""
+    return _session_for(s3_settings())[0]
 
 
-def reset_clients() -> None:
-    """Forget cached clients, e.g. after the credentials in the environment changed."""
-    _client_for.cache_clear()
-
-
-def _credentials_fingerprint() -> str:
-    """Hash of the credential env vars, so that changed keys get a fresh client (never logged)."""
-    raw = "\0".join(os.environ.get(v, "") for v in (*CREDENTIAL_ENV_VARS, "AWS_SESSION_TOKEN"))
-    return hashlib.sha256(raw.encode()).hexdigest()
+def _bucket(name: str) -> Any:
+    return _session_for(s3_settings())[1].Bucket(name)
 
 
 @functools.lru_cache(maxsize=8)
-def _client_for(settings: S3Settings, _credentials: str) -> Any:
+def _session_for(cfg: S3Settings) -> tuple[Any, Any]:
+    """(client, resource) for ``cfg``; keys unset in the environment are left to boto3's chain."""
     config = botocore.config.Config(
-        region_name=settings.region,
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        s3={"addressing_style": settings.addressing_style},
+        region_name=cfg.region,
+        retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+        connect_timeout=cfg.connect_timeout,
+        read_timeout=cfg.read_timeout,
+        s3={"addressing_style": cfg.addressing_style},
     )
-    logger.debug("new S3 client: endpoint=%s region=%s", settings.endpoint_url, settings.region)
-    return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
+    session = boto3.session.Session(
+        aws_access_key_id=_secret(cfg.access_key_id),
+        aws_secret_access_key=_secret(cfg.secret_access_key),
+        aws_session_token=_secret(cfg.session_token),
+    )
+    logger.debug("new S3 client: endpoint=%s region=%s", cfg.endpoint_url, cfg.region)
+    kwargs = {"endpoint_url": cfg.endpoint_url, "config": config}
+    return session.client("s3", **kwargs), session.resource("s3", **kwargs)
+
+
+def _secret(value: Any) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 def transfer_config(multipart_threshold: int | None = None) -> TransferConfig:
-    """Multipart settings for uploads/downloads; ``multipart_threshold`` overrides the env."""
-    settings = s3_settings()
-    threshold = settings.multipart_threshold if multipart_threshold is None else multipart_threshold
-    chunksize = max(settings.multipart_chunksize, 5 * MIB)  # S3's minimum part size
+    """boto3's multipart settings from the environment; ``multipart_threshold`` overrides."""
+    cfg = s3_settings()
     return TransferConfig(
-        multipart_threshold=threshold,
-        multipart_chunksize=chunksize,
+        multipart_threshold=multipart_threshold or cfg.multipart_threshold,
+        multipart_chunksize=cfg.multipart_chunksize,
         max_concurrency=4,
-        use_threads=True,
     )
 
 
@@ -205,18 +160,17 @@ def _error_code(err: BaseException) -> str:
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    """boto3's transfer errors wrap the ClientError that explains them; dig it out."""
-    seen = err
-    while isinstance(seen, (S3UploadFailedError, S3TransferFailedError)):
-        inner = seen.__cause__ or seen.__context__
+    """boto3's transfer errors wrap the error that explains them; dig it out."""
+    while isinstance(err, (S3UploadFailedError, S3TransferFailedError)):
+        inner = err.__cause__ or err.__context__
         if inner is None:
             break
-        seen = inner
-    return seen
+        err = inner
+    return err
 
 
 def _bucket_exists(bucket: str) -> bool:
-    """Tell a missing bucket from a missing key after an ambiguous HEAD 404."""
+    """Tell a missing bucket from a missing key after an ambiguous 404."""
     try:
         s3_client().head_bucket(Bucket=bucket)
     except botocore.exceptions.ClientError as err:
@@ -224,14 +178,6 @@ def _bucket_exists(bucket: str) -> bool:
             return False
         raise
     return True
-
-
-def _endpoint_hint() -> str:
-    endpoint = s3_settings().endpoint_url or "AWS default"
-    return (
-        f"cannot reach the S3 endpoint ({endpoint}): check COLDSTART_S3_ENDPOINT_URL "
-        "(or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) and that the object store is up"
-    )
 
 
 def _explain(err: BaseException, uri: str) -> str:
@@ -258,7 +204,10 @@ def _explain(err: BaseException, uri: str) -> str:
         cause,
         (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError),
     ):
-        return f"{uri}: {_endpoint_hint()}"
+        return (
+            f"{uri}: cannot reach the S3 endpoint ({where}): check COLDSTART_S3_ENDPOINT_URL "
+            "(or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) and that the object store is up"
+        )
     return f"{uri}: S3 request failed ({type(cause).__name__}: {cause})"
 
 
@@ -267,15 +216,10 @@ def _s3_errors(uri: str) -> Iterator[None]:
     """Turn boto errors raised inside the block into a :class:`StorageError` naming ``uri``."""
     try:
         yield
-    except (
-        botocore.exceptions.BotoCoreError,
-        botocore.exceptions.ClientError,
-        S3UploadFailedError,
-        S3TransferFailedError,
-    ) as err:
+    except _BOTO_ERRORS as err:
         try:
             message = _explain(err, uri)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as probe_err:
+        except _BOTO_ERRORS as probe_err:
             message = (
                 f"{uri}: S3 request failed ({err}); probing the bucket also failed ({probe_err})"
             )
@@ -392,24 +336,20 @@ def exists(uri: str) -> bool:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object under a prefix: its path relative to the prefix, size and ETag."""
+    """One object under a prefix: its path relative to the prefix, size, last-modified time."""
 
     relpath: str
     size: int
-    etag: str
+    mtime: float  # seconds since the epoch, as the store reports it
 
 
 def _iter_objects(uri: str) -> Iterator[ObjectInfo]:
-    """All objects under the s3 "directory" ``uri`` (recursively), paginated."""
+    """All objects under the s3 "directory" ``uri`` (recursively); boto3 paginates."""
     bucket, key = parse_s3(uri)
     prefix = _dir_key(key)
-    paginator = s3_client().get_paginator("list_objects_v2")
     with _s3_errors(uri):
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(
-                    obj["Key"][len(prefix) :], int(obj["Size"]), obj["ETag"].strip('"')
-                )
+        for obj in _bucket(bucket).objects.filter(Prefix=prefix):
+            yield ObjectInfo(obj.key[len(prefix) :], obj.size, obj.last_modified.timestamp())
 
 
 def _iter_local_files(root: Path) -> Iterator[Path]:
@@ -431,14 +371,13 @@ def list_dirs(uri: str) -> list[str]:
         return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     bucket, key = parse_s3(uri)
     prefix = _dir_key(key)
-    names: list[str] = []
-    paginator = s3_client().get_paginator("list_objects_v2")
+    pages = s3_client().get_paginator("list_objects_v2")
     with _s3_errors(uri):
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            names += [
-                p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])
-            ]
-    return sorted(names)
+        return sorted(
+            p["Prefix"][len(prefix) :].rstrip("/")
+            for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+            for p in page.get("CommonPrefixes", [])
+        )
 
 
 def delete(uri: str) -> None:
@@ -451,13 +390,11 @@ def delete(uri: str) -> None:
             path.unlink()
         return
     bucket, key = parse_s3(uri)
-    keys = [key] if key and not key.endswith("/") else []
-    keys += [_dir_key(key) + obj.relpath for obj in _iter_objects(uri)]
-    client = s3_client()
     with _s3_errors(uri):
-        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-            batch = [{"Key": k} for k in keys[start : start + 1000]]
-            result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if key and not key.endswith("/"):
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        # boto3's batch action: DeleteObjects of up to 1000 keys per request.
+        for result in _bucket(bucket).objects.filter(Prefix=_dir_key(key)).delete():
             if result.get("Errors"):
                 first = result["Errors"][0]
                 raise StorageError(
@@ -468,46 +405,25 @@ def delete(uri: str) -> None:
 # --------------------------------------------------------------------------- sync
 
 
-def _local_etag(path: Path, size: int, remote_etag: str) -> str:
-    """The ETag S3 would give ``path`` if uploaded like the remote object was.
-
-    Single-part ETags are the MD5; multipart ones are ``md5(part md5s)-N``. The part size
-    is not stored, so assume ours; a different part size only costs a re-transfer.
-    """
-    if "-" not in remote_etag:
-        return _md5_parts(path, chunksize=max(size, 1))[0].hexdigest()
-    chunksize = transfer_config().multipart_chunksize
-    digests = _md5_parts(path, chunksize)
-    combined = hashlib.md5(b"".join(d.digest() for d in digests), usedforsecurity=False)
-    return f"{combined.hexdigest()}-{len(digests)}"
+def _upload_needed(local: Path, remote: ObjectInfo | None) -> bool:
+    """As ``aws s3 sync``: upload unless same size and the remote copy is not older."""
+    if remote is None:
+        return True
+    stat = local.stat()
+    return stat.st_size != remote.size or stat.st_mtime > remote.mtime
 
 
-def _md5_parts(path: Path, chunksize: int) -> list[Any]:
-    """MD5 of each ``chunksize`` part of the file (one part for an empty file)."""
-    digests: list[Any] = []
-    with path.open("rb") as f:
-        while True:
-            part, read = hashlib.md5(usedforsecurity=False), 0
-            while read < chunksize:
-                block = f.read(min(chunksize - read, 8 * MIB))
-                if not block:
-                    break
-                part.update(block)
-                read += len(block)
-            if read == 0 and digests:
-                break
-            digests.append(part)
-            if read < chunksize:
-                break
-    return digests
+def _download_needed(local: Path, remote: ObjectInfo) -> bool:
+    """Download unless same size and the local file carries the object's time (set on download)."""
+    if not local.is_file():
+        return True
+    stat = local.stat()
+    return stat.st_size != remote.size or abs(stat.st_mtime - remote.mtime) > 1e-3
 
 
-def _unchanged(local: Path, remote: ObjectInfo | None) -> bool:
-    """Same size and same content hash (ETag); any doubt means transfer again."""
-    if remote is None or not local.is_file():
-        return False
-    size = local.stat().st_size
-    return size == remote.size and _local_etag(local, size, remote.etag) == remote.etag
+def _fetch(uri: str, target: Path, remote: ObjectInfo) -> None:
+    download_file(uri, target)
+    os.utime(target, (remote.mtime, remote.mtime))
 
 
 def sync_up(
@@ -515,8 +431,9 @@ def sync_up(
 ) -> list[str]:
     """Upload the files of ``local_dir`` under ``uri``, skipping unchanged ones.
 
-    ``exclude`` lists relative paths not to upload. Remote files absent locally are kept
-    (no deletion). Returns the relative paths uploaded.
+    Unchanged means same size and not modified since the remote copy was written (the rule of
+    ``aws s3 sync``). ``exclude`` lists relative paths not to upload. Remote files absent
+    locally are kept. Returns the relative paths uploaded.
     """
     src = Path(local_dir)
     if not src.is_dir():
@@ -527,11 +444,10 @@ def sync_up(
     uploaded = []
     for path in _iter_local_files(src):
         rel = path.relative_to(src).as_posix()
-        if rel in exclude or _unchanged(path, remote.get(rel)):
-            continue
-        upload_file(path, join(uri, rel))
-        uploaded.append(rel)
-    logger.info("sync_up %s -> %s: %d uploaded, %d unchanged", src, uri, len(uploaded), len(remote))
+        if rel not in exclude and _upload_needed(path, remote.get(rel)):
+            upload_file(path, join(uri, rel))
+            uploaded.append(rel)
+    logger.info("sync_up %s -> %s: %d uploaded, %d there", src, uri, len(uploaded), len(remote))
     return uploaded
 
 
@@ -551,9 +467,8 @@ def sync_down(uri: str, local_dir: str | os.PathLike[str]) -> list[str]:
         raise StorageError(f"{uri}: no objects under this prefix: check the bucket and key")
     downloaded = []
     for obj in objects:
-        target = dst / obj.relpath
-        if not _unchanged(target, obj):
-            download_file(join(uri, obj.relpath), target)
+        if _download_needed(dst / obj.relpath, obj):
+            _fetch(join(uri, obj.relpath), dst / obj.relpath, obj)
             downloaded.append(obj.relpath)
     logger.info("sync_down %s -> %s: %d of %d downloaded", uri, dst, len(downloaded), len(objects))
     return downloaded
@@ -591,8 +506,8 @@ def materialize(uri_or_path: str | os.PathLike[str], cache_dir: str | os.PathLik
     single = _head(uri) if key and not key.endswith("/") else None
     if single is None:
         sync_down(uri, target)
-    elif not _unchanged(target, single):
-        download_file(uri, target)
+    elif _download_needed(target, single):
+        _fetch(uri, target, single)
     return target
 
 
@@ -606,4 +521,6 @@ def _head(uri: str) -> ObjectInfo | None:
             if _error_code(err) in _NOT_FOUND_CODES and _bucket_exists(bucket):
                 return None
             raise
-    return ObjectInfo(key.rsplit("/", 1)[-1], int(head["ContentLength"]), head["ETag"].strip('"'))
+    return ObjectInfo(
+        key.rsplit("/", 1)[-1], int(head["ContentLength"]), head["LastModified"].timestamp()
+    )

@@ -1,37 +1,17 @@
 """MLflow tracking: one parent run per pipeline run, one nested run per stage, never blocking training.
 
-Stages run in separate processes (pods on the cluster, subprocesses under kfp.local), so the
-parent run is found by a tag carrying the kfp pipeline job id, and created by whichever stage
-gets there first. With no tracking server configured, runs go to a sqlite store inside the
-run's output folder, so a laptop run needs no server.
+Stages run in separate processes (pods, or subprocesses under kfp.local), so the parent run is
+found by a tag carrying the kfp run id and created by whichever stage gets there first. With no
+server configured, runs go to a sqlite store under the run's output folder.
 
-A stage logs through a :class:`StageTracker`. Its calls only append to an in-memory buffer;
-a background thread sends the buffer to MLflow (metrics coalesced into batches). When the
-server is down or slow:
-
-- a log call still returns at once (measured in microseconds): training goes on;
-- one warning is logged per outage, naming the tracking URI; the thread retries with
-  backoff (0.5 s doubling to 5 s) and sends everything, in order, when the server is back;
-- if the server is down when the stage starts, the stage waits at most
-  ``tracking.start_timeout_s`` and goes on; its runs are created when the server answers,
-  with the stage's real start time;
-- at the end of the stage the tracker waits up to ``tracking.flush_timeout_s`` of outage for
-  the buffer to drain, then spills what is left (with copies of pending artifact files) to
-  ``<output_dir>/mlflow/pending/`` (local or ``s3://``). The next stage that reaches the
-  server replays spills, as does ``coldstart runs sync``. Nothing is dropped except calls
-  the server rejects as invalid (e.g. changing a param's value), which are logged as errors.
-
-MLflow's own HTTP retries would otherwise hold the sending thread for minutes per call
-(7 retries with exponential backoff, 120 s timeout); unless set by the user,
-``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are lowered to 0 and
-10 s in processes that track, since the tracker retries on its own (and MLflow's printing of
-run URLs at every run end is turned off: the tracker logs the stage run's URL once).
-
-System metrics (``system/cpu_utilization_percentage``, memory, disk, network, GPU when
-``pynvml`` is present) come from MLflow's own monitors, sampled by the tracker's thread
-rather than ``mlflow.start_run(log_system_metrics=True)``: MLflow's sampler stops for good
-at the first failed request, and needs an active fluent run. Names are MLflow's, so the UI's
-"System metrics" tab shows them.
+MLflow does the logging: metrics, params and tags go through its asynchronous logging
+(``log_batch(..., synchronous=False)``), system metrics through its ``SystemMetricsMonitor``.
+What is ours is the outage :class:`Spill`: MLflow's async logging drops a batch the server
+does not take, so every call is kept until MLflow confirms it; a background thread probes a
+down server with backoff and resends when it is back, sends files (artifacts, the model) so
+they never block the stage, and at the end of the stage writes what is left to
+``<output_dir>/mlflow/pending/`` for the next stage (or ``coldstart runs sync``) to replay.
+The spill holds at most ``tracking.spill_max_entries`` calls. Behaviour: docs/tracking.md.
 """
 
 from __future__ import annotations
@@ -39,18 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import tempfile
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import yaml
@@ -58,9 +39,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.common import storage
+from components.common import settings, storage
 from components.common.config import PipelineConfig, flatten
 from components.common.run_id import resolve_run_id
+
+if TYPE_CHECKING:
+    from mlflow.utils.async_logging.run_operations import RunOperations
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +56,25 @@ TAG_ATTEMPT = "coldstart.stage_attempt"
 TAG_REGISTERED = "coldstart.registered_model"
 TAG_PARENT = "mlflow.parentRunId"
 CONFIG_ARTIFACT = "config.yaml"
+MODEL_ARTIFACT = "model"
+MODEL_TASK = "image-text-to-text"  # the transformers pipeline task of a VLM
 
 HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # one extra request per ended run; we log the URL once
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # we log the stage run's URL once
 }
-MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
-MAX_PARAMS_PER_BATCH = 100
+# With it set, MLflow merges queued batches into one request and, when that request fails,
+# reports the merged-in batches as logged (mlflow 3.17: only the merged batch gets the error):
+# the spill would drop calls that never arrived.
+UNSAFE_ENV = "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LENGTH = 6000
 SMALL_FILE_BYTES = 16 * 1024 * 1024  # files up to this size are copied when logged
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 5.0
-SPILL_VERSION = 1
+SPILL_VERSION = 2
+_PARENT_RUNNING = {"kind": "status", "target": "parent", "status": "RUNNING"}  # a later stage
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _now_ms() -> int:
@@ -95,7 +86,7 @@ def _now_ms() -> int:
 
 def local_store_dir(cfg: PipelineConfig) -> Path:
     """Where the no-server default keeps its sqlite db and artifacts."""
-    base = cfg.output_dir if not cfg.output_dir.startswith("s3://") else "outputs"
+    base = cfg.output_dir if not storage.is_s3(cfg.output_dir) else "outputs"
     return Path(base).resolve() / "mlflow"
 
 
@@ -105,10 +96,10 @@ def local_tracking_uri(output_dir: str | Path) -> str:
 
 
 def resolve_tracking_uri(cfg: PipelineConfig) -> str:
-    if cfg.tracking.tracking_uri:
-        return cfg.tracking.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    """tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite under output_dir."""
+    uri = cfg.tracking.tracking_uri or settings.read(settings.TrackingSettings).tracking_uri
+    if uri:
+        return uri
     store = local_store_dir(cfg)
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
@@ -122,9 +113,22 @@ def spill_root(cfg: PipelineConfig) -> str:
 
 
 def limit_client_retries() -> None:
-    """Lower MLflow's HTTP retries/timeout (unless the user set them): the tracker retries itself."""
+    """Lower MLflow's HTTP retries/timeout (unless the user set them): the spill retries itself."""
     for name, value in HTTP_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if os.environ.pop(UNSAFE_ENV, None):
+        log.warning("%s unset: MLflow would report failed merged batches as logged", UNSAFE_ENV)
+
+
+def source_tags(stage: str) -> dict[str, str]:
+    """``mlflow.source.*`` tags: what ran, and the git commit (from the image, else the checkout)."""
+    commit = settings.read(settings.TrackingSettings).git_commit
+    if commit is None:
+        from mlflow.utils.git_utils import get_git_commit
+
+        commit = get_git_commit(str(REPO_ROOT))
+    tags = {"mlflow.source.name": f"coldstart/{stage}", "mlflow.source.type": "JOB"}
+    return tags | ({"mlflow.source.git.commit": commit} if commit else {})
 
 
 # --------------------------------------------------------------------------- run identity
@@ -132,7 +136,7 @@ def limit_client_retries() -> None:
 
 @dataclass
 class RunSpec:
-    """What identifies a stage's runs; plain data, so a spilled buffer can be replayed elsewhere."""
+    """What identifies a stage's runs; plain data, so a spill can be replayed elsewhere."""
 
     tracking_uri: str
     experiment: str
@@ -195,20 +199,16 @@ def find_or_create_parent(client: MlflowClient, spec: RunSpec) -> tuple[str, boo
     """The pipeline run's parent run (found by its kfp run id tag); True if created now."""
     found = client.search_runs(
         [spec.experiment_id],
-        filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{spec.pipeline_run_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
+        filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{spec.pipeline_run_id}' "
+        f"and tags.`{TAG_ROLE}` = 'pipeline'",
         max_results=1,
     )
     if found:
         return found[0].info.run_id, False
+    tags = {TAG_PIPELINE_RUN: spec.pipeline_run_id, TAG_ROLE: "pipeline"}
+    tags |= {TAG_CONFIG_HASH: spec.config_hash, **source_tags("pipeline")}
     run = client.create_run(
-        spec.experiment_id,
-        start_time=spec.start_ms,
-        run_name=spec.parent_name,
-        tags={
-            TAG_PIPELINE_RUN: spec.pipeline_run_id,
-            TAG_ROLE: "pipeline",
-            TAG_CONFIG_HASH: spec.config_hash,
-        },
+        spec.experiment_id, start_time=spec.start_ms, run_name=spec.parent_name, tags=tags
     )
     return run.info.run_id, True
 
@@ -220,16 +220,13 @@ def find_or_create_stage(client: MlflowClient, spec: RunSpec) -> str:
     )
     if found:
         return found[0].info.run_id
-    tags = {
-        TAG_PARENT: spec.parent_id,
-        TAG_PIPELINE_RUN: spec.pipeline_run_id,
-        TAG_ROLE: "stage",
-        TAG_STAGE: spec.stage,
-        TAG_CONFIG_HASH: spec.config_hash,
-        TAG_ATTEMPT: spec.attempt,
-    }
+    tags = {TAG_PARENT: spec.parent_id, TAG_PIPELINE_RUN: spec.pipeline_run_id, TAG_ROLE: "stage"}
+    tags |= {TAG_STAGE: spec.stage, TAG_CONFIG_HASH: spec.config_hash, TAG_ATTEMPT: spec.attempt}
     run = client.create_run(
-        spec.experiment_id, start_time=spec.start_ms, run_name=spec.stage, tags=tags
+        spec.experiment_id,
+        start_time=spec.start_ms,
+        run_name=spec.stage,
+        tags=tags | source_tags(spec.stage),
     )
     return run.info.run_id
 
@@ -242,8 +239,8 @@ def end_stale_attempts(client: MlflowClient, spec: RunSpec) -> list[str]:
     """
     found = client.search_runs(
         [spec.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{spec.parent_id}' and tags.`{TAG_STAGE}` = '{spec.stage}' "
-        "and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{TAG_PARENT}` = '{spec.parent_id}' and tags.`{TAG_STAGE}` = "
+        f"'{spec.stage}' and attributes.status = 'RUNNING'",
     )
     stale = [  # started before this attempt: a replayed old spill must not end the live run
         r.info.run_id
@@ -271,43 +268,112 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
+# --------------------------------------------------------------------------- the spill (ours)
+
+
+class Spill:
+    """The log calls MLflow has not confirmed yet, oldest first, at most ``max_entries``.
+
+    An entry is plain JSON-able data (``{"kind": "metrics", "target": "stage", ...}``), so
+    what an outage leaves behind can be written to disk and replayed by another process.
+    Beyond ``max_entries`` the oldest entry is dropped and counted (a long outage must not
+    grow memory without bound); :meth:`report_dropped` logs the count.
+    """
+
+    def __init__(self, max_entries: int, entries: list[dict] | None = None) -> None:
+        self.max_entries = max_entries
+        self.dropped = 0
+        self._entries: dict[int, dict] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        for entry in entries or []:
+            self.add(entry)
+
+    def add(self, entry: dict) -> int:
+        """Keep ``entry``; returns its number (for :meth:`confirm`)."""
+        with self._lock:
+            seq, self._next = self._next, self._next + 1
+            self._entries[seq] = entry
+            while len(self._entries) > self.max_entries:
+                del self._entries[next(iter(self._entries))]
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.warning(
+                        "MLflow spill is full (tracking.spill_max_entries=%d): dropping the oldest "
+                        "unsent log calls until the server is back",
+                        self.max_entries,
+                    )
+        return seq
+
+    def confirm(self, seq: int) -> None:
+        with self._lock:
+            self._entries.pop(seq, None)
+
+    def get(self, seq: int) -> dict | None:
+        with self._lock:
+            return self._entries.get(seq)
+
+    def numbers(self) -> list[int]:
+        with self._lock:
+            return list(self._entries)
+
+    def entries(self) -> list[dict]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def report_dropped(self, where: str) -> None:
+        if self.dropped:
+            log.warning(
+                "MLflow spill dropped %d log calls of %s (tracking.spill_max_entries=%d); raise "
+                "the cap or keep the server up",
+                self.dropped,
+                where,
+                self.max_entries,
+            )
+
+
 # --------------------------------------------------------------------------- the tracker
 
 
 class StageTracker:
-    """The handle a stage logs through; buffered, so an MLflow outage never stops training.
+    """The handle a stage logs through; an MLflow outage never stops training.
 
     ``run_id`` / ``parent_run_id`` are None until the runs exist on the server (they are
-    created in the background when the server was down at the stage's start).
-    Files given to ``log_artifact`` are read when sent: files up to 16 MiB are copied at call
-    time; keep larger files and directories in place until the stage ends.
+    created in the background when the server was down at the stage's start). Files given to
+    ``log_artifact`` are read when sent: files up to 16 MiB are copied at call time; keep
+    larger files, directories and model directories in place until the stage ends.
     """
 
     def __init__(
         self,
         spec: RunSpec,
         *,
+        spill_max_entries: int = 100_000,
+        entries: list[dict] | None = None,
         parent_setup: list[dict] | None = None,
-        ops: list[dict] | None = None,
+        system_metrics_interval_s: float | None = None,
+        spill_to: str | None = None,
     ) -> None:
         self.spec = spec
-        self.registered: dict[str, str] = {}  # model name -> version registered by this tracker
-        self._parent_setup = list(
-            parent_setup or []
-        )  # sent only if this tracker creates the parent
-        self._ops: deque[dict] = deque(ops or [])
-        self._inflight: list[dict] = []
+        self.spill = Spill(spill_max_entries, entries)
+        self.spill_to = spill_to  # where close() spills when the server stays down
+        self._parent_setup = parent_setup or []  # sent only if this tracker creates the parent
+        self._system_interval = system_metrics_interval_s
+        self._system: Any | None = None
+        self._client: MlflowClient | None = None  # made by the thread: a new sqlite store migrates
+        self._jobs: queue.Queue[tuple[int | None, RunOperations | None]] = queue.Queue()
         self._cond = threading.Condition()
-        self._ready = spec.stage_id is not None
-        self._closing = self._abandoned = self._closed = False
-        self._outage_since: float | None = None
+        self._online = self._closed = False
         self._failures = 0
-        self._client: MlflowClient | None = None
+        self._outage_since: float | None = None
+        self._tried = threading.Event()  # the first attempt to reach the server is over
         self._spool = Path(tempfile.mkdtemp(prefix="coldstart-mlflow-"))
         self._spooled = 0
-        self._thread: threading.Thread | None = None
-        self._system: _SystemMetrics | None = None
-        self.spill_to: str | None = None  # where close() spills when the server stays down
+        self._thread = threading.Thread(target=self._watch, name="mlflow-spill", daemon=True)
 
     # ---- the stage's API
 
@@ -319,123 +385,150 @@ class StageTracker:
     def parent_run_id(self) -> str | None:
         return self.spec.parent_id
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        self._log_params(params, "stage")
+    def log_params(self, params: dict[str, Any], parent: bool = False) -> None:
+        for entry in _param_entries(params, "parent" if parent else "stage"):
+            self._add(entry)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        ts = _now_ms()
-        rows = [[k, float(v), ts, int(step or 0)] for k, v in metrics.items()]
+    def log_metrics(
+        self, metrics: dict[str, float], step: int | None = None, parent: bool = False
+    ) -> None:
+        """Step metrics of the stage run; ``parent=True``: the pipeline's headline numbers."""
+        ts, step = _now_ms(), int(step or 0)
+        rows = [[k, float(v), ts, step] for k, v in metrics.items()]
         if rows:
-            self._enqueue({"kind": "metrics", "target": "stage", "metrics": rows})
+            self._add({"kind": "metrics", "target": "parent" if parent else "stage", "rows": rows})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._enqueue(
-            {"kind": "tags", "target": "stage", "tags": {k: str(v) for k, v in tags.items()}}
-        )
+        self._add({"kind": "tags", "target": "stage", "tags": {k: str(v) for k, v in tags.items()}})
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """A file or a directory (its contents go under ``artifact_path``)."""
-        self._enqueue(self._artifact_op(Path(path), artifact_path, "stage"))
+    def log_artifact(
+        self, path: str | Path, artifact_path: str | None = None, name: str | None = None
+    ) -> None:
+        """A file (stored as ``name``, default its own name) or a directory's contents."""
+        self._add(self._artifact_entry(Path(path), artifact_path, name))
 
     def log_figure(self, figure: Any, name: str) -> None:
-        """A matplotlib (or plotly) figure saved as ``name`` (e.g. ``plots/reward.png``)."""
+        """A matplotlib figure saved as ``name`` (e.g. ``plots/reward.png``)."""
         target = self._spool_path(name)
-        if hasattr(figure, "savefig"):
-            figure.savefig(target, bbox_inches="tight")
-        else:
-            figure.write_html(str(target))
-        self._enqueue_spooled(target, name)
+        figure.savefig(target, bbox_inches="tight")
+        self._log_spooled(target, name)
 
     def log_dict(self, data: dict, name: str) -> None:
         """``name`` ending in .yaml/.yml is written as YAML, anything else as JSON."""
-        text = (
-            yaml.safe_dump(data, sort_keys=False)
-            if name.endswith((".yaml", ".yml"))
-            else json.dumps(data, indent=2, default=str)
-        )
-        self.log_text(text, name)
+        yml = name.endswith((".yaml", ".yml"))
+        self.log_text(yaml.safe_dump(data) if yml else json.dumps(data, indent=2), name)
 
     def log_text(self, text: str, name: str) -> None:
         target = self._spool_path(name)
         target.write_text(text)
-        self._enqueue_spooled(target, name)
+        self._log_spooled(target, name)
 
-    def flush(self, outage_timeout_s: float = 60.0) -> bool:
-        """Wait until everything logged so far is on the server; False after that long in an outage."""
-        return self._wait_drained(outage_timeout_s)
+    def log_model(self, model_dir: str | Path, register_as: str | None = None) -> None:
+        """The final model in MLflow's transformers format, registered as ``register_as`` if given.
+
+        Sent in the background (the model is loaded once on CPU to write MLflow's model files);
+        keep ``model_dir`` until the stage ends.
+        """
+        path = Path(model_dir).resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"log_model: {path} is not a model directory")
+        self._add(
+            {"kind": "model", "target": "stage", "path": str(path), "register_as": register_as}
+        )
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for MLflow to confirm every log call; True if it did."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while len(self.spill) and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, deadline - time.monotonic()))
+        return not len(self.spill)
 
     # ---- lifecycle
 
-    def start(self, wait_s: float = 10.0, system_metrics_interval_s: float | None = None) -> bool:
-        """Start sending; wait up to ``wait_s`` for the runs to exist. False: going on buffered."""
-        limit_client_retries()
-        self._thread = threading.Thread(
-            target=self._work, name=f"mlflow-{self.spec.stage}", daemon=True
-        )
+    def start(self, wait_s: float = 10.0) -> bool:
+        """Start the background thread; wait up to ``wait_s`` for the runs. True if they exist."""
         self._thread.start()
-        if system_metrics_interval_s:
-            self._system = _SystemMetrics(self, system_metrics_interval_s)
-            self._system.start()
-        deadline = time.monotonic() + wait_s
-        with self._cond:
-            while not self._ready and self._outage_since is None and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
-            return self._ready
+        self._tried.wait(wait_s)
+        return self._online
 
     def close(self, status: str | None = "FINISHED", outage_timeout_s: float = 60.0) -> bool:
-        """End the runs with ``status`` (None: no end marks) and drain; spill if the server stays down.
+        """End the runs with ``status`` (None: no end marks); spill if the server stays down.
 
         Returns True when everything reached the server.
         """
         if self._closed:
             return True
         if self._system is not None:
-            self._system.stop()
+            self._system.finish()
         if status is not None:
             end = _now_ms()
-            self._enqueue({"kind": "end", "target": "stage", "status": status, "end_ms": end})
-            self._enqueue({"kind": "end", "target": "parent", "status": status, "end_ms": end})
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+            for target in ("stage", "parent"):
+                self._add({"kind": "end", "target": target, "status": status, "end_ms": end})
         drained = self._wait_drained(outage_timeout_s)
-        if not drained:
-            self._spill()
         with self._cond:
-            self._abandoned = self._closed = True
+            self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0 if not drained else 30.0)
+        if not drained:
+            self._write_spill()
+        self.spill.report_dropped(f"stage {self.spec.stage}")
+        self._jobs.put((None, None))
+        self._thread.join(timeout=30.0 if drained else 1.0)
         shutil.rmtree(self._spool, ignore_errors=True)
         return drained
 
-    # ---- buffering
+    def _wait_drained(self, outage_timeout_s: float) -> bool:
+        began = time.monotonic()
+        with self._cond:
+            while len(self.spill):
+                if not self._thread.is_alive():
+                    return False
+                if self._outage_since is not None:
+                    waited = time.monotonic() - max(began, self._outage_since)
+                    if waited >= outage_timeout_s:
+                        return False
+                self._cond.wait(0.1)
+        return True
 
-    def _log_params(self, params: dict[str, Any], target: str) -> None:
-        items = [[str(k), str(v)[:MAX_PARAM_LENGTH]] for k, v in params.items()]
-        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._enqueue(
-                {
-                    "kind": "params",
-                    "target": target,
-                    "params": items[start : start + MAX_PARAMS_PER_BATCH],
-                }
-            )
+    # ---- entries
 
-    def _artifact_op(self, path: Path, artifact_path: str | None, target: str) -> dict:
+    def _add(self, entry: dict) -> None:
+        if self._closed:
+            log.error("MLflow: %s logged after the stage's run was closed; dropped", entry["kind"])
+            return
+        seq = self.spill.add(entry)
+        if self._online:
+            self._submit(seq, entry)
+
+    def _submit(self, seq: int, entry: dict) -> None:
+        """Hand an entry to MLflow: batches to its async queue, files to our thread."""
+        ops = None
+        if entry["kind"] in _BATCH_KINDS:
+            try:
+                ops = self._client.log_batch(
+                    self._run(entry), **_BATCH_KINDS[entry["kind"]](entry), synchronous=False
+                )
+            except MlflowException as exc:  # rejected before queueing (e.g. an invalid name)
+                self._drop(seq, entry, exc)
+                return
+        self._jobs.put((seq, ops))
+
+    def _run(self, entry: dict) -> str:
+        return self.spec.stage_id if entry["target"] == "stage" else self.spec.parent_id
+
+    def _artifact_entry(self, path: Path, artifact_path: str | None, name: str | None) -> dict:
         path = path.resolve()
-        if path.is_file() and path.stat().st_size <= SMALL_FILE_BYTES:
-            copy = self._spool_path(path.name)
+        if not path.exists():
+            raise FileNotFoundError(f"log_artifact: {path} does not exist")
+        if path.is_file() and (path.stat().st_size <= SMALL_FILE_BYTES or name):
+            copy = self._spool_path(name or path.name)
             shutil.copy2(path, copy)
             path = copy
-        elif not path.exists():
-            raise FileNotFoundError(f"log_artifact: {path} does not exist")
-        return {
-            "kind": "artifact",
-            "target": target,
-            "path": str(path),
-            "artifact_path": artifact_path,
-        }
+        return _artifact(path, artifact_path)
+
+    def _log_spooled(self, path: Path, name: str) -> None:
+        folder = Path(name).parent.as_posix()
+        self._add(_artifact(path, None if folder == "." else folder))
 
     def _spool_path(self, name: str) -> Path:
         self._spooled += 1
@@ -443,228 +536,250 @@ class StageTracker:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
-    def _enqueue_spooled(self, path: Path, name: str, target: str = "stage") -> None:
-        folder = str(Path(name).parent).replace("\\", "/")
-        artifact_path = None if folder == "." else folder
-        self._enqueue(
-            {
-                "kind": "artifact",
-                "target": target,
-                "path": str(path),
-                "artifact_path": artifact_path,
-            }
+    def _drop(self, seq: int, entry: dict, exc: BaseException) -> None:
+        self.spill.confirm(seq)
+        log.error(
+            "MLflow rejected %s for the %s run (not retried): %s",
+            entry["kind"],
+            entry["target"],
+            _short(exc),
         )
 
-    def _enqueue(self, op: dict) -> None:
-        with self._cond:
-            if self._closed:
-                log.error("MLflow: %s logged after the stage's run was closed; dropped", op["kind"])
-                return
-            last = self._ops[-1] if self._ops else None
-            if (
-                op["kind"] == "metrics"
-                and last is not None
-                and last["kind"] == "metrics"
-                and last["target"] == op["target"]
-                and len(last["metrics"]) + len(op["metrics"]) <= MAX_METRICS_PER_BATCH
-            ):
-                last["metrics"].extend(op["metrics"])
-            else:
-                self._ops.append(op)
-            self._cond.notify_all()
+    # ---- the background thread: confirm, send files, probe and resend after an outage
 
-    def _pending(self) -> int:
-        return len(self._ops) + len(self._inflight)
-
-    def _wait_drained(self, outage_timeout_s: float) -> bool:
-        began = time.monotonic()
-        with self._cond:
-            while self._ops or self._inflight or not self._ready:
-                if self._thread is None or not self._thread.is_alive():
-                    return False
-                if self._outage_since is None:
-                    self._cond.wait(1.0)
-                    continue
-                waited = time.monotonic() - max(began, self._outage_since)
-                if waited >= outage_timeout_s:
-                    return False
-                self._cond.wait(outage_timeout_s - waited)
-            return True
-
-    # ---- the sending thread
-
-    def _work(self) -> None:
-        retry_at = 0.0
+    def _watch(self) -> None:
+        self._recover()
+        self._tried.set()
         while True:
-            with self._cond:
-                while True:
-                    if self._abandoned:
-                        return
-                    has_work = bool(self._ops) or not self._ready
-                    if not has_work and self._closing:
-                        return
-                    delay = retry_at - time.monotonic()
-                    if has_work and delay <= 0:
-                        break
-                    self._cond.wait(delay if has_work else None)
+            wait = None if self._online else self._backoff()
             try:
-                self._push()
-            except Exception as exc:
-                if self._ready and _is_permanent(exc):
-                    self._drop_inflight(exc)
-                    continue
-                self._requeue_inflight()
-                retry_at = time.monotonic() + self._note_failure(exc)
-            else:
-                self._note_success()
-                retry_at = 0.0
-
-    def _push(self) -> None:
-        self._ensure_runs()
-        while True:
+                seq, ops = self._jobs.get(timeout=wait)
+            except queue.Empty:
+                if not self._closed:
+                    self._recover()
+                continue
+            if seq is None:
+                return
+            if self._online:  # while offline the entry waits in the spill for the next probe
+                self._deliver(seq, ops)
             with self._cond:
-                if not self._ops or self._abandoned:
-                    return
-                op = self._ops.popleft()
-                self._inflight = [op]
-            self._send(op)
-            with self._cond:
-                self._inflight = []
                 self._cond.notify_all()
 
-    def _get_client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.spec.tracking_uri)
-        return self._client
-
-    def _ensure_runs(self) -> None:
-        if self._ready:
+    def _deliver(self, seq: int, ops: RunOperations | None) -> None:
+        if ops is not None:
+            try:
+                ops.wait()
+                self.spill.confirm(seq)
+                return
+            except MlflowException:
+                pass  # sent again below, synchronously, to learn whether the server is gone
+        entry = self.spill.get(seq)
+        if entry is None:
             return
-        client, spec = self._get_client(), self.spec
+        try:
+            self._send(entry)
+        except Exception as exc:
+            if _is_permanent(exc):
+                self._drop(seq, entry, exc)
+            else:
+                self._went_offline(exc)
+            return
+        self.spill.confirm(seq)
+
+    def _recover(self) -> None:
+        """Create the runs if needed and send the oldest entry; if that works, resend the rest."""
+        probe: tuple[int, dict] | None = None
+        try:
+            if self._client is None:  # here: opening a store can fail (a sqlite file unwritable)
+                self._client = MlflowClient(self.spec.tracking_uri)
+            if self.spec.stage_id is None:
+                self._connect()
+            probe = next(((n, e) for n in self.spill.numbers() if (e := self.spill.get(n))), None)
+            if probe is None:
+                self._client.get_run(self.spec.stage_id)
+            else:
+                self._send(probe[1])
+        except Exception as exc:
+            if probe is not None and _is_permanent(exc):
+                self._drop(probe[0], probe[1], exc)
+            else:
+                self._went_offline(exc)
+            return
+        if probe is not None:
+            self.spill.confirm(probe[0])
+        self._back_online()
+        for seq in self.spill.numbers():  # taken after going online: a concurrent log call
+            entry = self.spill.get(seq)  # either is in it or submits its entry itself
+            if entry is not None:
+                self._submit(seq, entry)
+
+    def _connect(self) -> None:
+        spec, client = self.spec, self._client
         if spec.experiment_id is None:
             spec.experiment_id = ensure_experiment(client, spec.experiment, spec.artifact_location)
         if spec.parent_id is None:
             spec.parent_id, created = find_or_create_parent(client, spec)
-            first = (
-                self._parent_setup
-                if created
-                else [{"kind": "status", "target": "parent", "status": "RUNNING"}]
-            )
-            with self._cond:
-                self._ops.extendleft(reversed(first))
+            first = self._parent_setup if created else [_PARENT_RUNNING]
+            for entry in first:
+                self.spill.add(entry)
         spec.stage_id = find_or_create_stage(client, spec)
         end_stale_attempts(client, spec)
-        with self._cond:
-            self._ready = True
-            self._cond.notify_all()
-        where = f"{spec.tracking_uri} (experiment {spec.experiment}, parent {spec.parent_id}, stage {spec.stage_id})"
+        where = f"{spec.tracking_uri} (experiment {spec.experiment}, stage run {spec.stage_id})"
         log.info("MLflow: %s", run_url(spec) or where)
 
-    def _send(self, op: dict) -> None:
-        run_id = self.spec.stage_id if op["target"] == "stage" else self.spec.parent_id
-        _SENDERS[op["kind"]](self, self._get_client(), run_id, op)
+    def _backoff(self) -> float:
+        return min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** max(0, self._failures - 1))
 
-    def _requeue_inflight(self) -> None:
+    def _went_offline(self, exc: BaseException) -> None:
         with self._cond:
-            self._ops.extendleft(reversed(self._inflight))
-            self._inflight = []
-
-    def _drop_inflight(self, exc: BaseException) -> None:
-        with self._cond:
-            dropped, self._inflight = self._inflight, []
-            self._cond.notify_all()
-        for op in dropped:
-            log.error(
-                "MLflow rejected %s for the %s run (not retried): %s",
-                op["kind"],
-                op["target"],
-                _short(exc),
-            )
-
-    def _note_failure(self, exc: BaseException) -> float:
-        with self._cond:
+            self._online = False
             self._failures += 1
             first = self._outage_since is None
             if first:
                 self._outage_since = time.monotonic()
-            pending = self._pending()
             self._cond.notify_all()
+        self._tried.set()
         if first:
             log.warning(
-                "MLflow at %s is unreachable (%s). Training goes on: %d pending log calls are buffered and "
-                "retried in the background (check MLFLOW_TRACKING_URI and the server).",
+                "MLflow at %s is unreachable (%s). Training goes on: %d log calls are kept and "
+                "sent when it is back (check MLFLOW_TRACKING_URI and the server).",
                 self.spec.tracking_uri,
                 _short(exc),
-                pending,
+                len(self.spill),
             )
-        return min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (self._failures - 1))
 
-    def _note_success(self) -> None:
+    def _back_online(self) -> None:
         with self._cond:
             since, self._outage_since, self._failures = self._outage_since, None, 0
+            self._online = True
             self._cond.notify_all()
         if since is not None:
             log.warning(
-                "MLflow at %s is back after %.0f s; buffered logs sent.",
+                "MLflow at %s is back after %.0f s; sending the kept log calls.",
                 self.spec.tracking_uri,
                 time.monotonic() - since,
             )
+        self._start_system_metrics(resume=since is not None)
 
-    # ---- spill and replay
+    def _start_system_metrics(self, resume: bool) -> None:
+        """MLflow's own monitor; it stops at a failed request, so it is restarted after an outage."""
+        if self._system_interval is None or self._closed:
+            return
+        if self._system is not None:
+            self._system.finish()
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    def _spill(self) -> None:
-        with self._cond:
-            ops = self._inflight + list(self._ops)
-            setup = [] if self.spec.parent_id else self._parent_setup
+        self._system = SystemMetricsMonitor(
+            self.spec.stage_id,
+            sampling_interval=self._system_interval,
+            resume_logging=resume,
+            tracking_uri=self.spec.tracking_uri,
+        )
+        self._system.start()
+
+    # ---- sending one entry synchronously (the background thread)
+
+    def _send(self, entry: dict) -> None:
+        kind, run_id, client = entry["kind"], self._run(entry), self._client
+        if kind in _BATCH_KINDS:
+            client.log_batch(run_id, **_BATCH_KINDS[kind](entry))
+        elif kind == "artifact":
+            path = Path(entry["path"])
+            if not path.exists():
+                raise FileNotFoundError(f"artifact {path} no longer exists; keep it until the end")
+            log_files = client.log_artifacts if path.is_dir() else client.log_artifact
+            log_files(run_id, str(path), entry["artifact_path"])
+        elif kind == "status":
+            client.update_run(run_id, status=entry["status"])
+        elif kind == "end":
+            client.set_terminated(run_id, entry["status"], end_time=entry["end_ms"])
+        elif kind == "model":
+            self._send_model(run_id, entry["path"], entry["register_as"])
+        else:
+            raise ValueError(f"unknown log entry kind {kind!r}")
+
+    def _send_model(self, run_id: str, path: str, name: str | None) -> None:
+        """``mlflow.transformers.log_model`` from the saved model dir (a retry after a lost answer
+        finds the version this run registered, instead of registering a second one)."""
+        import mlflow.transformers
+
+        versions = f"name = '{name}' and run_id = '{run_id}'"
+        if name and self._client.search_model_versions(versions):
+            return
+        mlflow.set_tracking_uri(self.spec.tracking_uri)  # Model.log uses the fluent URI
+        model = mlflow.initialize_logged_model(  # in the run's experiment, not the fluent one
+            name=MODEL_ARTIFACT, source_run_id=run_id, experiment_id=self.spec.experiment_id
+        )
+        info = mlflow.transformers.log_model(
+            path,
+            model_id=model.model_id,
+            name=MODEL_ARTIFACT,
+            task=MODEL_TASK,
+            run_id=run_id,
+            registered_model_name=name,
+            pip_requirements=[f"{p}=={version(p)}" for p in ("torch", "transformers")],
+        )
+        if name:
+            registered = f"{name}/{info.registered_model_version}"
+            self._client.set_tag(run_id, TAG_REGISTERED, registered)
+            log.info("MLflow: registered the model as %s", registered)
+
+    # ---- spill to disk and replay
+
+    def _write_spill(self) -> None:
+        entries = self.spill.entries()
+        setup = [] if self.spec.parent_id else self._parent_setup
         if self.spill_to is None:
             log.error(
-                "MLflow at %s stayed unreachable: %d buffered log calls lost",
+                "MLflow at %s stayed unreachable: %d log calls lost",
                 self.spec.tracking_uri,
-                len(ops),
+                len(entries),
             )
             return
         base = storage.join(self.spill_to, self.spec.attempt)
-        try:
-            doc = {
-                "version": SPILL_VERSION,
-                "spec": asdict(self.spec),
-                "ops": [_spill_files(op, base, i) for i, op in enumerate(ops)],
-                "parent_setup": [
-                    _spill_files(op, base, len(ops) + i) for i, op in enumerate(setup)
-                ],
-            }
-            storage.write_text(base + ".json", json.dumps(doc))  # written last: the spill's marker
-        except Exception as exc:
-            log.error(
-                "MLflow: could not spill %d buffered log calls to %s: %s",
-                len(ops),
-                base,
-                _short(exc),
-            )
-            return
+        doc = {
+            "version": SPILL_VERSION,
+            "spec": asdict(self.spec),
+            "entries": [_spill_files(e, base, i) for i, e in enumerate(entries)],
+            "parent_setup": [_spill_files(e, base, len(entries) + i) for i, e in enumerate(setup)],
+            "dropped": self.spill.dropped,
+        }
+        storage.write_text(base + ".json", json.dumps(doc))  # written last: the spill's marker
         log.warning(
-            "MLflow at %s stayed unreachable: %d buffered log calls saved to %s.json; the next stage "
+            "MLflow at %s stayed unreachable: %d log calls saved to %s.json; the next stage "
             "(or `coldstart runs sync`) sends them once the server is back.",
             self.spec.tracking_uri,
-            len(ops),
+            len(entries),
             base,
         )
 
 
-def _spill_files(op: dict, base: str, index: int) -> dict:
-    """Copy an artifact op's file(s) next to the spill, so it survives the pod."""
-    if op["kind"] != "artifact":
-        return op
-    src = Path(op["path"])
+def _param_entries(params: dict[str, Any], target: str) -> list[dict]:
+    items = [[str(k), str(v)[:MAX_PARAM_LENGTH]] for k, v in params.items()]
+    return [
+        {"kind": "params", "target": target, "params": items[i : i + MAX_PARAMS_PER_BATCH]}
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH)
+    ]
+
+
+def _artifact(path: Path, artifact_path: str | None, target: str = "stage") -> dict:
+    return {"kind": "artifact", "target": target, "path": str(path), "artifact_path": artifact_path}
+
+
+def _spill_files(entry: dict, base: str, index: int) -> dict:
+    """Copy an entry's file(s) next to the spill, so they outlive the pod."""
+    if entry["kind"] not in ("artifact", "model"):
+        return entry
+    src = Path(entry["path"])
     if not src.exists():
-        log.error("MLflow: artifact %s vanished before it could be sent; not spilled", src)
-        return {**op, "kind": "lost"}
+        log.error("MLflow: %s vanished before it could be sent; not spilled", src)
+        return {**entry, "kind": "lost"}
     rel = f"files/{index}/{src.name}"
     if src.is_dir():
         storage.sync_up(src, storage.join(base, rel))
     else:
         storage.upload_file(src, storage.join(base, rel))
-    return {**{k: v for k, v in op.items() if k != "path"}, "spilled": rel}
+    return {**{k: v for k, v in entry.items() if k != "path"}, "spilled": rel}
 
 
 def _pending_spills(root: str) -> list[str]:
@@ -673,16 +788,11 @@ def _pending_spills(root: str) -> list[str]:
     except storage.StorageError as exc:
         log.warning("MLflow: cannot list pending spills under %s: %s", root, exc)
         return []
-    prefix = root.rstrip("/") + "/" if storage.is_s3(root) else str(Path(root)) + os.sep
-    return [
-        u
-        for u in listed
-        if u.endswith(".json") and "/" not in u[len(prefix) :].replace(os.sep, "/")
-    ]
+    return [u for u in listed if u.endswith(".json") and "/files/" not in u]
 
 
 def replay_pending(root: str, outage_timeout_s: float = 30.0) -> tuple[int, int]:
-    """Send spilled buffers under ``root`` to their tracking servers; returns (sent, left)."""
+    """Send the spills under ``root`` to their tracking servers; returns (sent, left)."""
     sent = left = 0
     for spill in _pending_spills(root):
         if _replay_one(spill, outage_timeout_s):
@@ -694,6 +804,9 @@ def replay_pending(root: str, outage_timeout_s: float = 30.0) -> tuple[int, int]
 
 def _replay_one(spill: str, outage_timeout_s: float) -> bool:
     doc = json.loads(storage.read_text(spill))
+    if doc.get("version") != SPILL_VERSION:
+        log.error("MLflow: %s is a spill of another version; send it with that version", spill)
+        return False
     files = spill[: -len(".json")]
     with tempfile.TemporaryDirectory(prefix="coldstart-replay-") as tmp:
         local = Path(files)
@@ -702,172 +815,62 @@ def _replay_one(spill: str, outage_timeout_s: float) -> bool:
             if storage.exists(storage.join(files, "files")):
                 storage.sync_down(files, local)
 
-        def unspill(op: dict) -> dict:
-            if "spilled" not in op:
-                return op
-            return {**op, "path": str(local / op["spilled"])}
+        def unspill(entry: dict) -> dict:
+            return {**entry, "path": str(local / entry["spilled"])} if "spilled" in entry else entry
 
+        entries = [unspill(e) for e in doc["entries"] if e["kind"] != "lost"]
         tracker = StageTracker(
             RunSpec(**doc["spec"]),
-            ops=[unspill(op) for op in doc["ops"] if op["kind"] != "lost"],
-            parent_setup=[unspill(op) for op in doc["parent_setup"]],
+            spill_max_entries=len(entries) + len(doc["parent_setup"]) + 1,  # drops nothing
+            entries=entries,
+            parent_setup=[unspill(e) for e in doc["parent_setup"]],
         )
         tracker.start(wait_s=0.0)
         done = tracker.close(status=None, outage_timeout_s=outage_timeout_s)
     if done:
         storage.delete(files)
         storage.delete(spill)
-        log.info("MLflow: replayed %s (%d log calls)", spill, len(doc["ops"]))
+        log.info("MLflow: replayed %s (%d log calls)", spill, len(entries))
     return done
 
 
 # --------------------------------------------------------------------------- senders
 
 
-def _send_metrics(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]])
+def _metrics(entry: dict) -> dict:
+    return {"metrics": [Metric(k, v, ts, step) for k, v, ts, step in entry["rows"]]}
 
 
-def _send_params(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"]])
+def _params(entry: dict) -> dict:
+    return {"params": [Param(k, v) for k, v in entry["params"]]}
 
 
-def _send_tags(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+def _tags(entry: dict) -> dict:
+    return {"tags": [RunTag(k, v) for k, v in entry["tags"].items()]}
 
 
-def _send_artifact(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    path = Path(op["path"])
-    if path.is_dir():
-        client.log_artifacts(run_id, str(path), op["artifact_path"])
-    elif path.exists():
-        client.log_artifact(run_id, str(path), op["artifact_path"])
-    else:
-        raise FileNotFoundError(f"artifact {path} no longer exists; keep it until the stage ends")
-
-
-def _send_status(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    client.update_run(run_id, status=op["status"])
-
-
-def _send_end(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    client.set_terminated(run_id, op["status"], end_time=op["end_ms"])
-
-
-def _send_register(tracker: StageTracker, client: MlflowClient, run_id: str, op: dict) -> None:
-    name = op["name"]
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if existing:  # an earlier try got through but its answer was lost
-        version = str(existing[0].version)
-    else:
-        source = op["source"] or f"{client.get_run(run_id).info.artifact_uri}/{op['artifact_path']}"
-        version = str(client.create_model_version(name, source, run_id=run_id).version)
-    client.set_tag(run_id, TAG_REGISTERED, f"{name}/{version}")
-    tracker.registered[name] = version
-    log.info("MLflow: registered %s version %s", name, version)
-
-
-_SENDERS: dict[str, Callable[[StageTracker, MlflowClient, str, dict], None]] = {
-    "metrics": _send_metrics,
-    "params": _send_params,
-    "tags": _send_tags,
-    "artifact": _send_artifact,
-    "status": _send_status,
-    "end": _send_end,
-    "register": _send_register,
+_BATCH_KINDS: dict[str, Callable[[dict], dict]] = {
+    "metrics": _metrics,
+    "params": _params,
+    "tags": _tags,
 }
-
-
-# --------------------------------------------------------------------------- system metrics
-
-
-class _SystemMetrics:
-    """Samples MLflow's system monitors every ``interval_s`` into the tracker's buffer."""
-
-    def __init__(self, tracker: StageTracker, interval_s: float) -> None:
-        self.tracker, self.interval_s = tracker, interval_s
-        self.monitors = _system_monitors()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mlflow-system-metrics", daemon=True)
-
-    def start(self) -> None:
-        if self.monitors:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def _run(self) -> None:
-        step = 0
-        while not self._stop.wait(self.interval_s):
-            values: dict[str, float] = {}
-            try:
-                for monitor in self.monitors:
-                    monitor.collect_metrics()
-                    values.update(monitor.aggregate_metrics())
-                    monitor.clear_metrics()
-            except Exception as exc:
-                log.warning("system metrics stopped: %s", _short(exc))
-                return
-            self.tracker.log_metrics({f"system/{k}": v for k, v in values.items()}, step=step)
-            step += 1
-
-
-def _system_monitors() -> list[Any]:
-    try:
-        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
-        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
-        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
-    except ImportError as exc:  # psutil missing
-        log.warning("no system metrics: %s", exc)
-        return []
-    monitors: list[Any] = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
-    try:
-        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
-
-        monitors.append(GPUMonitor())
-    except Exception:
-        log.debug("no GPU system metrics", exc_info=True)
-    return monitors
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def _parent_setup_ops(cfg: PipelineConfig, tracker: StageTracker) -> list[dict]:
+def _parent_setup(cfg: PipelineConfig, folder: Path) -> list[dict]:
     """Flattened config params and the config YAML, sent to the parent run when it is created."""
-    ops: list[dict] = []
-    items = [[k, str(v)[:MAX_PARAM_LENGTH]] for k, v in flatten(cfg).items()]
-    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        ops.append(
-            {
-                "kind": "params",
-                "target": "parent",
-                "params": items[start : start + MAX_PARAMS_PER_BATCH],
-            }
-        )
-    config_file = tracker._spool_path(CONFIG_ARTIFACT)
+    config_file = folder / CONFIG_ARTIFACT
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    ops.append(
-        {"kind": "artifact", "target": "parent", "path": str(config_file), "artifact_path": None}
-    )
-    return ops
+    return [*_param_entries(flatten(cfg), "parent"), _artifact(config_file, None, "parent")]
 
 
 @contextmanager
 def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (libraries that log on their own) at the stage's store, during the stage.
-
-    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI; it is restored afterwards, or a later
-    stage_run in this process (and any subprocess) would take this URI over its own config's default.
-    """
+    """Point MLflow's fluent API (model logging, libraries that log on their own) at the stage's
+    store during the stage, and restore MLFLOW_TRACKING_URI afterwards: a later stage in this
+    process (or a subprocess) would otherwise take this URI over its own config's default."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
@@ -877,7 +880,7 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
 
 
 class StageTerminated(SystemExit):
-    """SIGTERM (pod deleted or preempted) during a stage: unwinds it so its run ends KILLED, logs flushed."""
+    """SIGTERM (pod deleted or preempted) during a stage: unwinds it so its run ends KILLED."""
 
 
 @contextmanager
@@ -908,55 +911,43 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
     Never fails the stage because of MLflow: an unreachable server at start costs at most
     ``tracking.start_timeout_s``, and the runs are created once it answers.
     """
+    limit_client_retries()
     spec = RunSpec.for_stage(cfg, stage, resolve_run_id(pipeline_run_id))
-    tracker = StageTracker(spec)
-    tracker._parent_setup = _parent_setup_ops(cfg, tracker)
-    tracker.spill_to = spill_root(cfg)
-    interval = cfg.tracking.system_metrics_interval_s if cfg.tracking.system_metrics else None
-    if tracker.start(cfg.tracking.start_timeout_s, interval):
-        replay_pending(tracker.spill_to, outage_timeout_s=min(10.0, cfg.tracking.flush_timeout_s))
-    status, timeout = "FAILED", cfg.tracking.flush_timeout_s
-    try:
-        with _sigterm_unwinds(), _fluent_tracking_uri(spec.tracking_uri):
-            yield tracker
-        status = "FINISHED"
-    except (KeyboardInterrupt, StageTerminated):
-        status, timeout = "KILLED", min(timeout, 20.0)
-        raise
-    finally:
-        tracker.close(status, timeout)
-
-
-def register_model(
-    tracker: StageTracker,
-    model_dir: str | Path,
-    name: str,
-    artifact_path: str = "model",
-    wait_s: float = 60.0,
-) -> str | None:
-    """Log ``model_dir`` as the stage run's ``artifact_path`` and register it as a new version of ``name``.
-
-    An ``s3://`` model_dir is already in the object store: it is registered by its URI, not
-    copied. Returns the version, or None if the server stayed unreachable for ``wait_s``
-    (the registration stays buffered and happens when the server is back).
-    """
-    source = str(model_dir) if storage.is_s3(str(model_dir)) else None
-    if source is None:
-        if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"register_model: {model_dir} is not a directory")
-        tracker.log_artifact(model_dir, artifact_path)
-    tracker._enqueue(
-        {
-            "kind": "register",
-            "target": "stage",
-            "name": name,
-            "source": source,
-            "artifact_path": artifact_path,
-        }
-    )
-    if not tracker.flush(wait_s):
-        log.warning(
-            "MLflow: %s not registered yet (server unreachable); it will be when the server is back",
-            name,
+    tracking = cfg.tracking
+    status, timeout = "FAILED", tracking.flush_timeout_s
+    with (
+        tempfile.TemporaryDirectory(prefix="coldstart-parent-") as tmp,
+        _fluent_tracking_uri(spec.tracking_uri),
+    ):
+        tracker = StageTracker(
+            spec,
+            spill_max_entries=tracking.spill_max_entries,
+            parent_setup=_parent_setup(cfg, Path(tmp)),
+            system_metrics_interval_s=(
+                tracking.system_metrics_interval_s if tracking.system_metrics else None
+            ),
+            spill_to=spill_root(cfg),
         )
-    return tracker.registered.get(name)
+        if tracker.start(tracking.start_timeout_s):
+            replay_pending(spill_root(cfg), outage_timeout_s=min(10.0, timeout))
+        try:
+            with _sigterm_unwinds():
+                yield tracker
+            status = "FINISHED"
+        except (KeyboardInterrupt, StageTerminated):
+            status, timeout = "KILLED", min(timeout, 20.0)
+            raise
+        finally:
+            tracker.close(status, timeout)
+
+
+def log_final_model(tracker: StageTracker, cfg: PipelineConfig, model_dir: str | Path) -> None:
+    """What SFT and GRPO call on their saved final model: log it in MLflow's transformers format
+    (``tracking.log_model``) and register it when ``tracking.register_model_name`` is set."""
+    if cfg.tracking.log_model or cfg.tracking.register_model_name:
+        tracker.log_model(model_dir, register_as=cfg.tracking.register_model_name)
+
+
+def register_model(tracker: StageTracker, model_dir: str | Path, name: str) -> None:
+    """The earlier name of :meth:`StageTracker.log_model` with a registered name."""
+    tracker.log_model(model_dir, register_as=name)

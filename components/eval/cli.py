@@ -17,7 +17,13 @@ from components.common.config import PipelineConfig
 from components.common.errors import InputError
 from components.common.stage_cli import config_from_args, default_run_id, stage_parser
 from components.common.tracking import stage_run
-from components.eval.stage import TABLE_FILE, EvalOutputs, run_eval, write_outputs
+from components.eval.stage import (
+    KFP_METRICS,
+    TABLE_FILE,
+    EvalOutputs,
+    run_eval,
+    write_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +59,12 @@ def main(
         files = write_outputs(run, outputs)
         metrics = run.metrics()
         tracker.log_metrics(metrics)
+        headline = ("/average", *(f"/{m}" for m in KFP_METRICS))
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.endswith(headline)}, parent=True)
+        # kfp output paths have no extension; MLflow's UI previews by extension.
+        names = {outputs.report: "report.md", outputs.chart: "chart.png"}
         for path in files:
-            tracker.log_artifact(path, ARTIFACT_DIR)
+            tracker.log_artifact(path, ARTIFACT_DIR, name=names.get(path))
         _mark_table(tracker, f"{ARTIFACT_DIR}/{TABLE_FILE}")
     return metrics
 

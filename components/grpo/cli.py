@@ -14,7 +14,7 @@ from typing import Any
 from components.common import storage
 from components.common.config import PipelineConfig, flatten
 from components.common.stage_cli import config_from_args, default_run_id, run_cli, stage_parser
-from components.common.tracking import register_model, stage_run
+from components.common.tracking import log_final_model, stage_run
 from components.grpo.launcher import is_rank_zero, processes_to_launch, run_under_torchrun
 from components.grpo.stage import GRPOPaths, run_grpo
 
@@ -86,8 +86,7 @@ def main(
         for name in ("reward_curve.png", "grpo_history.json"):
             if (paths.output / name).exists():
                 tracker.log_artifact(paths.output / name)
-        if cfg.tracking.register_model_name:
-            register_model(tracker, paths.output, cfg.tracking.register_model_name)
+        log_final_model(tracker, cfg, paths.output)
     if storage.is_s3(output_dir):
         storage.sync_up(paths.output, output_dir, exclude=tuple(_checkpoint_files(paths.output)))
     return summary

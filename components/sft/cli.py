@@ -20,7 +20,7 @@ from typing import Any
 from components.common import storage
 from components.common.config import PipelineConfig
 from components.common.stage_cli import config_from_args, default_run_id, stage_parser
-from components.common.tracking import stage_run
+from components.common.tracking import log_final_model, stage_run
 from components.sft.checkpointing import (
     RESULT_FILE,
     finished_result,
@@ -97,6 +97,8 @@ def main(
     paths = stage_paths(cfg, base_model_dir, data_dir, output_dir, run_id)
     with rank_zero_tracking(cfg, run_id) as tracker:
         metrics = run_sft(cfg, paths, tracker)
+        if tracker is not None:
+            log_final_model(tracker, cfg, paths.output)
     if is_rank_zero():
         write_result(paths.output, cfg, metrics)
         if storage.is_s3(output_dir):

@@ -16,6 +16,7 @@ MIB = 1024 * 1024
 
 
 def _make_tree(root: Path) -> dict[str, bytes]:
+    """A few files, dated a minute back: S3 keeps times to the second, and sync compares them."""
     files = {
         "config.json": b'{"a": 1}',
         "weights/shard-0.bin": os.urandom(2048),
@@ -24,7 +25,13 @@ def _make_tree(root: Path) -> dict[str, bytes]:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
+        _backdate(root / rel)
     return files
+
+
+def _backdate(path: Path, seconds: float = 60.0) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
 
 
 def _read_tree(root: Path) -> dict[str, bytes]:
@@ -101,6 +108,7 @@ def test_s3_multipart_upload_and_download(
     monkeypatch.setenv("COLDSTART_S3_MULTIPART_CHUNKSIZE", str(5 * MIB))  # S3's smallest part
     big = tmp_path / "model.safetensors"
     big.write_bytes(os.urandom(11 * MIB))  # 3 parts: 5 + 5 + 1 MiB
+    _backdate(big)
     uri = s3_env.uri("models/model.safetensors")
 
     storage.upload_file(big, uri, multipart_threshold=5 * MIB)
@@ -109,7 +117,7 @@ def test_s3_multipart_upload_and_download(
 
     out = storage.download_file(uri, tmp_path / "dl/model.safetensors", multipart_threshold=5 * MIB)
     assert out.read_bytes() == big.read_bytes()
-    # The local multipart ETag matches the remote one, so a sync skips the file.
+    # Same size, not modified since the upload: a sync skips the file.
     assert storage.sync_up(tmp_path, s3_env.uri("models"), exclude=("dl/model.safetensors",)) == []
 
 
@@ -216,6 +224,12 @@ def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> Non
     elapsed = time.monotonic() - start
     assert uri in str(info.value)
     assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_bad_setting_in_env_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLDSTART_S3_ADDRESSING_STYLE", "sideways")
+    with pytest.raises(StorageError, match="COLDSTART_S3_ADDRESSING_STYLE='sideways'"):
+        storage.read_bytes("s3://bucket/key")
 
 
 # --------------------------------------------------------------------------- MLflow server (smoke)

@@ -3,6 +3,7 @@ artifacts proxied to moto S3), including the server going away in the middle of 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,10 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
 import matplotlib
+import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -27,7 +31,7 @@ from components.common.tracking import (
     RunSpec,
     StageTracker,
     local_tracking_uri,
-    register_model,
+    log_final_model,
     spill_root,
     stage_run,
 )
@@ -69,8 +73,13 @@ def _artifact(client: MlflowClient, run_id: str, path: str, tmp_path: Path) -> s
 
 
 @pytest.fixture
-def server_back(mlflow_server: MlflowServer):
-    """The shared server, guaranteed running again after a test that stops it."""
+def server_back(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch):
+    """The shared server, guaranteed running again after a test that stops it.
+
+    A stopped server refuses at once; a long HTTP timeout keeps a slow answer on a loaded test
+    machine from looking like a second outage.
+    """
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
     yield mlflow_server
     if mlflow_server.process.proc is None:
         mlflow_server.start()
@@ -92,7 +101,8 @@ def test_local_store_parent_and_nested_stage_runs(tmp_path: Path) -> None:
         fig = plt.figure()
         plt.plot([0, 1])
         tracker.log_figure(fig, "plots/reward.png")
-        tracker.log_dict({"rows": [1, 2]}, "predictions/sample.json")
+        (tmp_path / "sample.json").write_text('{"rows": [1, 2]}')
+        tracker.log_artifact(tmp_path / "sample.json", "predictions")
         time.sleep(0.35)  # a few system-metric samples
     with pytest.raises(RuntimeError, match="boom"), stage_run(cfg, "eval", "kfp-1"):
         raise RuntimeError("boom")
@@ -139,37 +149,106 @@ def test_local_store_parent_and_nested_stage_runs(tmp_path: Path) -> None:
     assert str(Path(cfg.output_dir).resolve() / "mlflow" / "artifacts") in grpo.info.artifact_uri
 
 
+def test_a_rejected_call_is_dropped_with_an_error_and_the_rest_arrives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A param changed to another value is refused by MLflow: an error, no outage, no retry loop."""
+    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    cfg = _cfg(tmp_path)
+    with stage_run(cfg, "sft", "kfp-reject") as tracker:
+        tracker.log_params({"sft.seed": 1})
+        assert tracker.flush(60.0)
+        tracker.log_params({"sft.seed": 2})
+        tracker.log_metrics({"sft/train/loss": 0.5}, step=1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("MLflow rejected params" in m for m in messages), messages
+    assert not any(UNREACHABLE in m for m in messages), messages
+    _, stages = _runs(MlflowClient(local_tracking_uri(cfg.output_dir)), cfg.tracking.experiment)
+    assert stages["sft"].data.params["sft.seed"] == "1"
+    assert stages["sft"].data.metrics["sft/train/loss"] == 0.5
+
+
 # --------------------------------------------------------------------------- server
 
 
-def test_server_runs_artifacts_in_s3_and_model_registry(
-    mlflow_server: MlflowServer, s3_env: S3Env, tmp_path: Path
-) -> None:
-    cfg = _cfg(tmp_path, mlflow_server.url, register_model_name="coldstart-grpo")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (model / "model.safetensors").write_bytes(b"\0" * 1024)
-    with stage_run(cfg, "grpo", "kfp-srv") as tracker:
-        tracker.log_metrics({"grpo/rewards/accuracy/mean": 0.5}, step=1)
-        version = register_model(tracker, model, cfg.tracking.register_model_name)
-        remote = register_model(tracker, s3_env.uri("grpo/model"), "coldstart-grpo-s3")
-    assert version == "1" and remote == "1"
+def _rest(server: MlflowServer, endpoint: str, body: dict | None = None) -> dict:
+    """MLflow's REST API as the UI and any user's script see it (GET, or POST with a JSON body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{server.url}/api/2.0/mlflow/{endpoint}",
+        data=data,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
 
-    client = MlflowClient(mlflow_server.url)
-    (parent,), stages = _runs(client, cfg.tracking.experiment)
-    run_id = stages["grpo"].info.run_id
-    registered = client.get_model_version("coldstart-grpo", "1")
-    assert registered.run_id == run_id and registered.source.endswith(f"{run_id}/artifacts/model")
-    assert client.get_model_version("coldstart-grpo-s3", "1").source == s3_env.uri("grpo/model")
-    assert stages["grpo"].data.tags["coldstart.registered_model"] == "coldstart-grpo-s3/1"
-    stored = storage.list_prefix(mlflow_server.artifacts_uri)
-    assert any(u.endswith(f"{parent.info.run_id}/artifacts/{CONFIG_ARTIFACT}") for u in stored)
-    assert any(u.endswith(f"{run_id}/artifacts/model/model.safetensors") for u in stored)
+
+@pytest.mark.slow
+def test_server_shows_what_users_expect(
+    mlflow_server: MlflowServer, s3_env: S3Env, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Through the REST API: previewable artifact names, the model logged in the transformers
+    format and registered, headline metrics on the parent run, source tags on every run."""
+    cfg = _cfg(tmp_path, mlflow_server.url, register_model_name=f"m-{uuid.uuid4().hex[:6]}")
+    report, chart = tmp_path / "kfp" / "report", tmp_path / "kfp" / "chart"  # kfp: no extension
+    report.parent.mkdir()
+    report.write_text("# scores")
+    chart.write_bytes(b"\x89PNG\r\n\x1a\n")
+    with stage_run(cfg, "eval", "kfp-ui") as tracker:
+        tracker.log_metrics({"eval/sft/synthetic/score": 0.5, "eval/sft/average": 0.5}, parent=True)
+        tracker.log_artifact(report, "eval", name="report.md")
+        tracker.log_artifact(chart, "eval", name="chart.png")
+    with stage_run(cfg, "grpo", "kfp-ui") as tracker:
+        log_final_model(tracker, cfg, tiny_model_dir)
+
+    experiment = _rest(
+        mlflow_server, f"experiments/get-by-name?experiment_name={cfg.tracking.experiment}"
+    )
+    experiment_id = experiment["experiment"]["experiment_id"]
+    runs = _rest(mlflow_server, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    by_role = {}
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        by_role[tags.get("coldstart.stage", "pipeline")] = (run, tags)
+        assert tags["mlflow.source.type"] == "JOB" and tags["mlflow.source.name"].startswith(
+            "coldstart/"
+        )
+        assert len(tags["mlflow.source.git.commit"]) == 40, tags
+    parent, _ = by_role["pipeline"]
+    headline = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert headline == {"eval/sft/synthetic/score": 0.5, "eval/sft/average": 0.5}
+
+    eval_id = by_role["eval"][0]["info"]["run_id"]
+    listed = _rest(mlflow_server, f"artifacts/list?run_id={eval_id}&path=eval")["files"]
+    assert {f["path"] for f in listed} == {"eval/report.md", "eval/chart.png"}
+
+    grpo_id = by_role["grpo"][0]["info"]["run_id"]
+    models = _rest(mlflow_server, "logged-models/search", {"experiment_ids": [experiment_id]})
+    (model,) = models["models"]
+    assert model["info"]["source_run_id"] == grpo_id and model["info"]["name"] == "model"
+    name = cfg.tracking.register_model_name
+    query = urllib.parse.urlencode({"filter": f"name='{name}'"})
+    versions = _rest(mlflow_server, f"model-versions/search?{query}")
+    (version,) = versions["model_versions"]
+    assert version["run_id"] == grpo_id and version["status"] == "READY"
+    assert by_role["grpo"][1]["coldstart.registered_model"] == f"{name}/1"
+    mlmodel = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{model['info']['artifact_uri']}/MLmodel",
+        dst_path=str(tmp_path),
+        tracking_uri=mlflow_server.url,
+    )
+    assert "transformers" in yaml.safe_load(Path(mlmodel).read_text())["flavors"]
+    stored = storage.list_prefix(mlflow_server.artifacts_uri)  # proxied into the object store
+    assert any(
+        u.endswith(f"{parent['info']['run_id']}/artifacts/{CONFIG_ARTIFACT}") for u in stored
+    )
 
 
 def test_outage_mid_stage_loses_nothing(
-    server_back: MlflowServer, s3_env: S3Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server_back: MlflowServer,
+    s3_env: S3Env,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stop the server mid-stage, keep logging, start it again: every step arrives, one warning."""
     caplog.set_level(logging.WARNING, logger="components.common.tracking")
@@ -184,13 +263,14 @@ def test_outage_mid_stage_loses_nothing(
     with stage_run(cfg, "sft", "kfp-outage") as tracker:
         for step in range(5):
             log_step(tracker, step)
-        assert tracker.flush(5.0)
+        assert tracker.flush(60.0)
         server_back.stop()
         for step in range(5, 25):
             log_step(tracker, step)
             time.sleep(0.05)
         tracker.log_params({"sft.during_outage": True})
-        tracker.log_dict({"logged": "while down"}, "outage.json")
+        (tmp_path / "outage.json").write_text('{"logged": "while down"}')
+        tracker.log_artifact(tmp_path / "outage.json")
         _wait_for(lambda: UNREACHABLE in caplog.text, 10)
         server_back.start()
         for step in range(25, 30):
@@ -223,7 +303,8 @@ def test_server_down_at_start_spills_then_next_stage_replays(
         for step in range(10):
             tracker.log_metrics({"sft/train/loss": float(step)}, step=step)
         tracker.log_params({"sft.note": "offline"})
-        tracker.log_dict({"a": 1}, "tables/a.json")
+        (tmp_path / "a.json").write_text('{"a": 1}')
+        tracker.log_artifact(tmp_path / "a.json", "tables")
     assert entered < 3.0, f"stage start waited {entered:.1f} s for a refused connection"
     (spill,) = [
         u
@@ -279,6 +360,28 @@ def test_hung_server_never_blocks_a_log_call(
     )  # the stage's URI does not leak into later stages
     spills = [u for u in storage.list_prefix(spill_root(cfg)) if u.endswith(".json")]
     assert len(spills) == 1 and '"grpo/reward/mean", 0.1' in storage.read_text(spills[0])
+
+
+def test_spill_cap_drops_the_oldest_with_a_counted_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long outage: the spill keeps the newest `spill_max_entries` log calls and says how many
+    it dropped; what it kept is written for replay."""
+    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    cfg = _cfg(tmp_path, nobody, spill_max_entries=5, start_timeout_s=0.2, flush_timeout_s=0.2)
+    with stage_run(cfg, "grpo", "kfp-cap") as tracker:
+        for step in range(20):
+            tracker.log_metrics({"grpo/loss": float(step)}, step=step)
+    # 20 metric calls + 2 end marks (stage, parent) = 22 entries, cap 5: 17 dropped
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("spill is full" in m for m in messages) == 1, messages
+    assert any("dropped 17 log calls" in m for m in messages), messages
+    (spill,) = [u for u in storage.list_prefix(spill_root(cfg)) if u.endswith(".json")]
+    doc = json.loads(storage.read_text(spill))
+    steps = [e["rows"][0][3] for e in doc["entries"] if e["kind"] == "metrics"]
+    assert steps == [17, 18, 19] and doc["dropped"] == 17
+    assert [e["kind"] for e in doc["entries"][-2:]] == ["end", "end"]
 
 
 def test_sigterm_ends_the_stage_run_killed_with_its_logs(tmp_path: Path) -> None:
