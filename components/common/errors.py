@@ -62,15 +62,17 @@ def report_failure(
 ) -> int:
     """Print the one-line error for `exc` raised in `where`; returns the exit code to use.
 
-    `log` is the file that already holds the full output (a kfp.local task's log); without one,
-    the traceback is written to a temp file so the line can still point at it.
+    `log` is the file that already holds the full output and traceback (a kfp.local task's log,
+    shown as it ran with `--verbose`); without one, the traceback is written to a temp file so
+    the line can still point at it, and printed too with `verbose`.
     """
     stream = stream or sys.stderr
-    if verbose:
-        traceback.print_exception(exc, file=stream)
     if log is None:
+        if verbose:
+            traceback.print_exception(exc, file=stream)
         log = failure_log(where, exc)
-    kind = "" if isinstance(exc, InputError) else f" [{type(exc).__name__}]"
+    plain = isinstance(exc, InputError) or hasattr(exc, "exit_code")  # the message says it all
+    kind = "" if plain else f" [{type(exc).__name__}]"
     hint = "" if verbose else "; --verbose shows the traceback"
     print(f"error: {where}: {one_line(str(exc))}{kind} (full log: {log}{hint})", file=stream)
     return exit_code(exc)
