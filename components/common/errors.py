@@ -39,7 +39,11 @@ def exit_code(exc: BaseException) -> int:
 
 def one_line(text: str) -> str:
     """Multi-line messages (a config error lists one field per line) joined into one line."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    out = ""
+    for part in (p.strip() for p in str(text).splitlines()):
+        if part:
+            out += (" " if out.endswith(":") else "; ") * bool(out) + part
+    return out
 
 
 def failure_log(where: str, exc: BaseException) -> Path:

@@ -45,6 +45,8 @@ import botocore.exceptions
 from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
+from components.common.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 ENDPOINT_ENV_VARS = ("COLDSTART_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -65,6 +67,10 @@ _DENIED_CODES = {
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and what to check."""
+
+
+class NotFoundError(StorageError, InputError):
+    """A path or prefix the user named does not exist: bad input (exit 2), not a store failure."""
 
 
 # --------------------------------------------------------------------------- URIs
@@ -284,7 +290,7 @@ def _s3_errors(uri: str) -> Iterator[None]:
 
 def _require_local(path: Path, uri: str) -> None:
     if not path.exists():
-        raise StorageError(f"{uri}: no such file or directory: check the path")
+        raise NotFoundError(f"{uri}: no such file or directory: check the path")
 
 
 # --------------------------------------------------------------------------- single objects
@@ -544,11 +550,11 @@ def sync_down(uri: str, local_dir: str | os.PathLike[str]) -> list[str]:
     dst = Path(local_dir)
     if not is_s3(uri):
         if not Path(uri).is_dir():
-            raise StorageError(f"{uri}: no such directory: check the path")
+            raise NotFoundError(f"{uri}: no such directory: check the path")
         return _sync_local(Path(uri), dst, ())
     objects = list(_iter_objects(uri))
     if not objects:
-        raise StorageError(f"{uri}: no objects under this prefix: check the bucket and key")
+        raise NotFoundError(f"{uri}: no objects under this prefix: check the bucket and key")
     downloaded = []
     for obj in objects:
         target = dst / obj.relpath
