@@ -42,20 +42,19 @@ def worker_crash_op() -> None:
 
 
 def first_fails_then_independent(tmp_path: Path, failing):
-    """A pipeline whose first task fails and whose other tasks do not depend on it.
+    """A pipeline whose first task fails and whose next task kfp.local would still start.
 
-    kfp.local 2.17 runs independent tasks in reverse order of their task names and definition
-    (`graph_utils.topological_sort`); the failing components' names sort last, so they run first.
+    kfp.local orders independent tasks by hash order, so the stand-in for "a task that does not
+    depend on the failed one" is a task after it that ignores upstream failures: left alone,
+    kfp.local starts it once the first task has failed.
     """
     marker = str(tmp_path / "independent-ran")
 
     @dsl.pipeline(name="fail-fast")
-    def pipeline(flag: bool = True):
-        # independent of the failing task: kfp.local's DAG runner would still start them after it
-        noisy_op(marker=marker).set_display_name("base_model")
-        with dsl.If(flag == True):  # noqa: E712 (a kfp condition, as in our DAG)
-            noisy_op(marker=marker + "-2")
-        failing().set_display_name("data_prep")  # runs first (kfp.local's order: see below)
+    def pipeline():
+        first = failing().set_display_name("data_prep")
+        after = noisy_op(marker=marker).set_display_name("base_model").after(first)
+        after.ignore_upstream_failure()
 
     return pipeline, Path(marker)
 
