@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 DEADLINE_S = 5.0
 PROBE_NAME = ".coldstart-preflight"
-UNREACHABLE = ("could not connect", "endpoint", "timed out", "Connect timeout")
 
 
 @dataclass
@@ -62,8 +61,17 @@ def quick_s3() -> Iterator[None]:
                 os.environ.pop(key, None)
 
 
-def is_unreachable(message: str) -> bool:
-    return any(word.lower() in message.lower() for word in UNREACHABLE)
+def is_unreachable(exc: BaseException) -> bool:
+    """The store could not be reached at all (no answer), as opposed to a definite "no"."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ReadTimeoutError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (BotoConnectionError, ReadTimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # --------------------------------------------------------------------------- the checks
@@ -79,7 +87,7 @@ def check_output_dir(uri: str, local: bool) -> tuple[list[str], list[str]]:
             storage.write_bytes(probe, b"preflight")
             storage.delete(probe)
         except storage.StorageError as exc:
-            if not local and is_unreachable(str(exc)):
+            if not local and is_unreachable(exc):
                 return [], [
                     f"output_dir: not reachable from here ({exc}); not checked (the cluster may reach it)"
                 ]
@@ -105,7 +113,7 @@ def check_uri(field_name: str, uri: str, local: bool) -> tuple[list[str], list[s
     try:
         found = storage.exists(uri)
     except storage.StorageError as exc:
-        if not local and is_unreachable(str(exc)):
+        if not local and is_unreachable(exc):
             return [], [f"{field_name}: could not check {uri} from this machine ({exc})"]
         return [f"{field_name}: {exc}"], []
     return ([] if found else [f"{field_name}: nothing at {uri}: check the bucket and key"]), []

@@ -28,6 +28,7 @@ from pipelines.stage_pipeline import (
 )
 from pipelines.submit import (
     add_server_args,
+    check_host,
     exit_code,
     server_options,
     submit_pipeline,
@@ -140,6 +141,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return 0
     uris = cluster_uris(uris)
     opts = server_options(args)
+    check_host(opts.host)
     preflight(cfg, local=False, inputs=uris)
     run_id = None if args.no_cache else rerun_run_id(cfg, args.stage, uris)
     pipeline = build_stage_pipeline(cfg, args.stage, uris, run_id)

@@ -131,7 +131,6 @@ def check_host(host: str, timeout_s: float = 5.0) -> None:
 def make_client(opts: ServerOptions) -> Any:
     import kfp
 
-    check_host(opts.host)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return kfp.Client(
@@ -232,6 +231,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, args.overrides)
     opts = server_options(args)
+    check_host(opts.host)
     preflight(cfg, local=False)
     return exit_code(submit_pipeline(build_pipeline(cfg), cfg, opts))
 
