@@ -129,7 +129,7 @@ def test_preflight_for_a_cluster_only_warns_about_a_store_it_cannot_reach(monkey
     cfg = load_config(DEFAULT_CONFIG, ["output_dir=s3://bucket/run1"])
     (warning,) = preflight(cfg, local=False)
     assert warning.startswith("output_dir: not reachable from here")
-    with pytest.raises(ValueError, match="output_dir: .*cannot reach the S3 endpoint"):
+    with pytest.raises(ValueError, match=r"output_dir: .*cannot reach the S3 endpoint"):
         preflight(cfg, local=True)
 
 
