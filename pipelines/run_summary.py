@@ -7,13 +7,11 @@ the same config the run used, so the very next command the user copies works as 
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.common.config import PipelineConfig
-from components.common.stage_cli import DEFAULT_CONFIG
 from pipelines.local_tasks import LocalRun
 
 
@@ -105,12 +103,3 @@ def describe(cfg: PipelineConfig, run: LocalRun, how: Invocation, seconds: float
     else:
         lines.append(f"  open {tracking}")
     return "\n".join(lines)
-
-
-def display_config(path: str | None) -> str:
-    """The config path as the user would type it (relative when under the working directory)."""
-    target = Path(path) if path else DEFAULT_CONFIG
-    try:
-        return os.path.relpath(target)
-    except ValueError:
-        return str(target)

@@ -30,7 +30,8 @@ def default_config_path() -> Path:
             f"no --config given and the default {DEFAULT_CONFIG} is missing (installed without "
             "the repository?): pass --config FILE (examples: configs/ in the repository)"
         )
-    return DEFAULT_CONFIG
+    shown = Path(os.path.relpath(DEFAULT_CONFIG))  # as the user would type it, in messages
+    return DEFAULT_CONFIG if shown.parts[0] == ".." else shown
 
 
 def resolve_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
