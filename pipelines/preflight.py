@@ -62,13 +62,14 @@ def quick_s3() -> Iterator[None]:
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """The store could not be reached at all (no answer), as opposed to a definite "no"."""
+    """This machine cannot ask the store (no answer, no credentials here), as opposed to a
+    definite "no" from it (no such bucket, access denied)."""
     from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import ReadTimeoutError
+    from botocore.exceptions import NoCredentialsError, ReadTimeoutError
 
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (BotoConnectionError, ReadTimeoutError)):
+        if isinstance(seen, (BotoConnectionError, ReadTimeoutError, NoCredentialsError)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -115,8 +115,11 @@ def check_host(host: str, timeout_s: float = 5.0) -> None:
     Any HTTP answer counts (an auth proxy in front of it answers 302/401/403): only a refused
     connection, an unknown name or a timeout stop the command.
     """
+    request = urllib.request.Request(f"{host}/apis/v2beta1/healthz")
+    if os.environ.get(TOKEN_ENV):
+        request.add_header("Authorization", f"Bearer {os.environ[TOKEN_ENV]}")
     try:
-        urllib.request.urlopen(f"{host}/apis/v2beta1/healthz", timeout=timeout_s).close()
+        urllib.request.urlopen(request, timeout=timeout_s).close()
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError) as exc:
