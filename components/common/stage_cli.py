@@ -93,7 +93,8 @@ def verbose_requested(argv: list[str]) -> bool:
 
 def run_cli(main: Callable[[], int]) -> None:
     """Run a stage's CLI; a failure ends as one line (stage, message, log path) and exit 2 or 1."""
-    stage = main.__module__.removeprefix("components.").split(".")[0]
+    module = main.__module__
+    stage = module.split(".")[1] if module.startswith("components.") else Path(sys.argv[0]).stem
     verbose = verbose_requested(sys.argv[1:])
     setup_logging(verbose)
     try:
