@@ -174,3 +174,13 @@ def test_rerun_eval_evaluates_only_the_models_it_is_given(tmp_path):
     tasks = spec["root"]["dag"]["tasks"]
     assert not [name for name in tasks if name.startswith("base-model")]
     assert set(tasks["eval-op"]["inputs"]["artifacts"]) == {"eval_data", "sft_model"}
+
+
+def test_the_python_api_runs_the_same_preflight(tmp_path):
+    from components.common.errors import InputError
+    from pipelines.api import run_pipeline
+
+    overrides = [f"output_dir={tmp_path / 'out'}", f"model.name_or_path={tmp_path / 'nomodel'}"]
+    with pytest.raises(InputError, match="model.name_or_path=.*no such directory"):
+        run_pipeline(None, overrides)
+    assert not (tmp_path / "out").exists()
