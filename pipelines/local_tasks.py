@@ -26,7 +26,9 @@ import io
 import itertools
 import json
 import logging
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -163,8 +165,6 @@ class Supervisor:
     def run_subprocess(
         self, full_command: list[str], env_vars: dict[str, str] | None = None
     ) -> int:
-        import os
-
         stage = getattr(self.current, "stage", "task")
         log = self.log_path(stage)
         self.current.log = log
@@ -198,11 +198,14 @@ class Supervisor:
         return 0
 
     def show(self, stage: str, piece: str) -> None:
+        """Verbose: everything; on a terminal: a progress bar's latest state on one line."""
         if self.verbose:
             self.console.write(piece)
         elif self.live and piece.endswith("\r") and piece.strip():
-            width = 100
-            self.console.write(f"\r\x1b[K  {stage:<14} {piece.strip()[: width - 17]}")
+            width = shutil.get_terminal_size().columns - 18
+            self.console.write(f"\r\x1b[K  {stage:<14} {piece.strip()[:width]}")
+        else:
+            return
         self.console.flush()
 
     # ------------------------------------------------------------------ hook 2: one task

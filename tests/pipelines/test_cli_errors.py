@@ -181,6 +181,6 @@ def test_the_python_api_runs_the_same_preflight(tmp_path):
     from pipelines.api import run_pipeline
 
     overrides = [f"output_dir={tmp_path / 'out'}", f"model.name_or_path={tmp_path / 'nomodel'}"]
-    with pytest.raises(InputError, match="model.name_or_path=.*no such directory"):
+    with pytest.raises(InputError, match=r"model.name_or_path=.*no such directory"):
         run_pipeline(None, overrides)
     assert not (tmp_path / "out").exists()
