@@ -62,12 +62,11 @@ def runs_flags(cfg: PipelineConfig, how: Invocation, tracking_uri: str) -> str:
     point there; `--config FILE` when the file alone says it; else the explicit store.
     """
     from components.common.stage_cli import resolve_config
-    from components.common.tracking import resolve_tracking_uri
+    from pipelines.runs import config_tracking_uri
 
     if how.config is not None and not how.overrides:
         return f" --config {shlex.quote(how.config)}"
-    default_uri = resolve_tracking_uri(resolve_config(None))
-    if tracking_uri == default_uri:
+    if tracking_uri == config_tracking_uri(resolve_config(None)):
         return ""
     return f" --tracking-uri {shlex.quote(tracking_uri)} --experiment {shlex.quote(cfg.tracking.experiment)}"
 

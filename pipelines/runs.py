@@ -120,21 +120,28 @@ def store_config(args: argparse.Namespace) -> Any:
     return resolve_config(args.config, args.overrides)
 
 
-def tracking_uri(args: argparse.Namespace) -> str:
-    """--tracking-uri, else --output-dir's store, else where the config's runs log (as the
-    stages resolve it), without creating anything."""
-    if args.tracking_uri:
-        return args.tracking_uri
-    cfg = store_config(args)
-    if args.output_dir is None:
-        if cfg.tracking.tracking_uri:
-            return cfg.tracking.tracking_uri
-        if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
+def config_tracking_uri(cfg: Any) -> str:
+    """Where the stages of `cfg` log (their own precedence), without creating the local store."""
     from components.common.tracking import local_store_dir
 
-    folder = Path(args.output_dir).resolve() / "mlflow" if args.output_dir else local_store_dir(cfg)
-    db = folder / "mlflow.db"
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{local_store_dir(cfg) / 'mlflow.db'}"
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    """--tracking-uri, else --output-dir's store, else where the config's runs log."""
+    if args.tracking_uri:
+        return args.tracking_uri
+    if args.output_dir is None:
+        uri = config_tracking_uri(store_config(args))
+        if not uri.startswith("sqlite:///"):
+            return uri
+        db = Path(uri.removeprefix("sqlite:///"))
+    else:
+        db = Path(args.output_dir).resolve() / "mlflow" / "mlflow.db"
     if not db.exists():
         raise InputError(
             f"no local MLflow store at {db}: run `coldstart run` first, or pass --config / "
