@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from components.common.config import PipelineConfig, load_config
+from components.common.config import PipelineConfig
+from components.common.stage_cli import resolve_config
 from pipelines.cluster_config import ClusterConfig, cluster_config, image_kind, task_image
 from pipelines.resources import stage_resources
 
@@ -374,19 +375,20 @@ def run_checks(cfg: PipelineConfig, host: str | None, namespace: str) -> list[Re
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = resolve_config(args.config, args.overrides)
     results = run_checks(cfg, args.host, args.namespace or "kubeflow")
     for result in results:
         print(result.line(), flush=True)
     return 1 if any(r.status == "FAIL" for r in results) else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`doctor`; `common` carries --config, --set and --verbose."""
     from pipelines.compile import add_image_tag_arg
-    from pipelines.submit import add_config_args
 
-    parser = sub.add_parser("doctor", help="pre-flight check of a cluster for a run of this config")
-    add_config_args(parser)
+    parser = sub.add_parser(
+        "doctor", parents=[common], help="pre-flight check of a cluster for a run of this config"
+    )
     add_image_tag_arg(parser)
     parser.add_argument(
         "--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"), help="KFP API server URL"

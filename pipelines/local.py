@@ -5,45 +5,79 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from components.common.config import PipelineConfig
-from components.common.tracking import resolve_tracking_uri
+from components.common.storage import is_s3
 from pipelines.caching import run_local_pipeline
-from pipelines.pipeline import build_pipeline
+from pipelines.local_tasks import LocalRun, supervise
 
 log = logging.getLogger(__name__)
 
 
 def absolutize(cfg: PipelineConfig) -> PipelineConfig:
     """Components run with another working directory: make the output folder absolute."""
-    if cfg.output_dir.startswith("s3://"):
+    if is_s3(cfg.output_dir):
         return cfg
     return cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).expanduser().resolve())})
 
 
-def run_local(cfg: PipelineConfig, cache: bool = True) -> Path:
-    """Run every stage through kfp.local; returns the pipeline root holding the artifacts.
+def local_root(cfg: PipelineConfig) -> Path:
+    """The folder on this disk for kfp.local's artifacts and the task logs.
 
-    With `cache`, a stage whose config and inputs are unchanged since an earlier run under the
-    same output folder is skipped and its outputs reused (kfp.local's cache). The run id that
-    groups the stages in MLflow reaches the stage subprocesses through their inherited env.
+    kfp.local needs a local pipeline root. With an s3:// output_dir (checkpoints and tracking
+    spill there) it is a cache folder keyed by the URI: never `./s3:/bucket/...`.
     """
-    cfg = absolutize(cfg)
-    root = Path(cfg.output_dir) / "pipeline_root"
-    root.mkdir(parents=True, exist_ok=True)
+    if is_s3(cfg.output_dir):
+        key = cfg.output_dir.removeprefix("s3://").strip("/")
+        return Path.home() / ".cache" / "coldstart" / "s3" / key
+    return Path(absolutize(cfg).output_dir)
+
+
+@contextmanager
+def pipeline_run_id() -> Iterator[str]:
+    """A `local-<time>` id in KFP_RUN_ID for the stage subprocesses (groups them in MLflow)."""
     previous = os.environ.get("KFP_RUN_ID")
-    os.environ["KFP_RUN_ID"] = time.strftime("local-%Y%m%d-%H%M%S")
+    run_id = time.strftime("local-%Y%m%d-%H%M%S")
+    os.environ["KFP_RUN_ID"] = run_id
     try:
-        run_local_pipeline(build_pipeline(cfg), root, cache, config_json=cfg.to_json())
+        yield run_id
     finally:
         if previous is None:
             os.environ.pop("KFP_RUN_ID", None)
         else:
             os.environ["KFP_RUN_ID"] = previous
-    return root
 
 
-def describe_outputs(cfg: PipelineConfig, root: Path) -> str:
+def run_supervised(
+    pipeline_func: Callable[..., Any],
+    cfg: PipelineConfig,
+    label: str,
+    cache: bool,
+    verbose: bool = False,
+) -> LocalRun:
+    """Call `pipeline_func` under kfp.local with per-task logs in `<local root>/logs/<label>`."""
+    root = local_root(cfg) / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    with supervise(local_root(cfg) / "logs" / label, verbose) as run:
+        run_local_pipeline(pipeline_func, root, cache, config_json=cfg.to_json())
+    return run
+
+
+def run_local(cfg: PipelineConfig, cache: bool = True, verbose: bool = False) -> LocalRun:
+    """Run every stage through kfp.local; returns what ran, with outputs and log paths.
+
+    With `cache`, a stage whose config and inputs are unchanged since an earlier run under the
+    same output folder is skipped and its outputs reused (kfp.local's cache). The run id that
+    groups the stages in MLflow reaches the stage subprocesses through their inherited env.
+    """
+    from pipelines.pipeline import build_pipeline
+
     cfg = absolutize(cfg)
-    return f"artifacts: {root}\nMLflow:    {resolve_tracking_uri(cfg)}"
+    with pipeline_run_id() as run_id:
+        run = run_supervised(build_pipeline(cfg), cfg, run_id, cache, verbose)
+    run.pipeline_run_id = run_id
+    return run

@@ -12,10 +12,13 @@ and inputs, so an unchanged rerun is a cache hit on the cluster and locally.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-from components.common.config import PipelineConfig, load_config
+from components.common.config import PipelineConfig
 from components.common.errors import InputError
+from components.common.stage_cli import resolve_config
+from pipelines.local_tasks import LocalRun
 from pipelines.stage_pipeline import (
     STAGES,
     StageSpec,
@@ -24,8 +27,8 @@ from pipelines.stage_pipeline import (
     rerun_run_id,
 )
 from pipelines.submit import (
-    add_config_args,
     add_server_args,
+    check_host,
     exit_code,
     server_options,
     submit_pipeline,
@@ -103,48 +106,54 @@ def cluster_uris(uris: dict[str, str]) -> dict[str, str]:
     return uris
 
 
-def rerun_local(cfg: PipelineConfig, stage: str, uris: dict[str, str], cache: bool) -> Path:
-    """Run the one-stage pipeline with kfp.local; returns the pipeline root."""
-    from pipelines.caching import run_local_pipeline
-    from pipelines.local import absolutize
+def rerun_local(
+    cfg: PipelineConfig, stage: str, uris: dict[str, str], cache: bool, verbose: bool = False
+) -> LocalRun:
+    """Run the one-stage pipeline with kfp.local; returns what ran (outputs, logs)."""
+    from pipelines.local import absolutize, run_supervised
 
     cfg = absolutize(cfg)
-    root = Path(cfg.output_dir) / "pipeline_root"
-    root.mkdir(parents=True, exist_ok=True)
     run_id = rerun_run_id(cfg, stage, uris) if cache else None
-    run_local_pipeline(
-        build_stage_pipeline(cfg, stage, uris, run_id), root, cache, config_json=cfg.to_json()
-    )
-    return root
-
-
-def newest_run_dir(root: Path, stage: str) -> Path | None:
-    runs = [p for p in root.glob(f"*-rerun-{stage.replace('_', '-')}-*") if p.is_dir()]
-    return max(runs, key=lambda p: p.stat().st_mtime, default=None)
+    label = f"rerun-{stage.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = run_supervised(build_stage_pipeline(cfg, stage, uris, run_id), cfg, label, cache, verbose)
+    run.pipeline_run_id = run_id
+    return run
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    from pipelines.preflight import preflight
+
     if not args.local and not args.host:
         raise InputError(
             "give --local (run here) or --host URL (the KFP API server; or set KF_PIPELINES_ENDPOINT)"
         )
-    cfg = load_config(args.config, args.overrides)
+    cfg = resolve_config(args.config, args.overrides)
     uris = input_uris(args)
     if args.local:
-        root = rerun_local(cfg, args.stage, local_uris(uris), cache=not args.no_cache)
-        print(
-            f"\nrerun {args.stage} finished; artifacts: {newest_run_dir(root, args.stage) or root}"
-        )
+        from pipelines.run_summary import Invocation, describe
+
+        uris = local_uris(uris)
+        preflight(cfg, local=True, inputs=uris)
+        start = time.time()
+        run = rerun_local(cfg, args.stage, uris, cache=not args.no_cache, verbose=args.verbose)
+        how = Invocation(args.config, tuple(args.overrides))
+        print(describe(cfg, run, how, time.time() - start))
         return 0
     uris = cluster_uris(uris)
+    opts = server_options(args)
+    check_host(opts.host)
+    preflight(cfg, local=False, inputs=uris)
     run_id = None if args.no_cache else rerun_run_id(cfg, args.stage, uris)
     pipeline = build_stage_pipeline(cfg, args.stage, uris, run_id)
-    return exit_code(submit_pipeline(pipeline, cfg, server_options(args)))
+    return exit_code(submit_pipeline(pipeline, cfg, opts))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`rerun STAGE`; `common` carries --config, --set and --verbose."""
     parser = sub.add_parser(
-        "rerun", help="run one stage alone on existing artifacts (locally or on the cluster)"
+        "rerun",
+        parents=[common],
+        help="run one stage alone on existing artifacts (locally or on the cluster)",
     )
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument(
@@ -162,7 +171,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--init-model", default=None, metavar="URI", help="grpo: the model to start from"
     )
     parser.add_argument(
-        "--base-model", default=None, metavar="URI", help="default: built from model.name_or_path"
+        "--base-model",
+        default=None,
+        metavar="URI",
+        help="sft: the model to fine-tune (default: built from model.name_or_path); "
+        "eval: same as --model base=URI",
     )
     parser.add_argument(
         "--data",
@@ -170,6 +183,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="URI",
         help="the stage's dataset (sft/, rl/ or eval/ folder)",
     )
-    add_config_args(parser)
     add_server_args(parser, host_required=False)
     parser.set_defaults(func=cmd_rerun)

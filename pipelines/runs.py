@@ -6,9 +6,10 @@
                                    reward curves overlaid in one PNG (`--plot`)
 - `coldstart runs sync`            send logs a stage spilled while the server was down
 
-RUN is a run id (or a unique prefix of one), a run name, or a kfp pipeline run id. The store is
-`--tracking-uri`, else $MLFLOW_TRACKING_URI, else the local store a `coldstart run` writes:
-`sqlite:///<--output-dir>/mlflow/mlflow.db`.
+RUN is a run id (or a unique prefix of one), a run name, or a kfp pipeline run id. The store and
+experiment are the config's (`--config`, default configs/tiny.yaml) -- where `coldstart run`
+with that config logged -- unless `--tracking-uri`, `--output-dir` or `--experiment` say
+otherwise; without `--config`, the experiment is that of the newest pipeline run in the store.
 """
 
 from __future__ import annotations
@@ -49,22 +50,25 @@ KEY_METRIC_PATTERNS = (  # what `runs list` shows, best first
 MAX_KEY_METRICS = 3
 
 
-def register(subparsers: Any) -> None:
-    """Add `runs` and its sub-commands to the `coldstart` parser."""
-    store = argparse.ArgumentParser(add_help=False)
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add `runs` and its sub-commands; `common` carries --config, --set and --verbose."""
+    store = argparse.ArgumentParser(add_help=False, parents=[common])
     store.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow server URL or store URI (default: $MLFLOW_TRACKING_URI, else the local store "
-        "under --output-dir)",
+        help="MLflow server URL or store URI (default: the config's tracking.tracking_uri, else "
+        "$MLFLOW_TRACKING_URI, else the local store under the config's output_dir)",
     )
     store.add_argument(
         "--output-dir",
-        default="outputs",
-        help="output_dir of a local `coldstart run` (default: outputs)",
+        default=None,
+        help="output_dir of a local `coldstart run` (default: the config's, e.g. outputs)",
     )
     store.add_argument(
-        "--experiment", default="coldstart", help="MLflow experiment (default: coldstart)"
+        "--experiment",
+        default=None,
+        help="MLflow experiment (default: the config's tracking.experiment when --config or --set "
+        "is given, else the experiment of the newest pipeline run in the store)",
     )
     runs = subparsers.add_parser("runs", help="browse MLflow runs: list, show, compare, sync")
     sub = runs.add_subparsers(dest="runs_command", required=True)
@@ -96,7 +100,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--pending",
         default=None,
-        help="spill folder (default: <output-dir>/mlflow/pending; s3:// allowed)",
+        help="spill folder (default: the config's, <output_dir>/mlflow/pending; s3:// allowed)",
     )
     p.add_argument(
         "--timeout",
@@ -110,18 +114,55 @@ def register(subparsers: Any) -> None:
 # --------------------------------------------------------------------------- store access
 
 
-def tracking_uri(args: argparse.Namespace) -> str:
-    if args.tracking_uri:
-        return args.tracking_uri
+def store_config(args: argparse.Namespace) -> Any:
+    from components.common.stage_cli import resolve_config
+
+    return resolve_config(args.config, args.overrides)
+
+
+def config_tracking_uri(cfg: Any) -> str:
+    """Where the stages of `cfg` log (their own precedence), without creating the local store."""
+    from components.common.tracking import local_store_dir
+
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path(args.output_dir).resolve() / "mlflow" / "mlflow.db"
+    return f"sqlite:///{local_store_dir(cfg) / 'mlflow.db'}"
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    """--tracking-uri, else --output-dir's store, else where the config's runs log."""
+    if args.tracking_uri:
+        return args.tracking_uri
+    if args.output_dir is None:
+        uri = config_tracking_uri(store_config(args))
+        if not uri.startswith("sqlite:///"):
+            return uri
+        db = Path(uri.removeprefix("sqlite:///"))
+    else:
+        db = Path(args.output_dir).resolve() / "mlflow" / "mlflow.db"
     if not db.exists():
         raise InputError(
-            f"no local MLflow store at {db}: pass --output-dir of a `coldstart run`, "
-            "--tracking-uri, or set MLFLOW_TRACKING_URI"
+            f"no local MLflow store at {db}: run `coldstart run` first, or pass --config / "
+            "--output-dir of an earlier run, --tracking-uri, or set MLFLOW_TRACKING_URI"
         )
     return f"sqlite:///{db}"
+
+
+def default_experiment(args: argparse.Namespace, client: Any) -> str:
+    """The config's experiment when a config was named; else the newest pipeline run's."""
+    cfg_experiment = store_config(args).tracking.experiment
+    if args.config is not None or args.overrides:
+        return cfg_experiment
+    ids = [e.experiment_id for e in client.search_experiments()]
+    newest = client.search_runs(
+        ids,
+        filter_string=f"tags.`{ROLE}` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return client.get_experiment(newest[0].info.experiment_id).name if newest else cfg_experiment
 
 
 class Store:
@@ -134,8 +175,8 @@ class Store:
 
         limit_client_retries()  # a down server fails in seconds, not minutes
         self.uri = tracking_uri(args)
-        self.experiment_name = args.experiment
         self.client = MlflowClient(self.uri)
+        self.experiment_name = args.experiment or self.call(default_experiment, args, self.client)
         self._experiment_id: str | None = None
 
     def call(self, fn: Any, *a: Any, **kw: Any) -> Any:
@@ -558,7 +599,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from components.common.tracking import limit_client_retries, replay_pending
 
     limit_client_retries()
-    root = args.pending or str(Path(args.output_dir).resolve() / "mlflow" / "pending")
+    from components.common.tracking import spill_root
+
+    if args.pending:
+        root = args.pending
+    elif args.output_dir:
+        root = str(Path(args.output_dir).resolve() / "mlflow" / "pending")
+    else:
+        root = spill_root(store_config(args))
     sent, left = replay_pending(root, outage_timeout_s=args.timeout)
     print(
         f"replayed {sent} spilled log buffer(s) from {root}; {left} left (server still unreachable)"

@@ -35,6 +35,7 @@ class StageSpec:
     module: str
     op: str
     inputs: tuple = ()
+    one_model: bool = False  # needs at least one of its Model inputs (eval: only those given)
 
     def component(self, cfg: PipelineConfig) -> Any:
         if self.module == "components.sft.component":
@@ -56,11 +57,11 @@ STAGES = {
     )),
     "eval": StageSpec("components.eval.component", "eval_op", (
         StageInput("eval_data", Dataset, required=True),
-        StageInput("base_model", Model, from_config=True),
+        StageInput("base_model", Model),
         StageInput("sft_model", Model),
         StageInput("rl_model", Model),
         StageInput("sft_rl_model", Model),
-    )),
+    ), one_model=True),
 }  # fmt: skip
 
 
@@ -77,6 +78,12 @@ def check_inputs(stage: str, uris: dict) -> StageSpec:
     if missing:
         raise InputError(
             f"rerun {stage} needs {missing} (existing artifacts, e.g. from an earlier run)"
+        )
+    models = [i.name for i in spec.inputs if i.kind is Model]
+    if spec.one_model and not set(models) & set(uris):
+        raise InputError(
+            f"rerun {stage} evaluates only the models it is given: pass at least one "
+            "--model NAME=URI (NAME: base, sft, rl, sft_rl)"
         )
     return spec
 

@@ -15,14 +15,17 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.config import PipelineConfig, load_config
+from components.common.config import PipelineConfig
 from components.common.errors import InputError
+from components.common.stage_cli import resolve_config
 from pipelines.caching import disable_caching_in_package, enable_caching_override
 from pipelines.cluster_config import cluster_config
 from pipelines.compile import add_image_tag_arg, compile_package
@@ -52,20 +55,6 @@ class SubmitResult:
     url: str
     experiment: str
     final_state: str | None = None
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default=None, help="YAML config (default: the built-in tiny values)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set sft.learning_rate=2e-5 (repeatable)",
-    )
 
 
 def add_server_args(parser: argparse.ArgumentParser, host_required: bool = True) -> None:
@@ -121,6 +110,28 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         watch_timeout_s=args.watch_timeout,
         ui_host=args.ui_host,
     )
+
+
+def check_host(host: str, timeout_s: float = 5.0) -> None:
+    """The KFP API server answers at all; else one clear error instead of urllib3's retries.
+
+    Any HTTP answer counts (an auth proxy in front of it answers 302/401/403): only a refused
+    connection, an unknown name or a timeout stop the command.
+    """
+    request = urllib.request.Request(f"{host}/apis/v2beta1/healthz")
+    if os.environ.get(TOKEN_ENV):
+        request.add_header("Authorization", f"Bearer {os.environ[TOKEN_ENV]}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError(
+            f"cannot reach the KFP API server at {host} ({reason}): check --host / "
+            "$KF_PIPELINES_ENDPOINT, or forward the port first: "
+            "kubectl port-forward -n kubeflow svc/ml-pipeline 8888:8888"
+        ) from None
 
 
 def make_client(opts: ServerOptions) -> Any:
@@ -221,15 +232,21 @@ def exit_code(result: SubmitResult) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines.pipeline import build_pipeline
+    from pipelines.preflight import preflight
 
-    cfg = load_config(args.config, args.overrides)
-    return exit_code(submit_pipeline(build_pipeline(cfg), cfg, server_options(args)))
+    cfg = resolve_config(args.config, args.overrides)
+    opts = server_options(args)
+    check_host(opts.host)
+    preflight(cfg, local=False)
+    return exit_code(submit_pipeline(build_pipeline(cfg), cfg, opts))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """`submit`; `common` carries --config, --set and --verbose."""
     parser = sub.add_parser(
-        "submit", help="start a run of the pipeline on a Kubeflow Pipelines server"
+        "submit",
+        parents=[common],
+        help="start a run of the pipeline on a Kubeflow Pipelines server",
     )
-    add_config_args(parser)
     add_server_args(parser)
     parser.set_defaults(func=cmd_submit)

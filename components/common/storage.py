@@ -37,6 +37,7 @@ from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from components.common import settings
+from components.common.errors import InputError
 from components.common.settings import S3Settings
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ _BOTO_ERRORS = (
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and what to check."""
+
+
+class NotFoundError(StorageError, InputError):
+    """A path or prefix the user named does not exist: bad input (exit 2), not a store failure."""
 
 
 # --------------------------------------------------------------------------- URIs
@@ -228,7 +233,7 @@ def _s3_errors(uri: str) -> Iterator[None]:
 
 def _require_local(path: Path, uri: str) -> None:
     if not path.exists():
-        raise StorageError(f"{uri}: no such file or directory: check the path")
+        raise NotFoundError(f"{uri}: no such file or directory: check the path")
 
 
 # --------------------------------------------------------------------------- single objects
@@ -460,11 +465,11 @@ def sync_down(uri: str, local_dir: str | os.PathLike[str]) -> list[str]:
     dst = Path(local_dir)
     if not is_s3(uri):
         if not Path(uri).is_dir():
-            raise StorageError(f"{uri}: no such directory: check the path")
+            raise NotFoundError(f"{uri}: no such directory: check the path")
         return _sync_local(Path(uri), dst, ())
     objects = list(_iter_objects(uri))
     if not objects:
-        raise StorageError(f"{uri}: no objects under this prefix: check the bucket and key")
+        raise NotFoundError(f"{uri}: no objects under this prefix: check the bucket and key")
     downloaded = []
     for obj in objects:
         if _download_needed(dst / obj.relpath, obj):

@@ -1,11 +1,11 @@
 """kfp component of the eval stage: a thin wrapper from artifacts to paths.
 
 The body imports inside the function: kfp ships the function's source to the pod (and to the
-kfp.local subprocess), where only the installed `components` package is available. The SFT,
-RL and SFT+RL models are optional artifact inputs (`Input[Model] = None`, supported by kfp
-2.17 in the compiler, on the cluster and under kfp.local): the plain pipeline passes the ones
-it trained, the ablation passes all three, and the report lists what it got in the paper's
-order (base, SFT, RL, SFT+RL).
+kfp.local subprocess), where only the installed `components` package is available. All four
+models are optional artifact inputs (`Input[Model] = None`, supported by kfp 2.17 in the
+compiler, on the cluster and under kfp.local): the pipeline passes the ones it trained, a
+`coldstart rerun eval` only the ones it was given, and the report lists what it got in the
+paper's order (base, SFT, RL, SFT+RL).
 """
 
 from kfp import dsl
@@ -19,11 +19,11 @@ def eval_op(
     config_json: str,
     pipeline_run_id: str,
     eval_data: Input[Dataset],
-    base_model: Input[Model],
     metrics: Output[Metrics],
     predictions: Output[Dataset],
     report: Output[Markdown],
     chart: Output[Artifact],
+    base_model: Input[Model] = None,
     sft_model: Input[Model] = None,
     rl_model: Input[Model] = None,
     sft_rl_model: Input[Model] = None,
@@ -38,6 +38,7 @@ def eval_op(
 
     given = {"base": base_model, "SFT": sft_model, "RL": rl_model, "SFT+RL": sft_rl_model}
     models = {name: artifact.path for name, artifact in given.items() if artifact is not None}
+    report.uri, chart.uri = report.uri + ".md", chart.uri + ".png"  # named as people open them
     outputs = EvalOutputs(
         Path(predictions.path), Path(report.path), Path(chart.path), embed_chart=True
     )

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from components.common.answers import warm_up
 from components.common.config import BenchmarkSpec, ModelConfig, PipelineConfig
 from components.common.generation import Completion, PromptInput, SamplingConfig
@@ -180,6 +182,8 @@ def generate_responses(
     out: list[Completion | None] = [None] * len(samples)
     order = _order(samples, by_length)
     chunk = max(1, batch_size * CHUNK_BATCHES)
+    desc = f"eval {samples[0].benchmark}" if samples else "eval"
+    progress = tqdm(total=len(order), desc=desc, unit="sample", mininterval=1.0)
     for start in range(0, len(order), chunk):
         ids = order[start : start + chunk]
         prompts, ok_ids = [], []
@@ -197,6 +201,8 @@ def generate_responses(
                 if completions
                 else Completion("", [], "error", error="no completion")
             )
+        progress.update(len(ids))
+    progress.close()
     for i, completion in enumerate(out):
         if completion is not None and completion.finish_reason == "error":
             sample = samples[i]

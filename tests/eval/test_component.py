@@ -41,7 +41,7 @@ def test_optional_model_inputs_compile(tmp_path):
     inputs = spec["components"]["comp-eval-op"]["inputDefinitions"]["artifacts"]
     assert {name: inputs[name].get("isOptional", False) for name in inputs} == {
         "eval_data": False,
-        "base_model": False,
+        "base_model": True,
         "sft_model": True,
         "rl_model": True,
         "sft_rl_model": True,
@@ -63,11 +63,11 @@ def test_eval_op_runs_under_kfp_local(tmp_path, tiny_model_dir, synthetic_data_d
 
     (run_dir,) = root.iterdir()
     task = run_dir / "eval-op"
-    report = (task / "report").read_text()
+    report = (task / "report.md").read_text()
     rows = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")]
     assert rows[:3] == ["Model", "base", "SFT"]  # one row per given model, the paper's order
     assert "data:image/png;base64," in report  # the chart travels inside the Markdown artifact
-    with Image.open(task / "chart") as chart:
+    with Image.open(task / "chart.png") as chart:
         assert chart.format == "PNG"
     predictions = pd.read_parquet(task / "predictions" / "predictions.parquet")
     assert len(predictions) == 2 * 4 and set(predictions["model"]) == {"base", "SFT"}

@@ -1,48 +1,88 @@
-"""`coldstart run` end to end through kfp.local: the real pipeline function, real subprocesses."""
+"""`coldstart run` end to end as a user runs it: a real subprocess through kfp.local, the output it
+ends with, and the very commands it suggests; then `rerun eval` compared with its pipeline run."""
 
+import json
 import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from pipelines.cli import main
 from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def coldstart(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    assert command[0] == "coldstart"
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *command[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+
+
+def printed_path(out: str, name: str) -> Path:
+    return Path(re.search(rf"^{name}:\s+(\S+)$", out, re.MULTILINE).group(1))
+
+
+def browse_commands(out: str) -> list[list[str]]:
+    lines = out.split("\nbrowse:\n", 1)[1].splitlines()
+    return [shlex.split(line) for line in lines if line.startswith("  ")]
 
 
 @pytest.mark.slow
-def test_coldstart_run_local_with_ablation(tmp_path, monkeypatch, capsys):
-    cfg = tiny_config(tmp_path)
-    config_file = tmp_path / "c.yaml"
-    config_file.write_text(cfg.model_dump_json())  # JSON is YAML
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)  # "from any working directory"
-    fast = [
-        "output_dir=out",
-        "sft.max_steps=12",
-        "grpo.total_steps=2",
-        "eval.max_new_tokens=24",
-        "eval.benchmarks=[{name: synthetic, limit: 8}]",
-    ]
-    args = ["run", "--config", str(config_file), "--ablation"]
-    for override in fast:
-        args += ["--set", override]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
-    root = workdir / "out" / "pipeline_root"
-    assert f"artifacts: {root}" in printed and "MLflow:    sqlite:///" in printed
-    (run_dir,) = [p for p in root.iterdir() if not p.name.startswith(".")]  # .kfp_cache beside it
-    produced = {p.name for p in run_dir.iterdir()}
-    assert {"data-prep-op", "base-model-op", "sft-op", "grpo-op"} <= produced
-    (eval_dir,) = [run_dir / p for p in produced if p.startswith("eval-op")]
-    report = (eval_dir / "report").read_text()
-    for model in ("base", "SFT", "RL", "SFT+RL"):  # the paper's ablation, one table
-        assert f"| {model} |" in report
-    assert (run_dir / "base-model-op" / "base_model" / "model.safetensors").exists()
-    assert (run_dir / "data-prep-op" / "rl_data" / "dataset_info.json").exists()
+def test_run_ends_with_scores_and_paths_and_its_commands_work(tmp_path):
+    data = json.loads(tiny_config(tmp_path).model_dump_json())
+    data.update(output_dir="outputs", ablation=True)  # relative, as in configs/tiny.yaml
+    data["sft"]["max_steps"] = 12
+    data["grpo"]["total_steps"] = 2
+    data["eval"].update(max_new_tokens=24, benchmarks=[{"name": "synthetic", "limit": 8}])
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(data))  # JSON is YAML
+    work = tmp_path / "work"
+    work.mkdir()
 
-    client = MlflowClient(f"sqlite:///{workdir / 'out' / 'mlflow' / 'mlflow.db'}")
-    (experiment,) = [e for e in client.search_experiments() if e.name == cfg.tracking.experiment]
+    done = coldstart(["coldstart", "run", "--config", str(config)], work)
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
+    assert "executor_input" not in out + err and "UserWarning" not in out + err
+    assert len((out + err).splitlines()) < 60  # was ~1,080 lines
+    for stage in ("base_model", "data_prep", "sft", "grpo", "grpo_from_base", "eval"):
+        assert re.search(rf"^  {stage}\s+done", err, re.MULTILINE), err
+    table = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert table == ["Model", "base", "SFT", "RL", "SFT+RL"]  # the paper's ablation, one table
+    report, chart = printed_path(out, "report"), printed_path(out, "chart")
+    assert report.name == "report.md" and "| SFT+RL |" in report.read_text()
+    with Image.open(chart) as image:
+        assert chart.name == "chart.png" and image.format == "PNG"
+    run_folder = printed_path(out, "run folder")
+    assert run_folder.parent == work / "outputs" / "pipeline_root"
+    assert (run_folder / "data-prep-op" / "rl_data" / "dataset_info.json").exists()
+    assert (printed_path(out, "logs") / "sft.log").exists()
+
+    show, mlflow_ui = browse_commands(out)
+    assert mlflow_ui[:2] == ["mlflow", "ui"] and mlflow_ui[3].startswith("sqlite:///")
+    shown = coldstart(show, work)  # the very next command the output suggests
+    assert shown.returncode == 0, shown.stderr
+    assert "FINISHED" in shown.stdout and "grpo_from_base" in shown.stdout
+    listed = coldstart(["coldstart", "runs", "list"], work)  # no flags at all
+    assert listed.returncode == 0 and show[3] in listed.stdout, listed.stderr
+
+    client = MlflowClient(mlflow_ui[3])
+    (experiment,) = [
+        e for e in client.search_experiments() if e.name == data["tracking"]["experiment"]
+    ]
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("coldstart.role") == "pipeline"]
     stages = {
@@ -53,39 +93,23 @@ def test_coldstart_run_local_with_ablation(tmp_path, monkeypatch, capsys):
     assert len(parents) == 1 and {"data_prep", "sft", "grpo", "grpo_from_base", "eval"} <= set(
         stages
     )
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in stages.values())
     assert stages["data_prep"].data.metrics["data/rl_rows"] == 48
-    assert parents[0].data.params["sft.learning_rate"] == str(cfg.sft.learning_rate)
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
 
-
-@pytest.mark.slow
-def test_second_run_with_unchanged_inputs_is_cached(tmp_path, monkeypatch):
-    """kfp.local's cache: the same config twice runs data_prep once; --no-cache runs it again."""
-    monkeypatch.chdir(tmp_path)
-    args = [
-        "run",
-        "--set",
-        "sft.enabled=false",
-        "--set",
-        "grpo.enabled=false",
-        "--set",
-        "eval.enabled=false",
-        "--set",
-        "data.synthetic.train_per_family=4",
-        "--set",
-        "data.synthetic.test_per_family=2",
-        "--set",
-        "output_dir=out",
+    # the README's rerun: evaluate only the SFT model again, then compare with the pipeline run
+    rerun = coldstart(
+        ["coldstart", "rerun", "eval", "--local", "--config", str(config),
+         "--model", f"sft={run_folder / 'sft-op' / 'model'}",
+         "--data", str(run_folder / "data-prep-op" / "eval_data")],
+        work,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    rows = [
+        line.split("|")[1].strip() for line in rerun.stdout.splitlines() if line.startswith("| ")
     ]
-
-    def data_prep_runs() -> int:
-        client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow' / 'mlflow.db'}")
-        (experiment,) = [e for e in client.search_experiments() if e.name == "coldstart"]
-        return len(
-            client.search_runs([experiment.experiment_id], "tags.`coldstart.stage` = 'data_prep'")
-        )
-
-    assert main(args) == 0 and data_prep_runs() == 1
-    assert main(args) == 0 and data_prep_runs() == 1  # cache hit: the stage did not run
-    assert main([*args, "--no-cache"]) == 0 and data_prep_runs() == 2
+    assert rows == ["Model", "SFT"]  # no silently built base model
+    rerun_id = browse_commands(rerun.stdout)[0][3]
+    compared = coldstart(
+        ["coldstart", "runs", "compare", show[3], rerun_id, "--config", str(config)], work
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert "sft/synthetic" in compared.stdout

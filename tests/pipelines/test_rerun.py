@@ -79,7 +79,7 @@ def test_local_rerun_runs_the_stage_then_reuses_its_cached_outputs(
     model, data = inputs
     assert len(rerun_local(tmp_path, model, data)) == 1
     printed = capsys.readouterr().out
-    run_dir = Path(printed.split("artifacts: ")[1].strip())
+    run_dir = Path(printed.split("run folder: ")[1].splitlines()[0].strip())
     assert (run_dir / "fake-grpo-op" / "model" / "weights.txt").read_text() == "sft+grpo"
 
     assert len(rerun_local(tmp_path, model, data)) == 1  # unchanged inputs: cache hit, not executed
@@ -158,7 +158,7 @@ def test_cluster_rerun_submits_the_one_stage_pipeline(fake_kfp, fake_grpo, capsy
     assert main(args) == 0 and main(args) == 0
     body = fake_kfp.bodies("POST", "/runs")[0]
     spec = body["pipeline_spec"]["pipeline_spec"]
-    assert spec["pipelineInfo"]["name"] == "coldstart-rerun-grpo"
+    assert spec["pipelineInfo"]["name"] == "coldstart-tiny-rerun-grpo"  # configs/tiny.yaml
     imported = {
         e["importer"]["artifactUri"]["constant"]: e["importer"]["typeSchema"]["schemaTitle"]
         for e in spec["deploymentSpec"]["executors"].values()

@@ -181,6 +181,25 @@ def test_missing_store_and_unknown_run_are_clear_errors(
     assert code == 2 and "no experiment 'nope'" in err
 
 
+def test_runs_finds_the_experiment_of_the_newest_run_or_of_the_config(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """`make run` logs to configs/tiny.yaml's experiment; `coldstart runs list` right after it,
+    with no flags, must show that run (it used to look in an experiment named `coldstart`)."""
+    output_dir = tmp_path / "outputs"
+    cfg = tiny_config(tmp_path, output_dir=str(output_dir))
+    assert cfg.tracking.experiment == "coldstart-tiny"
+    with stage_run(cfg, "data_prep", "local-20261202-000000") as tracker:
+        tracker.log_metrics({"data/rl_rows": 48})
+    monkeypatch.chdir(tmp_path)  # configs/tiny.yaml's output_dir: ./outputs
+    code, out, err = run_cli(capsys, "list")
+    assert code == 0 and "local-20261202-000000" in out and "coldstart-tiny" in out, err
+    config = tmp_path / "c.yaml"
+    config.write_text(cfg.model_dump_json())
+    code, out, err = run_cli(capsys, "show", "local-20261202-000000", "--config", str(config))
+    assert code == 0 and "data/rl_rows" in out, err
+
+
 def test_sync_sends_a_spill_once_the_store_is_reachable(tmp_path: Path, capsys) -> None:
     """A store that cannot be opened (a file stands where its folder goes) makes the stage spill;
     `runs sync` fails while it stays so, and sends everything once it can be opened."""
