@@ -136,7 +136,10 @@ def digest_dataset(path: Path) -> dict[str, list[dict[str, Any]]]:
     parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
     return {
         name: [
-            {**{k: v for k, v in row.items() if k != "images"}, "images": list(map(image_digest, row["images"]))}
+            {
+                **{k: v for k, v in row.items() if k != "images"},
+                "images": list(map(image_digest, row["images"])),
+            }
             for row in part
         ]
         for name, part in parts.items()
