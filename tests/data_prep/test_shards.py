@@ -123,7 +123,7 @@ def test_full_pipeline_with_shards_feeds_sft_from_the_merge(tmp_path):
 
     cfg = folder_config(tmp_path, shards=2)
     compiler.Compiler().compile(build_pipeline(cfg), str(tmp_path / "p.yaml"))
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
     assert "data-prep-op" not in tasks and "data-prep-merge-op" in tasks
     sft_input = tasks["sft-op"]["inputs"]["artifacts"]["sft_data"]["taskOutputArtifact"]
