@@ -103,7 +103,7 @@ def prepare_image(
     re-encoding loss, and the output stays the size of the input.
     """
     opened = open_image(value, base_dir)
-    rgb = opened.image.convert("RGB")
+    rgb = opened.image if opened.image.mode == "RGB" else opened.image.convert("RGB")
     fitted = fit_pixels(rgb, min_pixels, max_pixels)
     if fitted is rgb and opened.encoded is not None and opened.image.mode == "RGB":
         return opened.encoded, fitted
