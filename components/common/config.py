@@ -88,6 +88,9 @@ class SyntheticConfig(_Strict):
     test_per_family: int = Field(16, ge=1, le=1_000_000)
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     image_size: int = Field(112, ge=28, le=2048, description="square canvas side in pixels")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="how data_prep stores the images (jpeg: as photos and scans come)"
+    )
 
     @model_validator(mode="after")
     def _known_families(self) -> SyntheticConfig:

@@ -83,8 +83,9 @@ def synthetic_splits(data: DataConfig) -> Splits:
 
 
 def write_synthetic_shard(data: DataConfig, shard_dir: Path) -> None:
-    """The synthetic splits as one shard's parts (PNG images, as the generator draws them)."""
+    """The synthetic splits as one shard's parts, images encoded as `synthetic.image_format`."""
     splits = synthetic_splits(data)
+    fmt = data.synthetic.image_format.upper()
     for split in ("eval", "sft", "rl"):
         writer = part_writer(shard_dir, split)
         for index, record in enumerate(getattr(splits, split)):
@@ -92,7 +93,7 @@ def write_synthetic_shard(data: DataConfig, shard_dir: Path) -> None:
             writer.write(
                 dict(
                     record,
-                    images=[{"bytes": encode_image(im, "PNG"), "path": None} for im in images],
+                    images=[{"bytes": encode_image(im, fmt), "path": None} for im in images],
                     key=content_key(record["problem"], images),
                     source_index=0,
                     file_index=0,
