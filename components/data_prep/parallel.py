@@ -45,14 +45,15 @@ def _cgroup_quota() -> float | None:
 def worker_pool(num_proc: int) -> Iterator[ProcessPoolExecutor | None]:
     """A process pool of `num_proc` workers (None for 1: the work then runs in this process).
 
-    forkserver: workers fork from a clean server that has imported only the worker module,
-    not from this process with its threads (downloads, progress bars) and its memory.
+    forkserver: workers fork from a clean server that has imported only the worker module (and
+    the main script, which each worker would otherwise import again), not from this process
+    with its threads (downloads, progress bars, Arrow's pools) and its memory.
     """
     if num_proc <= 1:
         yield None
         return
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["components.data_prep.records"])
+    context.set_forkserver_preload(["__main__", "components.data_prep.records"])
     pool = ProcessPoolExecutor(num_proc, mp_context=context)
     try:
         yield pool
