@@ -20,23 +20,23 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def available_cpus() -> int:
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a pod's limit)."""
     cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota()
+    quota = cgroup_quota(cgroup)
     return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
 
 
-def _cgroup_quota() -> float | None:
+def cgroup_quota(cgroup: Path) -> float | None:
     """CPUs allowed by cgroup v2 `cpu.max` (or v1 `cfs_quota_us`), None when unlimited."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
+    v2 = cgroup / "cpu.max"
     if v2.exists():
         quota, period = v2.read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
-    v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+    v1 = cgroup / "cpu" / "cpu.cfs_quota_us"
     if v1.exists():
         quota_us = int(v1.read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
         return None if quota_us <= 0 else quota_us / period_us
     return None
 
