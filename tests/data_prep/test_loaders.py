@@ -236,3 +236,21 @@ def test_jsonl_line_with_invalid_utf8_is_named_or_skipped(tmp_path):
     stats = Stats()
     records = load(tmp_path / "d.jsonl", columns={}, skip=True, stats=stats, tmp=tmp_path / "skip")
     assert [r["problem"] for r in records] == ["p0?", "p1?", "p2?"] and stats.skipped == 2
+
+
+def test_parquet_folder_from_s3_names_the_file(tmp_path, s3_env):
+    """A folder of parquet files on S3: each file is downloaded (one ahead) and named in errors."""
+    for i, rows in enumerate([GOOD, [GOOD[1], {"q": "x?", "a": "1", "img": b"broken"}]]):
+        path = write_parquet(tmp_path / f"part-{i}.parquet", rows)
+        s3_env.client().upload_file(str(path), s3_env.bucket, f"data/folder/part-{i}.parquet")
+    uri = s3_env.uri("data/folder")
+    stats = Stats()
+    records = load(uri, skip=True, stats=stats, tmp=tmp_path / "skip")
+    assert [r["id"] for r in records] == [
+        "part-0.parquet-0",
+        "part-0.parquet-1",
+        "part-1.parquet-0",
+    ]
+    assert stats.skipped == 1
+    with pytest.raises(DataError, match=rf"{uri}/part-1.parquet: row 1: image bytes cannot be"):
+        load(uri, tmp=tmp_path / "fail")
