@@ -16,6 +16,7 @@ from components.common.config import PipelineConfig
 from components.data_prep.component import base_model_op, data_prep_op
 from components.eval.component import eval_op
 from components.grpo.component import grpo_op
+from pipelines.data_shards import sharded_data_prep
 from pipelines.ops import resolve_config_op, select_sft_op
 from pipelines.resources import configure_task
 from pipelines.run_params import knob_defaults, pipeline_docstring
@@ -58,10 +59,11 @@ def build_pipeline(cfg: PipelineConfig):
         ).set_display_name("config")
         configure_task(resolve, cfg, "base_model")
         config_json = resolve.output  # every stage gets the config with the typed parameters in
-        data = data_prep_op(config_json=config_json, pipeline_run_id=run_id).set_display_name(
-            "data_prep"
-        )
-        configure_task(data, cfg, "data_prep")
+        if cfg.data.shards > 1:  # several pods: pipelines/data_shards.py
+            data = sharded_data_prep(cfg, config_json, run_id)
+        else:
+            data = data_prep_op(config_json=config_json, pipeline_run_id=run_id)
+            configure_task(data.set_display_name("data_prep"), cfg, "data_prep")
         base = base_model_op(config_json=config_json).set_display_name("base_model")
         configure_task(base, cfg, "base_model")
         base_model = base.outputs["base_model"]

@@ -88,6 +88,9 @@ class SyntheticConfig(_Strict):
     test_per_family: int = Field(16, ge=1, le=1_000_000)
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     image_size: int = Field(112, ge=28, le=2048, description="square canvas side in pixels")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="how data_prep stores the images (jpeg: as photos and scans come)"
+    )
 
     @model_validator(mode="after")
     def _known_families(self) -> SyntheticConfig:
@@ -180,6 +183,19 @@ class DataConfig(_Strict):
     )
     distill: DistillConfig = DistillConfig()
     seed: int = 0
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="worker processes that decode, validate and resize images; "
+        "None = the CPUs the pod may use (affinity and cgroup quota)",
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="data_prep pods on the cluster (files source): each prepares a share of the "
+        "input files, a merge task dedups across them; 1 = one pod",
+    )
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> DataConfig:
@@ -189,6 +205,10 @@ class DataConfig(_Strict):
             )
         if self.source == "files" and not (self.sft_files or self.rl_files):
             raise ValueError("source 'files' needs sft_files and/or rl_files")
+        if self.shards > 1 and self.source != "files":
+            raise ValueError(
+                "data.shards > 1 shards users' files; set data.source: files or shards: 1"
+            )
         return self
 
 

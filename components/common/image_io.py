@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +22,50 @@ class ImageDecodeError(ValueError):
 
 def decode_image(value: Any, base_dir: Path | None) -> Image.Image:
     """Return an RGB image for bytes, a path (relative to `base_dir`), PIL, or a {bytes, path} dict."""
+    return open_image(value, base_dir).image.convert("RGB")
+
+
+@dataclass
+class OpenedImage:
+    """A decoded image and, when it came encoded, its file bytes: a writer that does not change
+    the pixels can keep those bytes instead of re-encoding (data_prep keeps a JPEG a JPEG)."""
+
+    image: (
+        Image.Image
+    )  # loaded, in its own mode; `image.format` names the codec (None for PIL input)
+    encoded: bytes | None
+
+
+def open_image(value: Any, base_dir: Path | None) -> OpenedImage:
+    """Decode any of the forms `decode_image` takes, keeping the mode and the encoded bytes."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return OpenedImage(value, None)
     if isinstance(value, Mapping):
         if value.get("bytes"):
-            return decode_image(value["bytes"], base_dir)
+            return open_image(value["bytes"], base_dir)
         if value.get("path"):
-            return decode_image(value["path"], base_dir)
+            return open_image(value["path"], base_dir)
         raise ImageDecodeError("image dict has neither 'bytes' nor 'path'")
     if isinstance(value, (bytes, bytearray)):
-        try:
-            with Image.open(io.BytesIO(value)) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageDecodeError(f"image bytes cannot be decoded ({exc})") from None
+        return _load(bytes(value), "image bytes cannot be decoded")
     if isinstance(value, str):
         path = Path(value) if Path(value).is_absolute() or base_dir is None else base_dir / value
         if not path.exists():
             raise ImageDecodeError(f"image file {path} does not exist")
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageDecodeError(f"image file {path} cannot be decoded ({exc})") from None
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"image file {path} cannot be read ({exc})") from None
+        return _load(data, f"image file {path} cannot be decoded")
     raise ImageDecodeError(
         f"image of type {type(value).__name__} is not supported (use bytes, a path or a PIL image)"
     )
+
+
+def _load(data: bytes, what: str) -> OpenedImage:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageDecodeError(f"{what} ({exc})") from None
+    return OpenedImage(image, data)

@@ -1,4 +1,5 @@
 from components.common.stage_cli import run_cli
 from components.data_prep.cli import cli
 
-run_cli(cli)
+if __name__ == "__main__":  # data_prep's worker processes import this module again
+    run_cli(cli)

@@ -5,7 +5,7 @@ kfp.local subprocess), where only the installed `components` package is availabl
 """
 
 from kfp import dsl
-from kfp.dsl import Dataset, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from components.common.images import stage_image
 
@@ -28,6 +28,42 @@ def data_prep_op(
 
     out = DataPrepOutputs(Path(sft_data.path), Path(rl_data.path), Path(eval_data.path))
     for name, value in main(config_from_json(config_json), out, pipeline_run_id).items():
+        metrics.log_metric(name.replace("/", "_"), value)
+
+
+@dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
+def data_prep_shard_op(config_json: str, shard_index: int, part: Output[Dataset]) -> None:
+    """One shard of a sharded data_prep: its share of the input files, validated and resized."""
+    from pathlib import Path
+
+    from components.common.config import config_from_json
+    from components.data_prep.cli import shard_main
+
+    counts = shard_main(config_from_json(config_json), shard_index, Path(part.path))
+    part.metadata.update(counts)
+
+
+@dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
+def data_prep_merge_op(
+    config_json: str,
+    pipeline_run_id: str,
+    parts: Input[list[Dataset]],
+    sft_data: Output[Dataset],
+    rl_data: Output[Dataset],
+    eval_data: Output[Dataset],
+    metrics: Output[Metrics],
+) -> None:
+    """Merge the shards: dedup across them, remove eval leaks, write the three datasets."""
+    from pathlib import Path
+
+    from components.common.config import config_from_json
+    from components.data_prep.cli import merge_main
+    from components.data_prep.stage import DataPrepOutputs
+
+    out = DataPrepOutputs(Path(sft_data.path), Path(rl_data.path), Path(eval_data.path))
+    shard_dirs = [Path(part.path) for part in parts]
+    cfg = config_from_json(config_json)
+    for name, value in merge_main(cfg, shard_dirs, out, pipeline_run_id).items():
         metrics.log_metric(name.replace("/", "_"), value)
 
 

@@ -3,20 +3,27 @@
 The common schema is the authors' (`images`, `problem`, `answer`) plus optional `id`,
 `solution` (the SFT response) and `category`. Every check names the file and the row, because
 the person fixing a 200k-row parquet needs to find the row, not a stack trace.
+
+A record carries its images encoded (datasets' `{bytes, path}`), never decoded: that is what
+the Arrow writer stores, and it keeps a worker's reply to the writer small. An image already
+within the pixel bounds keeps its original bytes; a resized one is re-encoded in its own format.
+The record's `key` (problem text + pixels) is all dedup and eval-leak removal need to keep.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from components.common.errors import InputError
-from components.common.image_io import ImageDecodeError, decode_image
+from components.common.image_io import ImageDecodeError, open_image
 
 SCHEMA_COLUMNS = ("images", "problem", "answer")
 OPTIONAL_COLUMNS = ("id", "solution", "category")
@@ -75,6 +82,34 @@ def image_list(value: Any) -> list[Any]:
     return [value]
 
 
+# Formats a resized image is written back in; others (GIF, TIFF, BMP, ...) become PNG.
+KEPT_FORMATS = {"JPEG": {"quality": 90}, "PNG": {}, "WEBP": {"quality": 90}}
+
+
+def encode_image(image: Image.Image, fmt: str | None) -> bytes:
+    """Encode in `fmt` when it is a format we keep (JPEG stays JPEG), else losslessly as PNG."""
+    fmt = fmt if fmt in KEPT_FORMATS else "PNG"
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **KEPT_FORMATS[fmt])
+    return buf.getvalue()
+
+
+def prepare_image(
+    value: Any, base_dir: Path, min_pixels: int, max_pixels: int
+) -> tuple[bytes, Image.Image]:
+    """The image's bytes as they will be stored, and its RGB pixels (for the content key).
+
+    Original bytes are kept when the pixels need no change (RGB and within the bounds): no
+    re-encoding loss, and the output stays the size of the input.
+    """
+    opened = open_image(value, base_dir)
+    rgb = opened.image if opened.image.mode == "RGB" else opened.image.convert("RGB")
+    fitted = fit_pixels(rgb, min_pixels, max_pixels)
+    if fitted is rgb and opened.encoded is not None and opened.image.mode == "RGB":
+        return opened.encoded, fitted
+    return encode_image(fitted, opened.image.format), fitted
+
+
 def build_record(
     row: Mapping[str, Any],
     columns: dict[str, str],
@@ -96,7 +131,7 @@ def build_record(
     if not raw_images:
         raise RowError("no image")
     try:
-        images = [fit_pixels(decode_image(v, base_dir), min_pixels, max_pixels) for v in raw_images]
+        images = [prepare_image(v, base_dir, min_pixels, max_pixels) for v in raw_images]
     except ImageDecodeError as exc:
         raise RowError(str(exc)) from None
     solution = (
@@ -113,17 +148,64 @@ def build_record(
         "id": str(row.get(columns["id"]))
         if "id" in columns and row.get(columns["id"]) is not None
         else fallback_id,
-        "images": images,
+        "images": [{"bytes": data, "path": None} for data, _ in images],
         "problem": problem,
         "answer": answer,
         "solution": solution,
         "category": str(row.get(columns["category"]) or "") if "category" in columns else "",
+        "key": content_key(problem, [pixels for _, pixels in images]),
     }
 
 
-def content_key(record: Mapping[str, Any]) -> str:
+def content_key(problem: str, images: list[Image.Image]) -> str:
     """Two rows are the same problem when the normalised text and the image pixels match."""
-    digest = hashlib.sha1(" ".join(record["problem"].lower().split()).encode())
-    for image in record["images"]:
+    digest = hashlib.sha1(" ".join(problem.lower().split()).encode())
+    for image in images:
         digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What a worker needs to turn the raw rows of one unit into records."""
+
+    columns: dict[str, str]
+    base_dir: Path
+    min_pixels: int
+    max_pixels: int
+    needs_solution: bool
+    stem: str  # fallback ids are f"{stem}-{row index}"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A few consecutive rows of one unit: (row index, values or None, why unreadable or None)."""
+
+    spec: RowSpec
+    rows: list[tuple[int, dict[str, Any] | None, str | None]]
+
+
+def prepare_chunk(chunk: Chunk) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+    """Records for a chunk (the work a worker process does): (index, record, None) for a good row,
+    (index, None, reason) for a bad one; the caller names the file and skips or raises."""
+    out: list[tuple[int, dict[str, Any] | None, str | None]] = []
+    spec = chunk.spec
+    for index, values, error in chunk.rows:
+        if values is None:
+            out.append((index, None, error))
+            continue
+        try:
+            record = build_record(
+                values,
+                spec.columns,
+                base_dir=spec.base_dir,
+                min_pixels=spec.min_pixels,
+                max_pixels=spec.max_pixels,
+                needs_solution=spec.needs_solution,
+                fallback_id=f"{spec.stem}-{index}",
+            )
+        except RowError as exc:
+            out.append((index, None, str(exc)))
+            continue
+        out.append((index, record, None))
+    return out

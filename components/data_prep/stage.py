@@ -1,38 +1,40 @@
 """data_prep: build the SFT, RL and eval datasets (HF `save_to_disk` folders) from one config.
 
-Sources are the built-in synthetic generator or users' files. Eval problems are removed from
-the training sets (no leak), duplicates are dropped, and every count lands in the metrics.
+Sources are the built-in synthetic generator or users' files. Rows stream from the sources
+through worker processes into per-split parts on disk (`shard.py`), then a merge reads the parts
+in the input's order, drops duplicates and eval leaks by content key, holds out the SFT
+validation rows and writes the final datasets, a record batch at a time: memory stays flat in
+the number of rows. A sharded run (pipelines/data_shards.py) is the same two steps with several
+shards, one pod each, and the same output.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
-from tqdm import tqdm
-
 from components.common.config import DataConfig, PipelineConfig
-from components.data_prep.loaders import LoadStats, iter_records
-from components.data_prep.records import DataError, content_key, fit_pixels
+from components.data_prep.arrow_files import (
+    DatasetWriter,
+    finish_dataset,
+    finish_dataset_dict,
+    order_of,
+    part_path,
+    part_writer,
+    read_rows,
+)
+from components.data_prep.records import DataError, content_key, encode_image, fit_pixels
+from components.data_prep.shard import COUNTS_FILE, prepare_shard, shard_counts
 from components.data_prep.synthetic import generate, structured_cot
 
 log = logging.getLogger(__name__)
-
-FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "images": datasets.List(datasets.Image()),
-        "problem": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "solution": datasets.Value("string"),
-        "category": datasets.Value("string"),
-    }
-)
 
 
 @dataclass
@@ -80,54 +82,63 @@ def synthetic_splits(data: DataConfig) -> Splits:
     return splits
 
 
-def file_splits(data: DataConfig, cache_dir: Path) -> Splits:
-    splits = Splits()
-    stats = LoadStats()
-    kinds = (
-        ("sft", data.sft_files, True),
-        ("rl", data.rl_files, False),
-        ("eval", data.eval_files, False),
-    )
-    for name, sources, needs_solution in kinds:
-        bucket: list[dict[str, Any]] = getattr(splits, name)
-        for source in sources:
-            records = iter_records(
-                source,
-                cache_dir=cache_dir,
-                min_pixels=data.min_pixels,
-                max_pixels=data.max_pixels,
-                needs_solution=needs_solution,
-                skip_invalid=data.skip_invalid,
-                stats=stats,
+def write_synthetic_shard(data: DataConfig, shard_dir: Path) -> None:
+    """The synthetic splits as one shard's parts, images encoded as `synthetic.image_format`."""
+    splits = synthetic_splits(data)
+    fmt = data.synthetic.image_format.upper()
+    for split in ("eval", "sft", "rl"):
+        writer = part_writer(shard_dir, split)
+        for index, record in enumerate(getattr(splits, split)):
+            images = record["images"]
+            writer.write(
+                dict(
+                    record,
+                    images=[{"bytes": encode_image(im, fmt), "path": None} for im in images],
+                    key=content_key(record["problem"], images),
+                    source_index=0,
+                    file_index=0,
+                    row_index=index,
+                )
             )
-            bucket.extend(
-                tqdm(records, desc=f"data_prep {name}: {source.uri}", unit="row", leave=False)
-            )
-    splits.metrics["data/skipped_invalid"] = stats.skipped
-    return splits
+        writer.finalize()
+    (shard_dir / COUNTS_FILE).write_text('{"rows": 0, "skipped_invalid": 0}')
 
 
-def dedup(
-    records: Iterable[dict[str, Any]], exclude: set[str]
-) -> tuple[list[dict[str, Any]], int, int]:
-    """Drop repeats and rows whose problem is in `exclude` (the eval set); return counts of both."""
-    seen: set[str] = set()
-    kept, duplicates, leaked = [], 0, 0
-    for record in records:
-        key = content_key(record)
-        if key in exclude:
-            leaked += 1
-        elif key in seen:
-            duplicates += 1
+@dataclass
+class DedupCounts:
+    duplicates: int = 0
+    leaked: int = 0
+
+
+def merged(shard_dirs: Sequence[Path], split: str) -> Iterator[dict[str, Any]]:
+    """The split's rows of every shard, back in the input's order (each part is in order)."""
+    return heapq.merge(*(read_rows(part_path(d, split)) for d in shard_dirs), key=order_of)
+
+
+def deduped(
+    rows: Iterable[dict[str, Any]],
+    exclude: set[str],
+    counts: DedupCounts,
+    seen: set[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Rows whose key is new and not in `exclude` (the eval set); `seen` collects the keys kept."""
+    seen = set() if seen is None else seen
+    for row in rows:
+        if row["key"] in exclude:
+            counts.leaked += 1
+        elif row["key"] in seen:
+            counts.duplicates += 1
         else:
-            seen.add(key)
-            kept.append(record)
-    return kept, duplicates, leaked
+            seen.add(row["key"])
+            yield row
 
 
-def _table(records: list[dict[str, Any]]) -> datasets.Dataset:
-    columns = {name: [r[name] for r in records] for name in FEATURES}
-    return datasets.Dataset.from_dict(columns, features=FEATURES)
+def write_all(rows: Iterable[dict[str, Any]], folder: Path) -> int:
+    writer = DatasetWriter(folder)
+    for row in rows:
+        writer.write(row)
+    finish_dataset(writer)
+    return writer.rows
 
 
 def split_holdout(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
@@ -142,43 +153,100 @@ def split_holdout(records: list[dict[str, Any]], fraction: float, seed: int) -> 
     ]
 
 
-def run_data_prep(cfg: PipelineConfig, out: DataPrepOutputs, cache_dir: Path) -> dict[str, float]:
-    """Build and write the three datasets; returns the metrics the stage logs."""
-    data = cfg.data
-    splits = synthetic_splits(data) if data.source == "synthetic" else file_splits(data, cache_dir)
-    eval_rows, dup_eval, _ = dedup(splits.eval, set())
-    eval_keys = {content_key(r) for r in eval_rows}
-    sft_rows, dup_sft, leak_sft = dedup(splits.sft, eval_keys)
-    rl_rows, dup_rl, leak_rl = dedup(splits.rl, eval_keys)
-    if data.distill.enabled:  # the SFT targets become the teacher's verified answers
-        from components.data_prep.distill import distill_sft_rows
+def write_sft(
+    rows: Callable[[], Iterable[dict[str, Any]]], n_rows: int, data: DataConfig, folder: Path
+) -> tuple[int, int]:
+    """Train and validation splits from two passes over `rows()` (the held-out rows are chosen
+    from the row count, as `split_holdout` does on a list); returns both sizes."""
+    _, held_out = split_holdout(list(range(n_rows)), data.sft_holdout_fraction, data.seed)
+    held = set(held_out)
+    writers = {
+        "train": DatasetWriter(folder / "train"),
+        "validation": DatasetWriter(folder / "validation"),
+    }
+    for index, row in enumerate(rows()):
+        writers["validation" if index in held else "train"].write(row)
+    finish_dataset_dict(folder, writers)
+    return writers["train"].rows, writers["validation"].rows
 
-        sft_rows, distill_metrics = distill_sft_rows(sft_rows, cfg, cache_dir)
-        splits.metrics.update(distill_metrics)
-    if not sft_rows and cfg.sft.enabled:
+
+def distilled(
+    rows: Iterable[dict[str, Any]], cfg: PipelineConfig, cache_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The teacher's verified answers as SFT targets (in memory: the teacher is the bottleneck)."""
+    from components.common.image_io import decode_image
+    from components.data_prep.distill import distill_sft_rows
+
+    records = [
+        dict(r, encoded=r["images"], images=[decode_image(i, None) for i in r["images"]])
+        for r in rows
+    ]
+    out, metrics = distill_sft_rows(records, cfg, cache_dir)
+    return [dict(r, images=r["encoded"]) for r in out], metrics
+
+
+def merge_shards(
+    cfg: PipelineConfig, shard_dirs: Sequence[Path], out: DataPrepOutputs, cache_dir: Path
+) -> dict[str, float]:
+    """Dedup across shards, drop eval leaks, hold out SFT validation rows, write the datasets."""
+    data = cfg.data
+    counts = DedupCounts()
+    eval_keys: set[str] = set()
+    n_eval = write_all(deduped(merged(shard_dirs, "eval"), set(), counts, eval_keys), out.eval)
+
+    def sft_rows(tally: DedupCounts) -> Iterator[dict[str, Any]]:
+        return deduped(merged(shard_dirs, "sft"), eval_keys, tally)
+
+    metrics: dict[str, float] = {}
+    if data.distill.enabled:
+        kept, metrics = distilled(sft_rows(counts), cfg, cache_dir)
+        n_sft = len(kept)
+
+        def replay() -> Iterable[dict[str, Any]]:
+            return kept
+    else:
+        n_sft = sum(1 for _ in sft_rows(counts))
+
+        def replay() -> Iterable[dict[str, Any]]:
+            return sft_rows(DedupCounts())  # the second pass: already counted
+
+    if not n_sft and cfg.sft.enabled:
         raise DataError(
             "data_prep produced no SFT rows; give data.sft_files or disable sft (sft.enabled: false)"
         )
-    if not rl_rows and cfg.grpo.enabled:
+    n_rl = write_all(deduped(merged(shard_dirs, "rl"), eval_keys, counts), out.rl)
+    if not n_rl and cfg.grpo.enabled:
         raise DataError(
             "data_prep produced no RL rows; give data.rl_files or disable grpo (grpo.enabled: false)"
         )
-    sft_train, sft_val = split_holdout(sft_rows, data.sft_holdout_fraction, data.seed)
-    datasets.DatasetDict({"train": _table(sft_train), "validation": _table(sft_val)}).save_to_disk(
-        str(out.sft)
-    )
-    _table(rl_rows).save_to_disk(str(out.rl))
-    _table(eval_rows).save_to_disk(str(out.eval))
-    metrics = dict(splits.metrics)
+    n_train, n_held = write_sft(replay, n_sft, data, out.sft)
+    if data.source == "files":
+        metrics["data/skipped_invalid"] = sum(
+            shard_counts(d)["skipped_invalid"] for d in shard_dirs
+        )
     metrics.update(
         {
-            "data/sft_rows": len(sft_train),
-            "data/sft_holdout_rows": len(sft_val),
-            "data/rl_rows": len(rl_rows),
-            "data/eval_rows": len(eval_rows),
-            "data/duplicates_removed": dup_eval + dup_sft + dup_rl,
-            "data/eval_overlap_removed": leak_sft + leak_rl,
+            "data/sft_rows": n_train,
+            "data/sft_holdout_rows": n_held,
+            "data/rl_rows": n_rl,
+            "data/eval_rows": n_eval,
+            "data/duplicates_removed": counts.duplicates,
+            "data/eval_overlap_removed": counts.leaked,
         }
     )
     log.info("data_prep: %s", metrics)
     return metrics
+
+
+def run_data_prep(cfg: PipelineConfig, out: DataPrepOutputs, cache_dir: Path) -> dict[str, float]:
+    """Build and write the three datasets in one process (one shard); returns the metrics."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="data_prep-", dir=cache_dir))
+    try:
+        if cfg.data.source == "synthetic":
+            write_synthetic_shard(cfg.data, work)
+        else:
+            prepare_shard(cfg.data, 0, 1, work, cache_dir)
+        return merge_shards(cfg, [work], out, cache_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

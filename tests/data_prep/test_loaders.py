@@ -7,9 +7,11 @@ import datasets
 import pytest
 from PIL import Image
 
-from components.common.config import DatasetSource, config_from_dict
-from components.data_prep.loaders import LoadStats, iter_records
+from components.common.config import DataConfig, config_from_dict
+from components.common.image_io import decode_image
+from components.data_prep.arrow_files import part_path, read_rows
 from components.data_prep.records import DataError, fit_pixels
+from components.data_prep.shard import prepare_shard
 from components.data_prep.stage import DataPrepOutputs, run_data_prep
 
 
@@ -30,23 +32,34 @@ def write_parquet(path, rows):
     return path
 
 
-def load(uri, fmt="auto", skip=False, needs_solution=False, columns=None, stats=None, tmp=None):
-    source = DatasetSource(
-        uri=str(uri),
-        format=fmt,
-        columns={"problem": "q", "answer": "a", "images": "img"} if columns is None else columns,
-    )
-    return list(
-        iter_records(
-            source,
-            cache_dir=tmp,
-            min_pixels=3136,
-            max_pixels=12544,
-            needs_solution=needs_solution,
-            skip_invalid=skip,
-            stats=stats or LoadStats(),
-        )
-    )
+class Stats:
+    skipped = 0
+
+
+def load(
+    uri,
+    fmt="auto",
+    skip=False,
+    needs_solution=False,
+    columns=None,
+    stats=None,
+    tmp=None,
+    split=None,
+):
+    """The records one source yields (as the SFT split when it needs a solution), images decoded."""
+    source = {
+        "uri": str(uri),
+        "format": fmt,
+        "split": split,
+        "columns": {"problem": "q", "answer": "a", "images": "img"} if columns is None else columns,
+    }
+    name = "sft" if needs_solution else "rl"
+    data = DataConfig(source="files", skip_invalid=skip, num_proc=1, **{f"{name}_files": [source]})
+    counts = prepare_shard(data, 0, 1, tmp / "shard", tmp)
+    if stats is not None:
+        stats.skipped = counts["skipped_invalid"]
+    rows = list(read_rows(part_path(tmp / "shard", name)))
+    return [dict(r, images=[decode_image(i, None) for i in r["images"]]) for r in rows]
 
 
 def test_parquet_with_column_mapping_and_resize(tmp_path):
@@ -83,17 +96,7 @@ def test_hf_disk_datasetdict_with_image_feature(tmp_path):
     (record,) = load(tmp_path / "ds", columns={}, tmp=tmp_path)
     assert record["answer"] == "B"
     with pytest.raises(DataError, match="no split 'test'"):
-        list(
-            iter_records(
-                DatasetSource(uri=str(tmp_path / "ds"), split="test"),
-                cache_dir=tmp_path,
-                min_pixels=3136,
-                max_pixels=12544,
-                needs_solution=False,
-                skip_invalid=False,
-                stats=LoadStats(),
-            )
-        )
+        load(tmp_path / "ds", columns={}, tmp=tmp_path, split="test")
 
 
 @pytest.mark.parametrize(
@@ -113,7 +116,7 @@ def test_bad_row_is_named_or_skipped(tmp_path, bad_row, message):
         and message in str(err.value)
         and "skip_invalid" in str(err.value)
     )
-    stats = LoadStats()
+    stats = Stats()
     assert len(load(path, skip=True, stats=stats, tmp=tmp_path)) == 2 and stats.skipped == 1
 
 
@@ -208,3 +211,46 @@ def test_parquet_from_s3(tmp_path, s3_env):
     s3_env.client().upload_file(str(path), s3_env.bucket, "data/remote.parquet")
     records = load(s3_env.uri("data/remote.parquet"), tmp=tmp_path / "cache")
     assert [r["answer"] for r in records] == ["3", "4"]
+
+
+def test_jsonl_line_with_invalid_utf8_is_named_or_skipped(tmp_path):
+    """A line that is not UTF-8 (or not JSON) is a bad row like any other: named with its line,
+    or skipped and counted with skip_invalid while the good rows are kept."""
+    Image.new("RGB", (60, 60), "red").save(tmp_path / "ok.png")
+    good = [
+        json.dumps({"problem": f"p{i}?", "answer": str(i), "images": "ok.png"}).encode()
+        for i in range(3)
+    ]
+    lines = [
+        good[0],
+        b'{"problem": "caf\\xe9", "answer": "1", "images": "ok.png"}'.replace(b"\\xe9", b"\xe9"),
+        good[1],
+        b"{not json",
+        good[2],
+    ]
+    (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError) as err:
+        load(tmp_path / "d.jsonl", columns={}, tmp=tmp_path)
+    message = str(err.value)
+    assert "d.jsonl: row 1: line 2 is not valid UTF-8" in message and "skip_invalid" in message
+    stats = Stats()
+    records = load(tmp_path / "d.jsonl", columns={}, skip=True, stats=stats, tmp=tmp_path / "skip")
+    assert [r["problem"] for r in records] == ["p0?", "p1?", "p2?"] and stats.skipped == 2
+
+
+def test_parquet_folder_from_s3_names_the_file(tmp_path, s3_env):
+    """A folder of parquet files on S3: each file is downloaded (one ahead) and named in errors."""
+    for i, rows in enumerate([GOOD, [GOOD[1], {"q": "x?", "a": "1", "img": b"broken"}]]):
+        path = write_parquet(tmp_path / f"part-{i}.parquet", rows)
+        s3_env.client().upload_file(str(path), s3_env.bucket, f"data/folder/part-{i}.parquet")
+    uri = s3_env.uri("data/folder")
+    stats = Stats()
+    records = load(uri, skip=True, stats=stats, tmp=tmp_path / "skip")
+    assert [r["id"] for r in records] == [
+        "part-0.parquet-0",
+        "part-0.parquet-1",
+        "part-1.parquet-0",
+    ]
+    assert stats.skipped == 1
+    with pytest.raises(DataError, match=rf"{uri}/part-1.parquet: row 1: image bytes cannot be"):
+        load(uri, tmp=tmp_path / "fail")
