@@ -487,6 +487,47 @@ class BenchmarkSpec(_Strict):
         return self
 
 
+DEFAULT_REFLECTION_PHRASES = [
+    "wait",
+    "let me re-check",
+    "let me recheck",
+    "let me check",
+    "double-check",
+    "re-examine",
+    "re-evaluate",
+    "reconsider",
+    "however",
+    "hmm",
+    "on second thought",
+    "i made a mistake",
+]
+
+
+class ExtractorConfig(_Strict):
+    """An OpenAI-compatible chat endpoint (vLLM, an external API) that extracts and judges answers
+    where the official MathVista / MathVerse pipelines call GPT. Responses are cached by request."""
+
+    base_url: str = Field(
+        ...,
+        min_length=1,
+        description="the API root, e.g. http://judge-vllm:8000/v1 or https://api.openai.com/v1",
+    )
+    model: str = Field(..., min_length=1, description="model name sent in each request")
+    api_key_env: str | None = Field(
+        None,
+        description="name of the env var holding the API key (from a Kubernetes Secret); "
+        "None = no Authorization header (a vLLM server without --api-key)",
+    )
+    max_concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0.0, description="time limit of one HTTP call")
+    max_retries: int = Field(
+        5, ge=0, le=20, description="retries of a failed call (429, 5xx, connection), backoff"
+    )
+    backoff_s: float = Field(1.0, ge=0.0, description="first retry waits this long, then doubles")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, description="tokens of one extraction / judgement")
+
+
 class EvalConfig(_Strict):
     """Greedy evaluation of one or more models on the benchmarks, scored as each benchmark does."""
 
@@ -514,6 +555,23 @@ class EvalConfig(_Strict):
     max_model_len: int | None = Field(
         None, ge=64, description="vLLM backend: context length (None = the model's)"
     )
+    scoring: list[Literal["official", "strict"]] = Field(
+        default_factory=lambda: ["official", "strict"],
+        min_length=1,
+        description="scoring modes, each reported: 'official' = each benchmark's official scorer "
+        "and rules, 'strict' = the last \\boxed{} as the GRPO reward checks it; the first one "
+        "fills the report's main table and the `score` metrics",
+    )
+    extractor: ExtractorConfig | None = Field(
+        None,
+        description="LLM answer extractor / judge for 'official' mode (MathVista, MathVerse); "
+        "None = rule-based extraction in its place (the report says so)",
+    )
+    reflection_phrases: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFLECTION_PHRASES),
+        description="'aha moment' phrases (case-insensitive, whole words): the report gives the "
+        "share of responses with one and the accuracy with and without",
+    )
     resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
@@ -526,6 +584,8 @@ class EvalConfig(_Strict):
             raise ValueError(
                 f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})"
             )
+        if len(set(self.scoring)) != len(self.scoring):
+            raise ValueError(f"scoring modes listed more than once: {self.scoring}")
         return self
 
 
