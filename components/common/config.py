@@ -468,11 +468,17 @@ class BenchmarkSpec(_Strict):
     limit: int | None = Field(
         None, ge=1, description="evaluate the first N rows only (after `where`)"
     )
-    metric: Literal["accuracy", "strict", "loose"] = Field(
-        "accuracy",
+    metric: Literal["accuracy", "strict", "loose"] | None = Field(
+        None,
         description="the number in the report's column: accuracy over questions, or We-Math's "
-        "four-dimensional score (strict / loose)",
+        "four-dimensional score (strict / loose); None = the official headline (We-Math: "
+        "strict, the others: accuracy)",
     )
+
+    @property
+    def headline(self) -> str:
+        """The metric in the report's column."""
+        return self.metric or ("strict" if self.name == "wemath" else "accuracy")
 
     @model_validator(mode="after")
     def _uri_and_metric(self) -> BenchmarkSpec:
@@ -480,7 +486,7 @@ class BenchmarkSpec(_Strict):
             raise ValueError(
                 f"benchmark {self.name!r} needs a uri: a mirrored parquet file/folder (local or s3://)"
             )
-        if self.metric != "accuracy" and self.name != "wemath":
+        if self.metric not in (None, "accuracy") and self.name != "wemath":
             raise ValueError(
                 f"metric {self.metric!r} is defined for wemath only; use 'accuracy' for {self.name!r}"
             )
