@@ -41,7 +41,7 @@ from components.eval.report import (
     markdown_report,
     score_table,
 )
-from components.eval.scoring import ScoringContext, aggregate, score, slug
+from components.eval.scoring import Judgement, ScoringContext, aggregate, score, slug
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,25 @@ def score_chunk(
 ) -> dict[str, list]:
     """`{mode: [Judgement per sample]}`."""
     return {mode: score(mode, samples, responses, ctx) for mode in modes}
+
+
+def score_responses(
+    samples: Sequence[EvalSample],
+    completions: Sequence[Completion],
+    mode: str,
+    ctx: ScoringContext | None = None,
+) -> tuple[dict[str, float], list[Judgement]]:
+    """Score a list of completions at once in one mode (tests, benches): aggregate and verdicts."""
+    ctx = ctx or ScoringContext()
+    judged = score(mode, samples, [c.text for c in completions], ctx)
+    metrics = aggregate(
+        samples[0].benchmark if samples else "",
+        [s.info for s in samples],
+        [j.correct for j in judged],
+        [j.extracted for j in judged],
+        [c.finish_reason == "error" for c in completions],
+    )
+    return metrics, judged
 
 
 def _prediction_row(

@@ -17,7 +17,7 @@ from components.eval.benchmarks import BenchmarkError, EvalSample, load_benchmar
 from components.eval.cli import main, parse_models
 from components.eval.stage import generate_responses, make_eval_backend, score_responses
 from tests.conftest import tiny_config
-from tests.eval.test_scoring import URIS
+from tests.eval.fixtures import URIS
 
 pytestmark = pytest.mark.timeout(300)
 
