@@ -51,16 +51,16 @@ def test_transient_errors_are_retried(tmp_path, status):
 
 
 def test_retries_run_out_with_a_named_error(tmp_path):
-    with ChatServer(upper, fail_first=10) as server:
-        with pytest.raises(ExtractorError, match=r"chat/completions.*retries"):
-            client_for(server, tmp_path, max_retries=2).complete(["x"])
+    server = ChatServer(upper, fail_first=10)
+    with server, pytest.raises(ExtractorError, match=r"chat/completions.*retries"):
+        client_for(server, tmp_path, max_retries=2).complete(["x"])
     assert server.requests == 3  # the call and two retries
 
 
 def test_timeout_per_call(tmp_path):
-    with ChatServer(upper, delay_s=1.0) as server:
-        with pytest.raises(ExtractorError, match="failed after 0 retries"):
-            client_for(server, tmp_path, timeout_s=0.2, max_retries=0).complete(["x"])
+    server = ChatServer(upper, delay_s=1.0)
+    with server, pytest.raises(ExtractorError, match="failed after 0 retries"):
+        client_for(server, tmp_path, timeout_s=0.2, max_retries=0).complete(["x"])
 
 
 def test_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
