@@ -98,6 +98,14 @@ def _rule_extraction(sample: EvalSample, response: str) -> str:
     return extract_answer(response, sample.choices) or ""
 
 
+def _mathvista_rule_extraction(sample: EvalSample, response: str) -> str:
+    """GPT's part without GPT: the stated answer; for number answers the bare number."""
+    answer = _rule_extraction(sample, response)
+    if sample.info["answer_type"] in ("integer", "float"):
+        return mathvista.bare_number(answer, sample.info["unit"]) or answer
+    return answer
+
+
 def score_mathvista(
     samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
 ) -> list[Judgement]:
@@ -111,7 +119,7 @@ def score_mathvista(
         ]
         answers = ctx.extractor.complete(prompts, desc="mathvista extraction")
     else:
-        answers = [_rule_extraction(samples[i], responses[i]) for i in pending]
+        answers = [_mathvista_rule_extraction(samples[i], responses[i]) for i in pending]
     for i, answer in zip(pending, answers, strict=True):
         extractions[i] = answer
     out = []

@@ -201,3 +201,52 @@ def normalize_extraction(
 def is_correct(prediction: str | None, answer: str) -> bool:
     """`safe_equal`: plain equality of the normalised prediction and the gold string."""
     return prediction is not None and prediction == answer
+
+
+# --------------------------------------------------------------------------- without GPT
+# What eval does in GPT's place when no `eval.extractor` is configured: the answer the
+# response states last (box, "the answer is", last line), and for number answers the bare
+# number GPT would extract from it ("12 cm" -> 12, "\frac{5}{2}" -> 2.5).
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM_RE = re.compile(_NUM)
+_FRAC_RE = re.compile(rf"([-+]?)\\[dt]?frac\{{({_NUM})\}}\{{({_NUM})\}}")
+_SLASH_RE = re.compile(rf"({_NUM})\s*/\s*({_NUM})")
+_UNIT_TAIL_RE = re.compile(rf"({_NUM})\s*(?:[a-zA-Z]+\.?(?:\^\{{?[23]\}}?|[23]?)\s*){{1,3}}")
+_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_TEXT_CMD_RE = re.compile(r"\\(?:text|mathrm|mbox|textbf|mathbf|operatorname)\s*\{([^{}]*)\}")
+_DROP = ("$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^{\\circ}", "^\\circ", "°")
+_DROP += ("\\%", "%", "{,}")
+
+
+def bare_number(text: str, unit: str = "") -> str | None:
+    """The number `text` states, as text; None if it is not one number.
+
+    Math delimiters, `\\text{}` units, degrees, percent and the row's unit are dropped;
+    fractions are divided; a number followed by a unit word keeps the number.
+
+    >>> bare_number(r"$x = 12\\,\\text{cm}$", "cm"), bare_number(r"\\frac{5}{2}"), bare_number("1,234")
+    ('12', '2.5', '1234')
+    >>> bare_number(r"2\\sqrt{2}") is None, bare_number("1, 2") is None
+    (True, True)
+    """
+    text = re.split(r"=|\\approx|≈", text)[-1]
+    text = _TEXT_CMD_RE.sub(r" \1 ", text)
+    for token in _DROP:
+        text = text.replace(token, " ")
+    if unit:
+        text = re.sub(rf"(?<![A-Za-z]){re.escape(unit)}(?![A-Za-z])", " ", text)
+    text = text.strip().rstrip(".").strip()
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    if _NUM_RE.fullmatch(text):
+        return text
+    value = None
+    if m := _FRAC_RE.fullmatch(text):
+        if float(m.group(3)):
+            value = (-1.0 if m.group(1) == "-" else 1.0) * float(m.group(2)) / float(m.group(3))
+    elif (m := _SLASH_RE.fullmatch(text)) and float(m.group(2)):
+        value = float(m.group(1)) / float(m.group(2))
+    elif m := _UNIT_TAIL_RE.fullmatch(text):
+        return m.group(1)
+    return None if value is None else repr(value)
