@@ -245,5 +245,5 @@ def test_a_custom_scorer_replaces_the_built_in_one(tmp_path):
 
 
 def test_unknown_scorer_names_the_known_ones():
-    with pytest.raises(KeyError, match="known:.*official"):
+    with pytest.raises(KeyError, match=r"known:.*official"):
         get_scorer("lenient", "mathvista")
