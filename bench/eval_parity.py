@@ -1,0 +1,99 @@
+"""How far eval's scoring is from MathVista's official scorer, on its five published outputs.
+
+    PYTHONPATH=. python bench/eval_parity.py      # -> bench/results/eval_parity.{json,md}
+
+For each official output file (tests/eval/fixtures/mathvista_reference): the official
+accuracy, and eval's accuracy and per-item agreement with the official verdicts in
+- `official` mode with GPT's extractions played back by a local chat-completions server
+  (what a user gets with `eval.extractor` pointing at the judge model),
+- `official` mode with no extractor (rule-based extraction in GPT's place),
+- `strict` mode (the last `\\boxed{}`, as the GRPO reward checks it; these models were not
+  asked to box their answers, so it is low by design).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from components.common.answers import warm_up  # noqa: E402
+from components.common.config import BenchmarkSpec, ExtractorConfig  # noqa: E402
+from components.eval.benchmarks import load_benchmark  # noqa: E402
+from components.eval.extractor import ChatClient  # noqa: E402
+from components.eval.scoring import ScoringContext, score  # noqa: E402
+from tests.eval import reference  # noqa: E402
+from tests.eval.chat_server import ChatServer  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def compare(judged, verdicts) -> dict[str, float]:
+    n = len(verdicts)
+    return {
+        "accuracy": round(100 * sum(j.correct for j in judged) / n, 2),
+        "agreement": round(
+            100 * sum(j.correct == v for j, v in zip(judged, verdicts, strict=True)) / n, 2
+        ),
+    }
+
+
+def measure(samples, model: str, tmp: Path) -> dict:
+    official = reference.read(model)
+    responses = [official["items"][s.id]["response"] for s in samples]
+    verdicts = [official["items"][s.id]["true_false"] for s in samples]
+    row = {"model": model, "official": round(100 * official["official_correct"] / len(samples), 2)}
+    with ChatServer(reference.replay_extractions(model)) as server:
+        cfg = ExtractorConfig(base_url=server.base_url, model="gpt-replay", max_concurrency=8)
+        client = ChatClient(cfg, tmp / f"{model}.sqlite")
+        row["official_llm"] = compare(
+            score("official", samples, responses, ScoringContext(client)), verdicts
+        )
+        row["llm_requests"] = client.sent
+        client.close()
+    row["official_rules"] = compare(
+        score("official", samples, responses, ScoringContext()), verdicts
+    )
+    row["strict"] = compare(score("strict", samples, responses, ScoringContext()), verdicts)
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "# Eval scoring vs MathVista's official scorer (testmini, 1,000 problems)",
+        "",
+        "Accuracy in %, and in brackets the share of per-item verdicts equal to the official ones.",
+        "`bench/eval_parity.py`; official outputs from lupantech/MathVista `results/`.",
+        "",
+        "| output file | official | official mode, LLM extraction | official mode, rules | strict mode |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [
+            f"{r[k]['accuracy']:.1f} ({r[k]['agreement']:.1f})"
+            for k in ("official_llm", "official_rules", "strict")
+        ]
+        lines.append(f"| {r['model']} | {r['official']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    warm_up()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = reference.benchmark_file(Path(tmp))
+        samples = load_benchmark(BenchmarkSpec(name="mathvista", uri=str(path)), None, Path(tmp))
+        rows = [measure(samples, model, Path(tmp)) for model in reference.MODELS]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "eval_parity.json").write_text(
+        json.dumps({"source": "lupantech/MathVista results/ @ 53d5258", "rows": rows}, indent=2)
+    )
+    (RESULTS / "eval_parity.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
