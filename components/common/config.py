@@ -524,6 +524,11 @@ class ExtractorConfig(_Strict):
         description="name of the env var holding the API key (from a Kubernetes Secret); "
         "None = no Authorization header (a vLLM server without --api-key)",
     )
+    api_key_secret: str | None = Field(
+        None,
+        description="on the cluster: the Kubernetes Secret whose key `api_key_env` holds the API "
+        "key, exposed to the eval pod as that env var (the name only, never the value)",
+    )
     max_concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
     timeout_s: float = Field(60.0, gt=0.0, description="time limit of one HTTP call")
     max_retries: int = Field(
@@ -532,6 +537,14 @@ class ExtractorConfig(_Strict):
     backoff_s: float = Field(1.0, ge=0.0, description="first retry waits this long, then doubles")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1, description="tokens of one extraction / judgement")
+
+    @model_validator(mode="after")
+    def _secret_needs_env(self) -> ExtractorConfig:
+        if self.api_key_secret and not self.api_key_env:
+            raise ValueError(
+                "api_key_secret needs api_key_env: the env var (and Secret key) to use"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

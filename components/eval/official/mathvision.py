@@ -166,9 +166,20 @@ def is_equal(answer: str, gold: str, timeout_s: float = 1.0) -> bool:
     a, g = _value(answer), _value(gold)
     if a is not None and g is not None:
         return round(a, 2) == round(g, 2)
-    if a is None and g is None and not re.search(r"[\\^0-9]", answer + gold):
-        return False  # two words: the official parser fails on them, so they are unequal
+    if len(answer.strip()) == 1 and answer.strip().isalpha():
+        return False  # an option letter equals only itself (compared above)
+    if _is_prose(answer) or _is_prose(gold):
+        return False  # words: the official LaTeX parser fails on them, so they are unequal
     return is_equivalent(answer, gold, timeout_s=timeout_s)
+
+
+_COMMAND_RE = re.compile(r"\\[a-zA-Z]+")
+_WORD_RE = re.compile(r"[a-zA-Z]{4,}")
+
+
+def _is_prose(text: str) -> bool:
+    """Letters that are no LaTeX command ("youneedtoprovide..."): not an expression to evaluate."""
+    return bool(_WORD_RE.search(_COMMAND_RE.sub(" ", text)))
 
 
 def is_correct(response: str, gold: str, choices: list[str] | None, timeout_s: float) -> bool:
