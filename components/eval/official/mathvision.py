@@ -166,8 +166,10 @@ def is_equal(answer: str, gold: str, timeout_s: float = 1.0) -> bool:
     a, g = _value(answer), _value(gold)
     if a is not None and g is not None:
         return round(a, 2) == round(g, 2)
-    if len(answer.strip()) == 1 and answer.strip().isalpha():
+    if any(len(t.strip()) == 1 and t.strip().isalpha() for t in (answer, gold)):
         return False  # an option letter equals only itself (compared above)
+    if "$" in answer or "$" in gold:
+        return False  # the official latex2sympy cannot parse math delimiters: only equal strings
     if _is_prose(answer) or _is_prose(gold):
         return False  # words: the official LaTeX parser fails on them, so they are unequal
     return is_equivalent(answer, gold, timeout_s=timeout_s)
