@@ -1,6 +1,7 @@
-"""How far eval's scoring is from MathVista's official scorer, on its five published outputs.
+"""How far eval's scoring is from the official scorers, on published model outputs.
 
     PYTHONPATH=. python bench/eval_parity.py      # -> bench/results/eval_parity.{json,md}
+    PYTHONPATH=. python bench/eval_parity.py --mathvision ../MATH-V   # also MathVision
 
 For each official output file (tests/eval/fixtures/mathvista_reference): the official
 accuracy, and eval's accuracy and per-item agreement with the official verdicts in
@@ -9,10 +10,13 @@ accuracy, and eval's accuracy and per-item agreement with the official verdicts 
 - `official` mode with no extractor (rule-based extraction in GPT's place),
 - `strict` mode (the last `\\boxed{}`, as the GRPO reward checks it; these models were not
   asked to box their answers, so it is low by design).
+MathVision (`--mathvision`, a checkout of mathllm/MATH-V: `data/test.jsonl` and `outputs/`):
+`official` mode's verdicts against the official `correct` of each output file.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -81,18 +85,84 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MATHVISION_OUTPUTS = (
+    "open-source/LLavA/LLaVA-v1.5-13B",
+    "closed-source/Qwen/Qwen-VL-Max-CoT",
+    "closed-source/GPT/GPT4-CoT (Text Only)",
+)
+
+
+def measure_mathvision(checkout: Path) -> list[dict]:
+    """Official-mode verdicts vs the official `correct` of MATH-V's published outputs."""
+    from components.eval.official.mathvision import is_correct
+
+    problems = {}
+    for line in (checkout / "data" / "test.jsonl").read_text().splitlines():
+        problem = json.loads(line)
+        problems[problem["id"]] = problem
+    rows = []
+    for name in MATHVISION_OUTPUTS:
+        lines = (checkout / "outputs" / f"{name}.jsonl").read_text().splitlines()
+        items = [json.loads(line) for line in lines]
+        ours = [
+            is_correct(
+                x["response"],
+                str(problems[x["id"]]["answer"]),
+                problems[x["id"]]["options"] or None,
+                1.0,
+            )
+            for x in items
+        ]
+        n = len(items)
+        rows.append(
+            {
+                "model": Path(name).name,
+                "official": round(100 * sum(x["correct"] for x in items) / n, 2),
+                "official_mode": round(100 * sum(ours) / n, 2),
+                "agreement": round(
+                    100 * sum(o == x["correct"] for o, x in zip(ours, items, strict=True)) / n, 2
+                ),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def markdown_mathvision(rows: list[dict]) -> str:
+    lines = [
+        "",
+        "# MathVision: official mode vs MATH-V's official scorer (test, 3,040 problems)",
+        "",
+        "| output file | official | official mode | verdicts equal |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['official']:.2f} | {r['official_mode']:.2f} | {r['agreement']:.2f} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mathvision", type=Path, help="a checkout of mathllm/MATH-V")
+    args = parser.parse_args()
     warm_up()
     with tempfile.TemporaryDirectory() as tmp:
         path = reference.benchmark_file(Path(tmp))
         samples = load_benchmark(BenchmarkSpec(name="mathvista", uri=str(path)), None, Path(tmp))
         rows = [measure(samples, model, Path(tmp)) for model in reference.MODELS]
+    result = {"source": "lupantech/MathVista results/ @ 53d5258", "rows": rows}
+    text = markdown(rows)
+    if args.mathvision:
+        result["mathvision"] = measure_mathvision(args.mathvision)
+        text += markdown_mathvision(result["mathvision"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_parity.json").write_text(
-        json.dumps({"source": "lupantech/MathVista results/ @ 53d5258", "rows": rows}, indent=2)
-    )
-    (RESULTS / "eval_parity.md").write_text(markdown(rows))
-    print(markdown(rows))
+    (RESULTS / "eval_parity.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "eval_parity.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
