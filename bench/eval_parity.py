@@ -66,23 +66,32 @@ def measure(samples, model: str, tmp: Path) -> dict:
     return row
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "# Eval scoring vs MathVista's official scorer (testmini, 1,000 problems)",
-        "",
-        "Accuracy in %, and in brackets the share of per-item verdicts equal to the official ones.",
-        "`bench/eval_parity.py`; official outputs from lupantech/MathVista `results/`.",
-        "",
-        "| output file | official | official mode, LLM extraction | official mode, rules | strict mode |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        cells = [
-            f"{r[k]['accuracy']:.1f} ({r[k]['agreement']:.1f})"
-            for k in ("official_llm", "official_rules", "strict")
-        ]
-        lines.append(f"| {r['model']} | {r['official']:.1f} | " + " | ".join(cells) + " |")
+def _table(title: str, note: str, header: list[str], body: list[list[str]]) -> str:
+    lines = [f"# {title}", "", note, "", "| " + " | ".join(header) + " |"]
+    lines.append("|---|" + "---:|" * (len(header) - 1))
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
+
+
+def markdown(rows: list[dict]) -> str:
+    modes = ("official_llm", "official_rules", "strict")
+    return _table(
+        "Eval scoring vs MathVista's official scorer (testmini, 1,000 problems)",
+        "Accuracy in %, in brackets the share of per-item verdicts equal to the official ones. "
+        "`bench/eval_parity.py`; official outputs from lupantech/MathVista `results/`.",
+        [
+            "output file",
+            "official",
+            "official mode, LLM extraction",
+            "official mode, rules",
+            "strict mode",
+        ],
+        [
+            [r["model"], f"{r['official']:.1f}"]
+            + [f"{r[k]['accuracy']:.1f} ({r[k]['agreement']:.1f})" for k in modes]
+            for r in rows
+        ],
+    )
 
 
 MATHVISION_OUTPUTS = (
@@ -129,18 +138,20 @@ def measure_mathvision(checkout: Path) -> list[dict]:
 
 
 def markdown_mathvision(rows: list[dict]) -> str:
-    lines = [
-        "",
-        "# MathVision: official mode vs MATH-V's official scorer (test, 3,040 problems)",
-        "",
-        "| output file | official | official mode | verdicts equal |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['model']} | {r['official']:.2f} | {r['official_mode']:.2f} | {r['agreement']:.2f} |"
-        for r in rows
-    ]
-    return "\n".join(lines) + "\n"
+    return "\n" + _table(
+        "MathVision: official mode vs MATH-V's official scorer (test, 3,040 problems)",
+        "Accuracy in %; official outputs and verdicts from mathllm/MATH-V `outputs/`.",
+        ["output file", "official", "official mode", "verdicts equal"],
+        [
+            [
+                r["model"],
+                f"{r['official']:.2f}",
+                f"{r['official_mode']:.2f}",
+                f"{r['agreement']:.2f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main() -> None:

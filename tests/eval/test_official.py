@@ -153,14 +153,17 @@ def test_empty_box_is_no_answer_not_its_text():
 # --------------------------------------------------------------------------- MathVerse
 
 
+VISION_ONLY = {  # the question is in the image; its transcription, options included, is not
+    "problem_version": "Vision Only",
+    "question": "",
+    "question_for_eval": "Find angle 2.\nChoices:\nA:145°\nB:165°",
+    "question_type": "multi-choice",
+    "answer": "B",
+}
+
+
 def test_mathverse_vision_only_reads_options_from_question_for_eval():
-    sample = mathverse_row(
-        problem_version="Vision Only",
-        question="",
-        question_for_eval="Find angle 2.\nChoices:\nA:145°\nB:165°",
-        question_type="multi-choice",
-        answer="B",
-    )
+    sample = mathverse_row(**VISION_ONLY)
     assert sample.choices == ["145°", "165°"]
     assert both(sample, r"\boxed{165°}") == (True, True)
 
@@ -187,13 +190,7 @@ def test_mathverse_named_value_golds_accept_the_bare_value(gold, response):
 
 def test_mathverse_llm_extraction_and_judge(tmp_path):
     """GPT's two steps through the endpoint: the judge sees question_for_eval and the raw gold."""
-    sample = mathverse_row(
-        problem_version="Vision Only",
-        question="",
-        question_for_eval="Find angle 2.\nChoices:\nA:145°\nB:165°",
-        question_type="multi-choice",
-        answer="B",
-    )
+    sample = mathverse_row(**VISION_ONLY)
     seen: list[str] = []
 
     def gpt(prompt: str) -> str:
