@@ -168,20 +168,19 @@ def is_equal(answer: str, gold: str, timeout_s: float = 1.0) -> bool:
         return round(a, 2) == round(g, 2)
     if any(len(t.strip()) == 1 and t.strip().isalpha() for t in (answer, gold)):
         return False  # an option letter equals only itself (compared above)
-    if "$" in answer or "$" in gold:
-        return False  # the official latex2sympy cannot parse math delimiters: only equal strings
-    if _is_prose(answer) or _is_prose(gold):
-        return False  # words: the official LaTeX parser fails on them, so they are unequal
+    answer, gold = answer.replace("$", ""), gold.replace("$", "")
+    if _has_symbols(answer) or _has_symbols(gold):
+        return False  # the official `eval` of a value with free symbols (words, units) fails
     return is_equivalent(answer, gold, timeout_s=timeout_s)
 
 
 _COMMAND_RE = re.compile(r"\\[a-zA-Z]+")
-_WORD_RE = re.compile(r"[a-zA-Z]{4,}")
+_LETTER_RE = re.compile(r"[a-zA-Z]")
 
 
-def _is_prose(text: str) -> bool:
-    """Letters that are no LaTeX command ("youneedtoprovide..."): not an expression to evaluate."""
-    return bool(_WORD_RE.search(_COMMAND_RE.sub(" ", text)))
+def _has_symbols(text: str) -> bool:
+    """Letters outside LaTeX commands ("8\\mathrm{~kg}", "youneedto..."): not a plain value."""
+    return bool(_LETTER_RE.search(_COMMAND_RE.sub(" ", text)))
 
 
 def is_correct(response: str, gold: str, choices: list[str] | None, timeout_s: float) -> bool:
