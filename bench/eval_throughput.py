@@ -33,6 +33,7 @@ from components.common.answers import warm_up  # noqa: E402
 from components.common.config import PipelineConfig, config_from_dict  # noqa: E402
 from components.common.generation import SamplingConfig  # noqa: E402
 from components.eval.benchmarks import EvalSample  # noqa: E402
+from components.eval.scoring import ScoringContext  # noqa: E402
 from components.eval.stage import generate_responses, make_eval_backend, score_responses  # noqa: E402
 
 
@@ -120,7 +121,9 @@ def measure(backend, samples: list[EvalSample], cfg: PipelineConfig) -> dict[str
         backend, samples, sampling, cfg.eval.batch_size, cfg.eval.sort_by_length
     )
     generated = time.perf_counter()
-    metrics, _ = score_responses("bench", samples, completions, cfg.eval.answer_timeout_s)
+    metrics, _ = score_responses(
+        samples, completions, "strict", ScoringContext(timeout_s=cfg.eval.answer_timeout_s)
+    )
     done = time.perf_counter()
     tokens = sum(len(c.token_ids) for c in completions)
     return {

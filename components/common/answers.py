@@ -174,6 +174,8 @@ def extract_answer(
     '\\\\frac{1}{2}'
     >>> extract_answer("The answer is 3.", boxed_only=True) is None
     True
+    >>> extract_answer(r"\\boxed{8} then \\boxed{9") is None, extract_answer(r"\\boxed{}") is None
+    (True, True)
     """
     boxed = extract_boxed(response)
     if boxed:
@@ -182,8 +184,8 @@ def extract_answer(
         return None
     else:
         answer = _fallback_answer(response[-MAX_SCAN_CHARS:])
-    if answer is None:
-        return None
+    if answer is None or (not boxed and _BOX_RE.search(answer)):
+        return None  # an empty or unclosed box is no answer, not the text around it
     answer = _clean(answer)
     if choices and (letter := choice_letter(answer, len(choices))):
         return letter
@@ -230,41 +232,75 @@ def is_equivalent(
     pred, gold = _clean(pred), _clean(gold)
     if not pred or not gold:
         return False
-    gold_index = _gold_choice_index(gold, choices)
-    if gold_index is not None:
-        return _choice_equivalent(pred, gold_index, choices, timeout_s)
+    gold_indices, gold_is_letter = _gold_choice_indices(gold, choices)
+    if gold_indices:
+        return _choice_equivalent(pred, gold_indices, gold_is_letter, choices, timeout_s)
     return _math_equivalent(pred, gold, timeout_s)
 
 
-def _gold_choice_index(gold: str, choices: list[str] | None) -> int | None:
-    """The option the gold answer names: a bare letter, or with ``choices`` an option's text."""
+def _gold_choice_indices(gold: str, choices: list[str] | None) -> tuple[set[int], bool]:
+    """The options the gold answer names, and whether it named them by letter.
+
+    A bare letter names one option; an option's text names every option with that text
+    (MathVista pid 781 lists "18" twice: either letter is right).
+    """
     match = _GOLD_LETTER_RE.fullmatch(gold)
     if match and _LETTERS.index(match.group(1)) < _n_choices(choices):
-        return _LETTERS.index(match.group(1))
-    return _option_index(gold, choices)
+        return {_LETTERS.index(match.group(1))}, True
+    return _option_indices(gold, choices), False
 
 
 def _n_choices(choices: list[str] | None) -> int:
     return len(choices) if choices else _DEFAULT_N_CHOICES
 
 
-def _option_index(text: str, choices: list[str] | None) -> int | None:
-    """Index of the option whose text is ``text`` (ignoring spaces, case and wrappers)."""
-    key = _squash(text).lower()
+def _option_indices(text: str, choices: list[str] | None, *, exact: bool = False) -> set[int]:
+    """Indices of the options whose text is ``text`` (ignoring spaces and wrappers; and case
+    unless ``exact``)."""
+    key = _squash(text) if exact else _squash(text).lower()
+    found = set()
     for index, option in enumerate(choices or []):
-        if _squash(_clean(option)).lower() == key:
-            return index
-    return None
+        squashed = _squash(_clean(option))
+        if (squashed if exact else squashed.lower()) == key:
+            found.add(index)
+    return found
+
+
+def _pred_choice_indices(pred: str, gold_is_letter: bool, choices: list[str] | None) -> set[int]:
+    """The options a multiple-choice pred names: by letter or by text, ambiguity resolved by
+    how the gold is written. A gold letter (We-Math, MathVision) reads a bare letter as a
+    letter, even where option texts are letters; a gold option text (MathVista) reads the
+    exact text of an option first ("(b)" among options "(c)", "(b)" is that option, "(B)"
+    is letter B)."""
+    letter = choice_letter(pred, _n_choices(choices))
+    by_letter = {_LETTERS.index(letter)} if letter else set()
+    if gold_is_letter and by_letter and _LETTER_ONLY_RE.match(_clean(pred)):
+        return by_letter
+    exact = _option_indices(pred, choices, exact=True)
+    if exact:
+        return exact
+    if gold_is_letter:
+        return _option_indices(pred, choices) or by_letter
+    return by_letter or _option_indices(pred, choices)
+
+
+_LETTER_ONLY_RE = re.compile(
+    r"^(?:(?:option|choice)\s*)?(?:\([A-Z]\)(?:\s.*)?|[A-Z][.):]?)$", re.IGNORECASE | re.DOTALL
+)  # "B", "(B)", "B.", "option B", "(B) 12"; not "A Right Angle"
 
 
 def _choice_equivalent(
-    pred: str, gold_index: int, choices: list[str] | None, timeout_s: float
+    pred: str,
+    gold_indices: set[int],
+    gold_is_letter: bool,
+    choices: list[str] | None,
+    timeout_s: float,
 ) -> bool:
-    """A multiple-choice pred matches if it is the gold option's text, names its letter,
-    or (with ``choices``) is math-equivalent to its text."""
-    pred_index = _option_index(pred, choices)
-    if pred_index is None and (letter := choice_letter(pred, _n_choices(choices))):
-        pred_index = _LETTERS.index(letter)
-    if pred_index is not None:
-        return pred_index == gold_index
-    return bool(choices) and _math_equivalent(pred, _clean(choices[gold_index]), timeout_s)
+    """A multiple-choice pred matches if it names a gold option by text or letter, or (with
+    ``choices``) is math-equivalent to a gold option's text."""
+    pred_indices = _pred_choice_indices(pred, gold_is_letter, choices)
+    if pred_indices:
+        return bool(pred_indices & gold_indices)
+    return bool(choices) and any(
+        _math_equivalent(pred, _clean(choices[index]), timeout_s) for index in sorted(gold_indices)
+    )

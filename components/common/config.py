@@ -433,11 +433,17 @@ class BenchmarkSpec(_Strict):
     limit: int | None = Field(
         None, ge=1, description="evaluate the first N rows only (after `where`)"
     )
-    metric: Literal["accuracy", "strict", "loose"] = Field(
-        "accuracy",
+    metric: Literal["accuracy", "strict", "loose"] | None = Field(
+        None,
         description="the number in the report's column: accuracy over questions, or We-Math's "
-        "four-dimensional score (strict / loose)",
+        "four-dimensional score (strict / loose); None = the official headline (We-Math: "
+        "strict, the others: accuracy)",
     )
+
+    @property
+    def headline(self) -> str:
+        """The metric in the report's column."""
+        return self.metric or ("strict" if self.name == "wemath" else "accuracy")
 
     @model_validator(mode="after")
     def _uri_and_metric(self) -> BenchmarkSpec:
@@ -445,9 +451,63 @@ class BenchmarkSpec(_Strict):
             raise ValueError(
                 f"benchmark {self.name!r} needs a uri: a mirrored parquet file/folder (local or s3://)"
             )
-        if self.metric != "accuracy" and self.name != "wemath":
+        if self.metric not in (None, "accuracy") and self.name != "wemath":
             raise ValueError(
                 f"metric {self.metric!r} is defined for wemath only; use 'accuracy' for {self.name!r}"
+            )
+        return self
+
+
+DEFAULT_REFLECTION_PHRASES = [
+    "wait",
+    "let me re-check",
+    "let me recheck",
+    "let me check",
+    "double-check",
+    "re-examine",
+    "re-evaluate",
+    "reconsider",
+    "however",
+    "hmm",
+    "on second thought",
+    "i made a mistake",
+]
+
+
+class ExtractorConfig(_Strict):
+    """An OpenAI-compatible chat endpoint (vLLM, an external API) that extracts and judges answers
+    where the official MathVista / MathVerse pipelines call GPT. Responses are cached by request."""
+
+    base_url: str = Field(
+        ...,
+        min_length=1,
+        description="the API root, e.g. http://judge-vllm:8000/v1 or https://api.openai.com/v1",
+    )
+    model: str = Field(..., min_length=1, description="model name sent in each request")
+    api_key_env: str | None = Field(
+        None,
+        description="name of the env var holding the API key (from a Kubernetes Secret); "
+        "None = no Authorization header (a vLLM server without --api-key)",
+    )
+    api_key_secret: str | None = Field(
+        None,
+        description="on the cluster: the Kubernetes Secret whose key `api_key_env` holds the API "
+        "key, exposed to the eval pod as that env var (the name only, never the value)",
+    )
+    max_concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0.0, description="time limit of one HTTP call")
+    max_retries: int = Field(
+        5, ge=0, le=20, description="retries of a failed call (429, 5xx, connection), backoff"
+    )
+    backoff_s: float = Field(1.0, ge=0.0, description="first retry waits this long, then doubles")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, description="tokens of one extraction / judgement")
+
+    @model_validator(mode="after")
+    def _secret_needs_env(self) -> ExtractorConfig:
+        if self.api_key_secret and not self.api_key_env:
+            raise ValueError(
+                "api_key_secret needs api_key_env: the env var (and Secret key) to use"
             )
         return self
 
@@ -479,6 +539,23 @@ class EvalConfig(_Strict):
     max_model_len: int | None = Field(
         None, ge=64, description="vLLM backend: context length (None = the model's)"
     )
+    scoring: list[Literal["official", "strict"]] = Field(
+        default_factory=lambda: ["official", "strict"],
+        min_length=1,
+        description="scoring modes, each reported: 'official' = each benchmark's official scorer "
+        "and rules, 'strict' = the last \\boxed{} as the GRPO reward checks it; the first one "
+        "fills the report's main table and the `score` metrics",
+    )
+    extractor: ExtractorConfig | None = Field(
+        None,
+        description="LLM answer extractor / judge for 'official' mode (MathVista, MathVerse); "
+        "None = rule-based extraction in its place (the report says so)",
+    )
+    reflection_phrases: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFLECTION_PHRASES),
+        description="'aha moment' phrases (case-insensitive, whole words): the report gives the "
+        "share of responses with one and the accuracy with and without",
+    )
 
     @model_validator(mode="after")
     def _unique_benchmarks(self) -> EvalConfig:
@@ -490,6 +567,8 @@ class EvalConfig(_Strict):
             raise ValueError(
                 f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})"
             )
+        if len(set(self.scoring)) != len(self.scoring):
+            raise ValueError(f"scoring modes listed more than once: {self.scoring}")
         return self
 
 

@@ -3,9 +3,14 @@
 Users mirror the benchmarks (parquet files as published on the hub, local or `s3://`);
 nothing is downloaded at run time. Each adapter names the columns its layout must have,
 so a mirror with a renamed or missing column fails with the file and the column named
-(`BenchmarkSpec.columns` maps a renamed column back). Images stay undecoded until the
-batch that needs them (`load_images`), so a 4k-row benchmark does not sit in memory as
-pixels, and one corrupt image fails one sample, not the run.
+(`BenchmarkSpec.columns` maps a renamed column back). Rows stream from the file in small
+batches (`iter_benchmark`: parquet row batches, a memory-mapped `save_to_disk` folder) and
+images stay undecoded until the batch that needs them (`load_images`), so memory does not
+grow with the benchmark, and one corrupt image fails one sample, not the run.
+
+Prompts are the official ones where the benchmark publishes them: MathVista's `query`
+(hint, question with its unit, lettered choices; `official.mathvista.build_query`),
+MathVerse's `query_cot` where the mirror has it.
 
 Layouts (the published testmini/test files):
 - MathVista: pid, question, image/decoded_image, choices, unit, precision, answer,
@@ -13,7 +18,8 @@ Layouts (the published testmini/test files):
 - We-Math: ID, split, knowledge concept, question, option ("A. ..; B. .."), answer (letter),
   image_path, key (2steps_1, 2steps_2, 2steps_multi, 3steps_1, ..)
 - MathVerse: sample_index, problem_index, problem_version, question, image, answer,
-  question_type (multi-choice | free-form); choices are written inside the question
+  question_type (multi-choice | free-form); choices are written inside the question, and
+  in `question_for_eval` (which also has them for Vision Only rows, whose question is empty)
 - MathVision: id, question, options (list, empty for free-form), image/decoded_image,
   answer (letter or value), solution, level, subject
 - synthetic: data_prep's eval set (id, images, problem, answer, category)
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ from PIL import Image
 from components.common.config import BenchmarkSpec
 from components.common.errors import InputError
 from components.common.image_io import decode_image
+from components.eval.official import mathverse as official_mathverse
+from components.eval.official.mathvista import build_query
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +63,9 @@ class EvalSample:
     choices: list[str] | None = None  # option texts in letter order (A, B, ...)
     info: dict[str, Any] = field(
         default_factory=dict
-    )  # benchmark-specific scoring/aggregation fields
+    )  # benchmark-specific scoring/aggregation fields (small: kept per sample for aggregation)
     base_dir: Path | None = None  # relative image paths resolve against the data file's folder
+    gold_variants: list[str] = field(default_factory=list)  # other forms of a right answer
 
 
 @dataclass(frozen=True)
@@ -124,44 +133,31 @@ def _synthetic(row: Mapping[str, Any], where: str) -> EvalSample:
     )
 
 
-def _mathvista_hint(answer_type: str, precision: int | None) -> str:
-    if answer_type == "integer":
-        return "Answer with an integer."
-    if answer_type == "float":
-        places = precision if precision is not None else 1
-        return f"Answer with a number with {places} decimal place{'s' if places != 1 else ''}."
-    if answer_type == "list":
-        return "Answer with a Python list."
-    return ""
-
-
 def _mathvista(row: Mapping[str, Any], where: str) -> EvalSample:
     question_type, answer_type = _text(row["question_type"]), _text(row["answer_type"])
     if question_type not in ("multi_choice", "free_form"):
         raise BenchmarkError(
             f"{where}: question_type {question_type!r} is not multi_choice or free_form"
         )
-    choices = [_text(c) for c in (row["choices"] or [])] or None
+    choices = [str(c) for c in (row["choices"] or [])] or None
     precision = None if row["precision"] is None else int(float(row["precision"]))
-    gold = _text(row["answer"])
+    if question_type == "multi_choice" and not choices:
+        raise BenchmarkError(f"{where}: multi_choice question without choices")
+    unit = row["unit"] or None
+    query = build_query(str(row["question"]), choices, unit, precision, question_type, answer_type)
     info = {
         "question_type": question_type,
         "answer_type": answer_type,
         "precision": precision,
-        "unit": _text(row["unit"]),
+        "unit": _text(unit),
+        "choices": choices,
+        "answer": str(row["answer"]),  # as published: the official scorer compares strings
+        "query": query,
     }
-    if question_type == "multi_choice":
-        if not choices:
-            raise BenchmarkError(f"{where}: multi_choice question without choices")
-        if gold in choices:  # the gold answer is the option's text; score by its letter
-            gold = LETTERS[choices.index(gold)]
-        prompt = f"{_text(row['question'])}\nChoices:\n{letter_choices(choices)}"
-    else:
-        prompt = " ".join(
-            p for p in (_text(row["question"]), _mathvista_hint(answer_type, precision)) if p
-        )
     shown = choices if question_type == "multi_choice" else None
-    return EvalSample(_text(row.get("pid")), "mathvista", prompt, [], gold, shown, info)
+    return EvalSample(
+        _text(row.get("pid")), "mathvista", query, [], _text(row["answer"]), shown, info
+    )
 
 
 def _wemath(row: Mapping[str, Any], where: str) -> EvalSample:
@@ -186,20 +182,28 @@ def _wemath(row: Mapping[str, Any], where: str) -> EvalSample:
 
 def _mathverse(row: Mapping[str, Any], where: str) -> EvalSample:
     question_type = _text(row["question_type"])
-    question = _text(row["question"]) or "Solve the problem shown in the image."
-    choices = mathverse_choices(question) if question_type == "multi-choice" else None
+    question = _text(row["question"])
+    for_eval = _text(row.get("question_for_eval")) or question
+    prompt = _text(row.get("query_cot")) or question or "Solve the problem shown in the image."
+    choices = None
+    if question_type == "multi-choice":
+        choices = mathverse_choices(for_eval) or mathverse_choices(question)
+    gold, variants = official_mathverse.gold_forms(_text(row["answer"]), choices)
     return EvalSample(
         id=_text(row["sample_index"]),
         benchmark="mathverse",
-        prompt=question,
+        prompt=prompt,
         images=[],
-        gold=_text(row["answer"]),
+        gold=gold,
         choices=choices,
         info={
             "question_type": question_type,
             "version": _text(row["problem_version"]),
             "problem": _text(row["problem_index"]),
+            "answer": _text(row["answer"]),
+            "question_for_eval": for_eval,
         },
+        gold_variants=variants,
     )
 
 
@@ -214,7 +218,11 @@ def _mathvision(row: Mapping[str, Any], where: str) -> EvalSample:
         images=[],
         gold=_text(row["answer"]),
         choices=options or None,
-        info={"level": _text(row.get("level")), "subject": _text(row.get("subject"))},
+        info={
+            "level": _text(row.get("level")),
+            "subject": _text(row.get("subject")),
+            "level_subject": f"{_text(row.get('level'))} {_text(row.get('subject'))}",
+        },
     )
 
 
@@ -250,13 +258,17 @@ def display_name(benchmark: str) -> str:
 
 # --------------------------------------------------------------------------- files
 
+ROW_BATCH = 64  # rows read from the file at a time
+
 
 @dataclass
 class Table:
-    rows: list[dict[str, Any]]
+    """An opened benchmark file: its columns, and its rows as a stream of small batches."""
+
     columns: list[str]
     where: str  # the file(s), for messages
     base_dir: Path
+    batches: Callable[[], Iterator[list[dict[str, Any]]]]
 
 
 def _parquet_files(path: Path, split: str | None) -> list[Path]:
@@ -276,7 +288,6 @@ def _read_parquet(path: Path, split: str | None, needed: list[str]) -> Table:
     import pyarrow.parquet as pq
 
     files = _parquet_files(path, split)
-    rows: list[dict[str, Any]] = []
     columns: list[str] = []
     for file in files:
         names = pq.read_schema(file).names
@@ -284,11 +295,17 @@ def _read_parquet(path: Path, split: str | None, needed: list[str]) -> Table:
         if missing:
             raise _missing(str(file), missing[0], names)
         columns = names
-        rows.extend(pq.read_table(file).to_pylist())
-    return Table(rows, columns, str(path), path if path.is_dir() else path.parent)
+
+    def batches() -> Iterator[list[dict[str, Any]]]:
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=ROW_BATCH):
+                yield batch.to_pylist()
+
+    return Table(columns, str(path), path if path.is_dir() else path.parent, batches)
 
 
 def _read_hf_disk(path: Path, split: str | None) -> Table:
+    """A `save_to_disk` folder: memory-mapped Arrow, read in batches without decoding images."""
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
@@ -297,7 +314,13 @@ def _read_hf_disk(path: Path, split: str | None) -> Table:
         if name not in loaded:
             raise BenchmarkError(f"{path}: no split {name!r}; splits: {list(loaded)}")
         loaded = loaded[name]
-    return Table(list(loaded), list(loaded.column_names), str(path), path)
+    arrow = loaded.with_format("arrow")
+
+    def batches() -> Iterator[list[dict[str, Any]]]:
+        for batch in arrow.iter(batch_size=ROW_BATCH):
+            yield batch.to_pylist()
+
+    return Table(list(loaded.column_names), str(path), path, batches)
 
 
 def _missing(where: str, column: str, present: list[str]) -> BenchmarkError:
@@ -348,10 +371,14 @@ def _keep(row: Mapping[str, Any], where: Mapping[str, list[str]]) -> bool:
     )
 
 
-def load_benchmark(
+def iter_benchmark(
     spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_dir: Path
-) -> list[EvalSample]:
-    """All samples of one benchmark, in file order, after `where` and `limit`."""
+) -> Iterator[EvalSample]:
+    """The samples of one benchmark in file order, after `where` and `limit`, read lazily.
+
+    Only a batch of rows is in memory at a time (plus the ids seen, to refuse duplicates);
+    the file is checked for its layout's columns before the first sample.
+    """
     uri = spec.uri or (str(eval_data_dir) if spec.name == "synthetic" and eval_data_dir else None)
     if uri is None:
         raise BenchmarkError(
@@ -367,23 +394,40 @@ def load_benchmark(
     )
     if image_column is None and spec.name != "mathverse":
         raise _missing(table.where, " or ".join(layout.image_columns), table.columns)
-    samples: list[EvalSample] = []
-    for index, raw in enumerate(table.rows):
-        row = _renamed(raw, spec.columns)
-        if spec.where and not _keep(row, spec.where):
-            continue
-        samples.append(
-            _sample(layout, row, f"{table.where}: row {index}", image_column, index, table.base_dir)
-        )
-        if spec.limit and len(samples) >= spec.limit:
-            break
-    if not samples:
+    return _samples(spec, layout, table, image_column)
+
+
+def _samples(
+    spec: BenchmarkSpec, layout: Layout, table: Table, image_column: str | None
+) -> Iterator[EvalSample]:
+    seen: set[str] = set()
+    index = -1
+    for batch in table.batches():
+        for raw in batch:
+            index += 1
+            row = _renamed(raw, spec.columns)
+            if spec.where and not _keep(row, spec.where):
+                continue
+            where = f"{table.where}: row {index}"
+            sample = _sample(layout, row, where, image_column, index, table.base_dir)
+            if sample.id in seen:
+                raise BenchmarkError(f"{where}: id {sample.id!r} appears more than once")
+            seen.add(sample.id)
+            yield sample
+            if spec.limit and len(seen) >= spec.limit:
+                return
+    if not seen:
         raise BenchmarkError(
             f"benchmark {spec.name!r}: no rows in {table.where} (after where={spec.where})"
         )
-    _check_unique_ids(samples, table.where)
-    log.info("benchmark %s: %d samples from %s", spec.name, len(samples), table.where)
-    return samples
+    log.info("benchmark %s: %d samples from %s", spec.name, len(seen), table.where)
+
+
+def load_benchmark(
+    spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_dir: Path
+) -> list[EvalSample]:
+    """All samples of one benchmark at once (small benchmarks, tests); `iter_benchmark` streams."""
+    return list(iter_benchmark(spec, eval_data_dir, cache_dir))
 
 
 def _sample(
@@ -406,14 +450,6 @@ def _sample(
         sample.images = [] if value in (None, "", b"") else [value]
     sample.base_dir = base_dir
     return sample
-
-
-def _check_unique_ids(samples: list[EvalSample], where: str) -> None:
-    seen: set[str] = set()
-    for sample in samples:
-        if sample.id in seen:
-            raise BenchmarkError(f"{where}: id {sample.id!r} appears more than once")
-        seen.add(sample.id)
 
 
 # --------------------------------------------------------------------------- images

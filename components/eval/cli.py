@@ -13,17 +13,14 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.common import storage
 from components.common.config import PipelineConfig
 from components.common.errors import InputError
 from components.common.stage_cli import config_from_args, default_run_id, stage_parser
 from components.common.tracking import stage_run
-from components.eval.stage import (
-    KFP_METRICS,
-    TABLE_FILE,
-    EvalOutputs,
-    run_eval,
-    write_outputs,
-)
+from components.eval.predictions import FILES as PREDICTION_FILES
+from components.eval.predictions import TABLE_FILE
+from components.eval.stage import KFP_METRICS, EvalOutputs, EvalPaths, run_eval, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +50,15 @@ def main(
                 "eval.benchmarks": ",".join(b.name for b in cfg.eval.benchmarks),
                 "eval.max_new_tokens": cfg.eval.max_new_tokens,
                 "eval.backend": cfg.eval.backend,
+                "eval.scoring": ",".join(cfg.eval.scoring),
+                "eval.extractor": cfg.eval.extractor.model if cfg.eval.extractor else "rules",
             }
         )
-        run = run_eval(cfg, models, eval_data_dir, cache)
-        files = write_outputs(run, outputs)
+        run = run_eval(
+            cfg, models, eval_data_dir, cache, eval_paths(cfg, run_id), outputs.predictions
+        )
+        files = [outputs.predictions / name for name in PREDICTION_FILES]
+        files += write_outputs(run, outputs)
         metrics = run.metrics()
         tracker.log_metrics(metrics)
         headline = ("/average", *(f"/{m}" for m in KFP_METRICS))
@@ -67,6 +69,17 @@ def main(
             tracker.log_artifact(path, ARTIFACT_DIR, name=names.get(path))
         _mark_table(tracker, f"{ARTIFACT_DIR}/{TABLE_FILE}")
     return metrics
+
+
+def eval_paths(cfg: PipelineConfig, run_id: str) -> EvalPaths:
+    """Progress logs under `<output_dir>/<run id>/eval` (the same run id resumes), the extractor
+    cache under `<output_dir>/cache` (shared by runs); an s3 `output_dir` is mirrored."""
+    cache = local_cache(cfg) / "extractor.sqlite"
+    if storage.is_s3(cfg.output_dir):
+        remote = storage.join(cfg.output_dir, run_id, "eval")
+        cache_remote = storage.join(cfg.output_dir, "cache", "extractor.sqlite")
+        return EvalPaths(local_cache(cfg) / run_id / "eval", remote, cache, cache_remote)
+    return EvalPaths(Path(cfg.output_dir).resolve() / run_id / "eval", cache=cache)
 
 
 def local_cache(cfg: PipelineConfig) -> Path:

@@ -1,35 +1,31 @@
-"""Score responses as each benchmark does, with the answer checking GRPO is rewarded with.
+"""Score responses in two modes, each a scorer per benchmark in one registry.
 
-Extraction is `components.common.answers.extract_answer` (last `\\boxed{}`, then "the answer
-is X", then the last line; option letters recognised) and equivalence is `is_equivalent`
-(time-bounded math-verify), so training and evaluation judge an answer the same way. On top
-of that, each benchmark's own rules, rule-based where the official scripts use a GPT judge:
+- `strict`: the answer in the last `\\boxed{}`, checked exactly as the GRPO accuracy reward
+  checks it (`components.common.rewards.accuracy_reward`: math-verify equivalence, option
+  letter or text). What training optimises, measured on the benchmarks.
+- `official`: each benchmark's official scorer (`components.eval.official.*`), GPT steps
+  sent to `eval.extractor` when one is configured, else rule-based extraction in their
+  place (`ScoringContext.extraction` says which, and the report shows it).
 
-- MathVista: multiple choice by letter or option text (the gold answer is the option text);
-  free-form `integer` answers compare `int(float(pred))` with the gold (the official
-  `calculate_score.py` rule), `float` answers after rounding both to the row's `precision`,
-  units (the row's `unit`, `\\text{cm}`, `^\\circ`, `%`) stripped; `list` element by element.
-- We-Math: the option letter (or the option's text); per question accuracy, plus the official
-  four-dimensional metrics over each problem's one-step sub-problems and its multi-step
-  composite: IK, IG, CM and RM, and the strict / loose scores
-  `(N - 0.5 IG - RM - IK) / N` (N = complete problems in the file).
-- MathVerse: letter or option text for multi-choice (options parsed from the question),
-  math equivalence for free-form; accuracy per problem version.
-- MathVision: the gold letter or the gold option's value, numbers equal at 2 decimals
-  (the official `is_equal` rounding), else math equivalence.
-- synthetic: math equivalence with the generator's answer.
+Scorers work on a batch (`(samples, responses, context) -> judgements`) so that LLM calls
+can run concurrently; `register_scorer` adds or replaces one (a custom judge).
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
 
-from components.common.answers import choice_letter, extract_answer, is_equivalent
+from components.common.answers import extract_answer, extract_boxed, is_equivalent
+from components.common.rewards import accuracy_reward
 from components.eval.benchmarks import EvalSample
+from components.eval.extractor import ChatClient
+from components.eval.official import mathverse, mathvision, mathvista, wemath
+
+MODES = ("official", "strict")
 
 
 @dataclass(frozen=True)
@@ -38,189 +34,183 @@ class Judgement:
     correct: bool
 
 
-# --------------------------------------------------------------------------- numbers
+@dataclass
+class ScoringContext:
+    extractor: ChatClient | None = None
+    timeout_s: float = 1.0
 
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_NUM_RE = re.compile(_NUM)
-_FRAC_RE = re.compile(rf"([-+]?)\\[dt]?frac\{{({_NUM})\}}\{{({_NUM})\}}")
-_SLASH_RE = re.compile(rf"({_NUM})\s*/\s*({_NUM})")
-_UNIT_TAIL_RE = re.compile(rf"({_NUM})\s*(?:[a-zA-Z]+\.?(?:\^\{{?[23]\}}?|[23]?)\s*){{1,3}}")
-_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_TEXT_CMD_RE = re.compile(r"\\(?:text|mathrm|mbox|textbf|mathbf|operatorname)\s*\{([^{}]*)\}")
-_DROP = (
-    "$",
-    "\\left",
-    "\\right",
-    "\\!",
-    "\\,",
-    "\\;",
-    "\\ ",
-    "^{\\circ}",
-    "^\\circ",
-    "°",
-    "\\%",
-    "%",
-    "{,}",
-)
+    @property
+    def extraction(self) -> str:
+        """How `official` mode extracts where the official pipeline asks GPT."""
+        return f"LLM ({self.extractor.cfg.model})" if self.extractor else "rules"
 
 
-def clean_number_text(text: str, unit: str = "") -> str:
-    """Strip what surrounds a number: math delimiters, `\\text{}` units, degrees, percent, the row's unit.
-
-    >>> clean_number_text(r"$x = 12\\,\\text{cm}$", unit="cm")
-    '12'
-    """
-    text = re.split(r"=|\\approx|≈", text)[-1]
-    text = _TEXT_CMD_RE.sub(r" \1 ", text)
-    for token in _DROP:
-        text = text.replace(token, " ")
-    if unit:
-        text = re.sub(rf"(?<![A-Za-z]){re.escape(unit)}(?![A-Za-z])", " ", text)
-    text = text.strip().rstrip(".").strip()
-    if _THOUSANDS_RE.fullmatch(text):
-        text = text.replace(",", "")
-    return text
+Scorer = Callable[[Sequence[EvalSample], Sequence[str], ScoringContext], list[Judgement]]
+SCORERS: dict[str, dict[str, Scorer]] = defaultdict(dict)
 
 
-def parse_number(text: str, unit: str = "") -> float | None:
-    """A plain number, a fraction (`\\frac{a}{b}`, `a/b`) or a number with a unit word after it; else None.
-
-    >>> parse_number("1,234.5"), parse_number(r"\\frac{1}{4}"), parse_number("-3/4"), parse_number("5 cm")
-    (1234.5, 0.25, -0.75, 5.0)
-    >>> parse_number(r"2\\sqrt{2}") is None, parse_number("1, 2") is None
-    (True, True)
-    """
-    text = clean_number_text(text, unit)
-    if _NUM_RE.fullmatch(text):
-        return float(text)
-    if m := _FRAC_RE.fullmatch(text):
-        sign = -1.0 if m.group(1) == "-" else 1.0
-        return sign * float(m.group(2)) / float(m.group(3)) if float(m.group(3)) else None
-    if m := _SLASH_RE.fullmatch(text):
-        return float(m.group(1)) / float(m.group(2)) if float(m.group(2)) else None
-    if m := _UNIT_TAIL_RE.fullmatch(text):
-        return float(m.group(1))
-    return None
+def register_scorer(mode: str, benchmark: str, scorer: Scorer) -> None:
+    """Use `scorer` for `benchmark` in `mode` (replaces the built-in one)."""
+    SCORERS[mode][benchmark] = scorer
 
 
-def round_half_up(value: float, places: int) -> Decimal:
-    """Decimal rounding (1.45 -> 1.5), not binary float rounding (round(1.45, 1) == 1.4)."""
-    return Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+def get_scorer(mode: str, benchmark: str) -> Scorer:
+    try:
+        return SCORERS[mode][benchmark]
+    except KeyError:
+        known = {m: sorted(b) for m, b in SCORERS.items()}
+        raise KeyError(
+            f"no scorer for mode {mode!r}, benchmark {benchmark!r}; known: {known}"
+        ) from None
 
 
-def _squash(text: str) -> str:
-    return "".join(text.split()).casefold()
+def score(
+    mode: str, samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    """Judge each response to its sample in `mode`; samples of one benchmark."""
+    if not samples:
+        return []
+    return get_scorer(mode, samples[0].benchmark)(samples, [r or "" for r in responses], ctx)
 
 
-# --------------------------------------------------------------------------- judges
+# --------------------------------------------------------------------------- strict
 
 
-def _extract(sample: EvalSample, response: str) -> str | None:
-    """The response's answer; with options, an option's letter unless the answer is an option's text.
-
-    `extract_answer(..., choices=)` reads "A dog" (the text of option B) as letter A; an exact
-    option text is checked first here.
-    """
-    answer = extract_answer(response)
-    if answer is None or not sample.choices:
-        return answer
-    if _squash(answer) in {_squash(c) for c in sample.choices}:
-        return answer
-    return choice_letter(answer, len(sample.choices)) or answer
+def strict_verdict(sample: EvalSample, response: str) -> Judgement:
+    """The GRPO accuracy reward's verdict, against the gold and its accepted variants."""
+    golds = [sample.gold, *sample.gold_variants]
+    choices = [sample.choices] * len(golds)
+    rewards = accuracy_reward([response] * len(golds), golds, choices=choices)
+    return Judgement(extract_boxed(response[-20_000:]) or None, max(rewards) > 0)
 
 
-def judge_synthetic(sample: EvalSample, response: str, timeout_s: float) -> Judgement:
-    pred = _extract(sample, response)
-    return Judgement(pred, is_equivalent(pred, sample.gold, timeout_s=timeout_s))
+def score_strict(
+    samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    return [strict_verdict(s, r) for s, r in zip(samples, responses, strict=True)]
 
 
-def _list_items(text: str, unit: str) -> list[str]:
+# --------------------------------------------------------------------------- official
+
+
+def _rule_extraction(sample: EvalSample, response: str) -> str:
+    """Stand-in for GPT extraction: last box, else "the answer is", else the last line."""
+    return extract_answer(response, sample.choices) or ""
+
+
+def _mathvista_rule_extraction(sample: EvalSample, response: str) -> str:
+    """GPT's part without GPT: the stated answer; for number answers the bare number."""
+    answer = _rule_extraction(sample, response)
+    if sample.info["answer_type"] in ("integer", "float"):
+        return mathvista.bare_number(answer, sample.info["unit"]) or answer
+    return answer
+
+
+def score_mathvista(
+    samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    extractions = [
+        mathvista.quick_extraction(r, s.info) for s, r in zip(samples, responses, strict=True)
+    ]
+    pending = [i for i, e in enumerate(extractions) if e is None]
+    if ctx.extractor is not None:
+        prompts = [
+            mathvista.extraction_prompt(samples[i].info["query"], responses[i]) for i in pending
+        ]
+        answers = ctx.extractor.complete(prompts, desc="mathvista extraction")
+    else:
+        answers = [_mathvista_rule_extraction(samples[i], responses[i]) for i in pending]
+    for i, answer in zip(pending, answers, strict=True):
+        extractions[i] = answer
+    out = []
+    for sample, extraction in zip(samples, extractions, strict=True):
+        info = sample.info
+        prediction = mathvista.normalize_extraction(
+            extraction,
+            info["choices"],
+            info["question_type"],
+            info["answer_type"],
+            info["precision"],
+        )
+        out.append(Judgement(extraction, mathvista.is_correct(prediction, info["answer"])))
+    return out
+
+
+def score_mathverse(
+    samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    if ctx.extractor is None:
+        extractions = [_rule_extraction(s, r) for s, r in zip(samples, responses, strict=True)]
+        verdicts = [
+            _mathverse_rule_match(s, e, ctx.timeout_s)
+            for s, e in zip(samples, extractions, strict=True)
+        ]
+        return [Judgement(e or None, v) for e, v in zip(extractions, verdicts, strict=True)]
+    raw = ctx.extractor.complete(
+        [mathverse.extraction_prompt(r) for r in responses], desc="mathverse extraction"
+    )
+    extractions = [mathverse.clean_extraction(text) for text in raw]
+    prompts = [
+        mathverse.judge_prompt(s.info["question_for_eval"], s.info["answer"], e)
+        for s, e in zip(samples, extractions, strict=True)
+    ]
+    judged = ctx.extractor.complete(prompts, desc="mathverse judge")
     return [
-        item
-        for item in (clean_number_text(i, unit) for i in text.strip().strip("[]()").split(","))
-        if item
+        Judgement(e or None, mathverse.parse_judgement(j) is True)
+        for e, j in zip(extractions, judged, strict=True)
     ]
 
 
-def _lists_equal(pred: str, gold: str, unit: str) -> bool:
-    a, b = _list_items(pred, unit), _list_items(gold, unit)
-    if len(a) != len(b) or not a:
+def _mathverse_rule_match(sample: EvalSample, extraction: str, timeout_s: float) -> bool:
+    """Stand-in for the GPT judge: the official quick match (equal strings), else equivalence."""
+    if not extraction:
         return False
-    for x, y in zip(a, b, strict=False):
-        nx, ny = parse_number(x), parse_number(y)
-        if (nx is None or ny is None or nx != ny) and _squash(x) != _squash(y):
-            return False
-    return True
+    if extraction == sample.info["answer"]:
+        return True
+    return any(
+        is_equivalent(extraction, gold, choices=sample.choices, timeout_s=timeout_s)
+        for gold in (sample.gold, *sample.gold_variants)
+    )
 
 
-def judge_mathvista(sample: EvalSample, response: str, timeout_s: float) -> Judgement:
-    pred = _extract(sample, response)
-    if pred is None:
-        return Judgement(None, False)
-    info = sample.info
-    if info["question_type"] == "multi_choice":
-        return Judgement(
-            pred, is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s)
+def score_mathvision(
+    samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    return [
+        Judgement(
+            mathvision.model_answer(r) or None,
+            mathvision.is_correct(r, s.gold, s.choices, ctx.timeout_s),
         )
-    answer_type, unit = info["answer_type"], info.get("unit", "")
-    if answer_type in ("integer", "float"):
-        value, gold = parse_number(pred, unit), parse_number(sample.gold)
-        if value is not None and gold is not None:
-            if answer_type == "integer":
-                return Judgement(pred, int(value) == int(gold))
-            places = info.get("precision")
-            if places is None:  # not given: the gold answer's own decimals
-                places = len(sample.gold.partition(".")[2])
-            return Judgement(pred, round_half_up(value, places) == round_half_up(gold, places))
-    elif answer_type == "list":
-        return Judgement(pred, _lists_equal(pred, sample.gold, unit))
-    elif _squash(clean_number_text(pred, unit)) == _squash(sample.gold):
-        return Judgement(pred, True)
-    return Judgement(pred, is_equivalent(pred, sample.gold, timeout_s=timeout_s))
+        for s, r in zip(samples, responses, strict=True)
+    ]
 
 
-def judge_choice_or_math(sample: EvalSample, response: str, timeout_s: float) -> Judgement:
-    """We-Math and MathVerse: the option (letter or text) for multiple choice, math equivalence otherwise."""
-    pred = _extract(sample, response)
-    if pred is None:
-        return Judgement(None, False)
-    if is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s):
-        return Judgement(pred, True)
-    value, gold = parse_number(pred), parse_number(sample.gold)
-    return Judgement(pred, value is not None and value == gold)
+def score_wemath(
+    samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    letters = [wemath.read_letter(r) for r in responses]
+    return [Judgement(x, x == s.gold) for s, x in zip(samples, letters, strict=True)]
 
 
-def judge_mathvision(sample: EvalSample, response: str, timeout_s: float) -> Judgement:
-    pred = _extract(sample, response)
-    if pred is None:
-        return Judgement(None, False)
-    if sample.choices:
-        return Judgement(
-            pred, is_equivalent(pred, sample.gold, choices=sample.choices, timeout_s=timeout_s)
-        )
-    value, gold = parse_number(pred), parse_number(sample.gold)
-    if value is not None and gold is not None:
-        return Judgement(pred, round_half_up(value, 2) == round_half_up(gold, 2))
-    if _squash(pred) == _squash(sample.gold):
-        return Judgement(pred, True)
-    return Judgement(pred, is_equivalent(pred, sample.gold, timeout_s=timeout_s))
+def score_synthetic(
+    samples: Sequence[EvalSample], responses: Sequence[str], ctx: ScoringContext
+) -> list[Judgement]:
+    """No official scorer exists: the answer stated last (box, "the answer is", last line)."""
+    out = []
+    for sample, response in zip(samples, responses, strict=True):
+        pred = _rule_extraction(sample, response) or None
+        ok = pred is not None and is_equivalent(pred, sample.gold, timeout_s=ctx.timeout_s)
+        out.append(Judgement(pred, ok))
+    return out
 
 
-JUDGES: dict[str, Callable[[EvalSample, str, float], Judgement]] = {
-    "synthetic": judge_synthetic,
-    "mathvista": judge_mathvista,
-    "wemath": judge_choice_or_math,
-    "mathverse": judge_choice_or_math,
-    "mathvision": judge_mathvision,
-}
-
-
-def judge(sample: EvalSample, response: str, timeout_s: float = 1.0) -> Judgement:
-    """Whether `response` answers `sample` correctly, by the sample's benchmark's rules."""
-    try:
-        return JUDGES[sample.benchmark](sample, response or "", timeout_s)
-    except (ValueError, InvalidOperation, OverflowError):  # a number too odd to round: wrong
-        return Judgement(None, False)
+for _name in ("synthetic", "mathvista", "wemath", "mathverse", "mathvision"):
+    register_scorer("strict", _name, score_strict)
+register_scorer("official", "mathvista", score_mathvista)
+register_scorer("official", "mathverse", score_mathverse)
+register_scorer("official", "mathvision", score_mathvision)
+register_scorer("official", "wemath", score_wemath)
+register_scorer("official", "synthetic", score_synthetic)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -230,7 +220,7 @@ BREAKDOWNS = {
     "mathvista": ("question_type", "answer_type"),
     "wemath": ("steps",),
     "mathverse": ("version", "question_type"),
-    "mathvision": ("level",),
+    "mathvision": ("level", "subject", "level_subject"),
 }
 
 
@@ -245,31 +235,36 @@ def _mean(values: Sequence[bool]) -> float:
 
 def aggregate(
     benchmark: str,
-    samples: Sequence[EvalSample],
+    infos: Sequence[Mapping[str, Any]],
     correct: Sequence[bool],
     extracted: Sequence[str | None],
     errors: Sequence[bool],
 ) -> dict[str, float]:
-    """Accuracy, counts, per-group accuracies (`version/vision_only`) and benchmark-specific scores."""
+    """Accuracy, counts, per-group accuracies (`version/vision_only`) and benchmark-specific scores.
+
+    `infos` are the samples' `info` dicts (what scoring and breakdowns need, no images).
+    """
     metrics = {
         "accuracy": _mean(correct),
-        "n": float(len(samples)),
+        "n": float(len(infos)),
         "correct": float(sum(correct)),
         "no_answer": float(sum(e is None for e in extracted)),
         "errors": float(sum(errors)),
     }
     for key in BREAKDOWNS.get(benchmark, ()):
         groups: dict[str, list[bool]] = defaultdict(list)
-        for sample, ok in zip(samples, correct, strict=False):
-            groups[slug(sample.info.get(key, ""))].append(ok)
+        for info, ok in zip(infos, correct, strict=True):
+            groups[slug(info.get(key, ""))].append(ok)
         for value, oks in sorted(groups.items()):
             metrics[f"{key}/{value}"] = _mean(oks)
+    if benchmark == "mathverse":
+        metrics["versions"] = float(len({info.get("version") for info in infos}))
     if benchmark == "wemath":
-        metrics.update(wemath_scores(samples, correct))
+        metrics.update(wemath_scores(infos, correct))
     return metrics
 
 
-def wemath_scores(samples: Sequence[EvalSample], correct: Sequence[bool]) -> dict[str, float]:
+def wemath_scores(infos: Sequence[Mapping[str, Any]], correct: Sequence[bool]) -> dict[str, float]:
     """We-Math's four-dimensional metrics over the problems whose sub-problems and composite are all present.
 
     For a problem with one-step sub-problems s_i and the multi-step composite m:
@@ -279,11 +274,11 @@ def wemath_scores(samples: Sequence[EvalSample], correct: Sequence[bool]) -> dic
     Score = (N - 0.5 IG - RM - IK) / N; RM is reported as RM / (CM + RM), the others per N.
     """
     parts: dict[str, dict[str, bool]] = defaultdict(dict)
-    for sample, ok in zip(samples, correct, strict=False):
-        parts[sample.info["group"]][sample.info["part"]] = bool(ok)
-    counts = defaultdict(int)
+    for info, ok in zip(infos, correct, strict=True):
+        parts[info["group"]][info["part"]] = bool(ok)
+    counts: dict[str, int] = defaultdict(int)
     one_step: list[bool] = []
-    multi = {"2steps": [], "3steps": []}
+    multi: dict[str, list[bool]] = {"2steps": [], "3steps": []}
     for group, answers in parts.items():
         n_steps = 3 if group.startswith("3steps") else 2
         needed = [str(i) for i in range(1, n_steps + 1)]

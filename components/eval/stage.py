@@ -1,9 +1,12 @@
-"""eval: generate greedily with each model on each benchmark, score, aggregate, write the outputs.
+"""eval: generate greedily with each model on each benchmark, score in every mode, report.
 
-The loop is: load every benchmark once (images undecoded) -> per model: load it, build the
-generation backend (the one GRPO rolls out with), generate in chunks (images decoded per
-chunk, prompts of similar length batched together), judge every response, aggregate per
-benchmark -> the report table, chart, predictions table and flat metrics.
+Per model and benchmark the samples stream through in chunks: images decoded per chunk,
+responses generated (prompts of similar length batched together) and appended to a
+progress log (`progress.ResponseLog`, so a crashed eval resumes where it stopped), scored
+in each mode of `eval.scoring` (`scoring.py`), and written to the predictions table. Only
+small per-sample records (info, verdicts) stay in memory for the aggregates, so memory
+stays flat as a benchmark grows. Then: per-benchmark aggregates per mode, the reflection
+("aha moment") tally per model, the report table, chart, flat metrics.
 
 One sample that cannot be generated (a corrupt image, a processor or generate error) is
 logged, scored wrong with its error in the predictions, and the run continues.
@@ -15,68 +18,107 @@ import gc
 import json
 import logging
 import math
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from components.common import storage
 from components.common.answers import warm_up
 from components.common.config import BenchmarkSpec, ModelConfig, PipelineConfig
 from components.common.generation import Completion, PromptInput, SamplingConfig
-from components.eval.benchmarks import EvalSample, load_benchmark, load_images
-from components.eval.report import bar_chart, markdown_report, score_table
-from components.eval.scoring import aggregate, judge, slug
+from components.eval.benchmarks import EvalSample, iter_benchmark, load_images
+from components.eval.extractor import ChatClient
+from components.eval.predictions import PredictionWriter, columns_for
+from components.eval.progress import ResponseLog
+from components.eval.reflection import ReflectionTally, reflection_pattern
+from components.eval.report import (
+    ReportInputs,
+    bar_chart,
+    markdown_report,
+    score_table,
+)
+from components.eval.scoring import Judgement, ScoringContext, aggregate, score, slug
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = (
-    "model",
-    "benchmark",
-    "id",
-    "response",
-    "extracted",
-    "gold",
-    "correct",
-    "finish_reason",
-    "error",
-    "num_tokens",
-    "info",
-)
 KFP_METRICS = ("score", "accuracy")  # per benchmark; the kfp Metrics artifact stays small
-TABLE_FILE = "predictions.json"  # the predictions in MLflow's table layout (JSON, orient "split")
-CHUNK_BATCHES = 8  # images are decoded this many generation batches at a time
+CHUNK_BATCHES = (
+    8  # samples flow through generation, scoring and writing this many batches at a time
+)
 
 
 @dataclass
 class EvalRun:
-    """What one eval stage run produced; `results[model][benchmark]` holds the aggregate metrics."""
+    """What one eval stage run produced.
 
-    results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    benchmarks: list[str] = field(default_factory=list)
-    metric_of: dict[str, str] = field(default_factory=dict)
+    `results[model][mode][benchmark]` holds the aggregate metrics (each with its `score`,
+    the benchmark's headline metric); `reflection[model]` the reflection tally's metrics.
+    """
+
+    modes: list[str]
+    benchmarks: list[str]
+    headline_of: dict[str, str]
+    extraction: str = "rules"
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    reflection: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return self.modes[0]
+
+    def primary_results(self) -> dict[str, dict[str, dict[str, float]]]:
+        return {model: per_mode[self.primary] for model, per_mode in self.results.items()}
 
     def metrics(self) -> dict[str, float]:
-        """Flat, slash-namespaced: `eval/<model>/<benchmark>/<metric>` and `eval/<model>/average`."""
+        """Flat, slash-namespaced metrics.
+
+        `eval/<model>/<benchmark>/<mode>/<metric>` for every mode, and without the mode
+        (`eval/<model>/<benchmark>/score`, `eval/<model>/average`) for the first mode, the
+        report's main table; `eval/<model>/<mode>/average`; `eval/<model>/reflection/*`.
+        """
         flat: dict[str, float] = {}
-        table = score_table(self.results, self.benchmarks)
-        for model, per_bench in self.results.items():
-            prefix = f"eval/{slug(model)}"
-            for bench, values in per_bench.items():
-                flat.update({f"{prefix}/{bench}/{k}": v for k, v in values.items()})
-            flat[f"{prefix}/average"] = table[model]["Avg."] / 100.0
+        for mode in self.modes:
+            results = {m: per_mode[mode] for m, per_mode in self.results.items()}
+            table = score_table(results, self.benchmarks)
+            for model, per_bench in results.items():
+                prefix = f"eval/{slug(model)}"
+                for bench, values in per_bench.items():
+                    flat.update({f"{prefix}/{bench}/{mode}/{k}": v for k, v in values.items()})
+                    if mode == self.primary:
+                        flat.update({f"{prefix}/{bench}/{k}": v for k, v in values.items()})
+                flat[f"{prefix}/{mode}/average"] = table[model]["Avg."] / 100.0
+                if mode == self.primary:
+                    flat[f"{prefix}/average"] = table[model]["Avg."] / 100.0
+        for model, values in self.reflection.items():
+            flat.update({f"eval/{slug(model)}/reflection/{k}": v for k, v in values.items()})
         return {k: v for k, v in flat.items() if not math.isnan(v)}
+
+    def report_inputs(self) -> ReportInputs:
+        return ReportInputs(
+            self.results,
+            self.modes,
+            self.benchmarks,
+            self.headline_of,
+            self.reflection,
+            self.extraction,
+        )
 
 
 def kfp_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     """The few numbers for the kfp Metrics artifact, underscore-named: `sft_rl_mathvista_score`,
-    `..._accuracy` per benchmark and `<model>_average`; breakdowns stay in MLflow."""
-    keep = (*tuple(f"/{m}" for m in KFP_METRICS), "/average")
+    `..._accuracy` per benchmark and `<model>_average` (first scoring mode); the rest stays in MLflow."""
+    names = "|".join(KFP_METRICS)
+    keep = re.compile(rf"eval/[^/]+/(?:[^/]+/(?:{names})|average)")
     return {
-        k.removeprefix("eval/").replace("/", "_"): v for k, v in metrics.items() if k.endswith(keep)
+        k.removeprefix("eval/").replace("/", "_"): v
+        for k, v in metrics.items()
+        if keep.fullmatch(k)
     }
 
 
@@ -215,96 +257,283 @@ def generate_responses(
     return [c if c is not None else Completion("", [], "error", error="missing") for c in out]
 
 
-# --------------------------------------------------------------------------- scoring
+# --------------------------------------------------------------------------- one benchmark
+
+
+@dataclass
+class Record:
+    """What aggregation keeps of one sample: no prompt, image or response."""
+
+    info: dict[str, Any]
+    correct: dict[str, bool]
+    extracted: dict[str, str | None]
+    error: bool
+    reflective: bool
+
+
+def _chunks(samples: Iterable[EvalSample], size: int) -> Iterator[list[EvalSample]]:
+    iterator = iter(samples)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _as_record(completion: Completion, sample_id: str) -> dict[str, Any]:
+    return {
+        "id": sample_id,
+        "response": completion.text,
+        "finish_reason": completion.finish_reason,
+        "error": completion.error,
+        "num_tokens": len(completion.token_ids),
+    }
+
+
+class Responses:
+    """Responses of one chunk: those the progress log already has (in order), the rest generated."""
+
+    def __init__(
+        self, progress: ResponseLog, generate: Callable[[list[EvalSample]], list[Completion]]
+    ):
+        self.progress = progress
+        self.done = progress.read()
+        self.generate = generate
+        self.generated = 0
+        self.seconds = 0.0
+
+    def for_chunk(self, chunk: Sequence[EvalSample]) -> list[dict[str, Any]]:
+        known: list[dict[str, Any]] = []
+        for sample in chunk:
+            record = next(self.done, None)
+            if record is None:
+                break
+            if record["id"] != sample.id:
+                raise RuntimeError(
+                    f"{self.progress.path}: line {len(known) + 1} of this chunk is sample "
+                    f"{record['id']!r}, the benchmark has {sample.id!r} there: the benchmark or "
+                    "its where/limit changed since; delete the file (or use a new run id)"
+                )
+            known.append(record)
+        todo = list(chunk[len(known) :])
+        if not todo:
+            return known
+        start = time.perf_counter()
+        completions = self.generate(todo)
+        self.seconds += time.perf_counter() - start
+        self.generated += len(todo)
+        new = [_as_record(c, s.id) for s, c in zip(todo, completions, strict=True)]
+        self.progress.append(new)
+        return known + new
+
+
+def score_chunk(
+    samples: Sequence[EvalSample],
+    responses: Sequence[str],
+    modes: Sequence[str],
+    ctx: ScoringContext,
+) -> dict[str, list]:
+    """`{mode: [Judgement per sample]}`."""
+    return {mode: score(mode, samples, responses, ctx) for mode in modes}
 
 
 def score_responses(
-    model: str, samples: Sequence[EvalSample], completions: Sequence[Completion], timeout_s: float
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Judge each completion; returns the benchmark's aggregate metrics and the prediction rows."""
-    rows: list[dict[str, Any]] = []
-    judgements = [judge(s, c.text, timeout_s) for s, c in zip(samples, completions, strict=True)]
-    for sample, completion, verdict in zip(samples, completions, judgements, strict=False):
-        rows.append(
-            {
-                "model": model,
-                "benchmark": sample.benchmark,
-                "id": sample.id,
-                "response": completion.text,
-                "extracted": verdict.extracted,
-                "gold": sample.gold,
-                "correct": verdict.correct,
-                "finish_reason": completion.finish_reason,
-                "error": completion.error,
-                "num_tokens": len(completion.token_ids),
-                "info": json.dumps(sample.info, default=str),
-            }
-        )
+    samples: Sequence[EvalSample],
+    completions: Sequence[Completion],
+    mode: str,
+    ctx: ScoringContext | None = None,
+) -> tuple[dict[str, float], list[Judgement]]:
+    """Score a list of completions at once in one mode (tests, benches): aggregate and verdicts."""
+    ctx = ctx or ScoringContext()
+    judged = score(mode, samples, [c.text for c in completions], ctx)
     metrics = aggregate(
         samples[0].benchmark if samples else "",
-        samples,
-        [j.correct for j in judgements],
-        [j.extracted for j in judgements],
+        [s.info for s in samples],
+        [j.correct for j in judged],
+        [j.extracted for j in judged],
         [c.finish_reason == "error" for c in completions],
     )
-    return metrics, rows
+    return metrics, judged
 
 
-def headline(spec: BenchmarkSpec, metrics: Mapping[str, float]) -> float:
-    """The number in the report's column for this benchmark (accuracy, or We-Math strict/loose)."""
-    return metrics.get(spec.metric, float("nan"))
-
-
-def evaluate_model(
+def _prediction_row(
     model: str,
-    backend: Any,
-    data: Mapping[str, list[EvalSample]],
-    specs: Sequence[BenchmarkSpec],
-    cfg: PipelineConfig,
-) -> tuple[dict[str, dict[str, float]], list[dict]]:
-    sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens)
-    per_bench: dict[str, dict[str, float]] = {}
-    rows: list[dict[str, Any]] = []
-    for spec in specs:
-        samples = data[spec.name]
-        start = time.perf_counter()
-        completions = generate_responses(
-            backend, samples, sampling, cfg.eval.batch_size, cfg.eval.sort_by_length
-        )
-        seconds = time.perf_counter() - start
-        metrics, bench_rows = score_responses(
-            model, samples, completions, cfg.eval.answer_timeout_s
-        )
-        metrics["score"] = headline(spec, metrics)
-        metrics["seconds"] = seconds
-        metrics["samples_per_s"] = len(samples) / seconds if seconds > 0 else float("nan")
-        per_bench[spec.name] = metrics
-        rows.extend(bench_rows)
-        log.info(
-            "eval %s on %s: score %.1f%% (%d samples, %.2f samples/s, %d failed)",
-            model,
-            spec.name,
-            100 * metrics["score"],
-            len(samples),
-            metrics["samples_per_s"],
-            int(metrics["errors"]),
-        )
-    return per_bench, rows
+    sample: EvalSample,
+    record: dict[str, Any],
+    judged: dict[str, Any],
+    modes,
+    reflective,
+) -> dict[str, Any]:
+    row = {
+        "model": model,
+        "benchmark": sample.benchmark,
+        "id": sample.id,
+        "response": record["response"],
+        "gold": sample.gold,
+        "correct": judged[modes[0]].correct,
+        "extracted": judged[modes[0]].extracted,
+        "reflection": reflective,
+        "finish_reason": record["finish_reason"],
+        "error": record["error"],
+        "num_tokens": record["num_tokens"],
+        "info": json.dumps(sample.info, default=str),
+    }
+    for mode in modes:
+        row[f"correct_{mode}"] = judged[mode].correct
+        row[f"extracted_{mode}"] = judged[mode].extracted
+    return row
 
 
-def _evaluate_dir(
-    name: str,
-    model_dir: Path,
-    data: Mapping[str, list[EvalSample]],
-    specs: Sequence[BenchmarkSpec],
-    cfg: PipelineConfig,
-    max_images: int,
-) -> tuple[dict[str, dict[str, float]], list[dict]]:
-    backend = make_eval_backend(cfg, model_dir, max_images=max_images)
-    try:
-        return evaluate_model(name, backend, data, specs, cfg)
-    finally:
-        _shutdown(backend)
+@dataclass
+class BenchmarkJob:
+    """Everything one (model, benchmark) evaluation needs besides the samples."""
+
+    model: str
+    spec: BenchmarkSpec
+    modes: list[str]
+    ctx: ScoringContext
+    progress: ResponseLog
+    writer: PredictionWriter
+    chunk_size: int
+    pattern: re.Pattern[str] | None
+
+
+def evaluate_benchmark(
+    job: BenchmarkJob,
+    samples: Iterable[EvalSample],
+    generate: Callable[[list[EvalSample]], list[Completion]],
+    tally: ReflectionTally,
+) -> dict[str, dict[str, float]]:
+    """Stream the samples: responses (logged or generated), verdicts, predictions rows.
+
+    Returns `{mode: aggregate metrics}`; adds each response to the reflection tally.
+    """
+    records: list[Record] = []
+    responses = Responses(job.progress, generate)
+    for chunk in _chunks(samples, job.chunk_size):
+        got = responses.for_chunk(chunk)
+        texts = [r["response"] or "" for r in got]
+        judged = score_chunk(chunk, texts, job.modes, job.ctx)
+        rows = []
+        for i, (sample, record) in enumerate(zip(chunk, got, strict=True)):
+            verdicts = {mode: judged[mode][i] for mode in job.modes}
+            reflective = bool(job.pattern and job.pattern.search(texts[i]))
+            tally.add(reflective, verdicts[job.modes[0]].correct)
+            rows.append(_prediction_row(job.model, sample, record, verdicts, job.modes, reflective))
+            records.append(
+                Record(
+                    sample.info,
+                    {m: v.correct for m, v in verdicts.items()},
+                    {m: v.extracted for m, v in verdicts.items()},
+                    record["finish_reason"] == "error",
+                    reflective,
+                )
+            )
+        job.writer.write(rows)
+    return _aggregate_modes(job, records, responses)
+
+
+def _aggregate_modes(
+    job: BenchmarkJob, records: Sequence[Record], responses: Responses
+) -> dict[str, dict[str, float]]:
+    out = {}
+    infos = [r.info for r in records]
+    errors = [r.error for r in records]
+    for mode in job.modes:
+        metrics = aggregate(
+            job.spec.name,
+            infos,
+            [r.correct[mode] for r in records],
+            [r.extracted[mode] for r in records],
+            errors,
+        )
+        metrics["score"] = metrics.get(job.spec.headline, float("nan"))
+        metrics["generated"] = float(responses.generated)
+        metrics["seconds"] = responses.seconds
+        metrics["samples_per_s"] = (
+            responses.generated / responses.seconds if responses.seconds > 0 else float("nan")
+        )
+        out[mode] = metrics
+    log.info(
+        "eval %s on %s: %s (%d samples, %d generated now, %d failed)",
+        job.model,
+        job.spec.name,
+        ", ".join(f"{m} {100 * out[m]['score']:.1f}%" for m in job.modes),
+        len(records),
+        responses.generated,
+        sum(errors),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EvalPaths:
+    """Where eval keeps its state: the local work folder and, for s3 outputs, its mirror."""
+
+    work: Path  # this run's progress logs
+    remote: str | None = None  # their s3:// mirror
+    cache: Path | None = None  # the extractor's cache (shared by runs: a rescore sends nothing)
+    cache_remote: str | None = None  # its s3:// mirror
+
+    def progress(self, model: str, benchmark: str) -> ResponseLog:
+        name = f"{slug(model)}/{benchmark}.jsonl"
+        remote = storage.join(self.remote, "progress", name) if self.remote else None
+        return ResponseLog(self.work / "progress" / name, remote)
+
+
+def open_extractor(cfg: PipelineConfig, paths: EvalPaths) -> ChatClient | None:
+    """The LLM extractor with its cache (pulled from the s3 mirror when there is one)."""
+    if cfg.eval.extractor is None or "official" not in cfg.eval.scoring:
+        return None
+    cache, remote = paths.cache or paths.work / "extractor.sqlite", paths.cache_remote
+    if remote and not cache.exists() and storage.exists(remote):
+        storage.download_file(remote, cache)
+    return ChatClient(cfg.eval.extractor, cache)
+
+
+def _close_extractor(client: ChatClient | None, paths: EvalPaths) -> None:
+    if client is None:
+        return
+    client.close()
+    if paths.cache_remote and client.cache.path is not None:
+        storage.upload_file(client.cache.path, paths.cache_remote)
+
+
+def _max_images(cfg: PipelineConfig, eval_data_dir: str | Path | None, cache_dir: Path) -> int:
+    """Images per prompt the vLLM engine must allow (a pass over the benchmarks, images undecoded)."""
+    if cfg.eval.backend != "vllm":
+        return 1
+    return max(
+        len(s.images)
+        for spec in cfg.eval.benchmarks
+        for s in iter_benchmark(spec, eval_data_dir, cache_dir)
+    )
+
+
+class LazyBackend:
+    """Loads the model on the first prompt it must generate: a fully resumed eval loads nothing."""
+
+    def __init__(self, cfg: PipelineConfig, model_dir: Callable[[], Path], max_images: int):
+        self.cfg, self.model_dir, self.max_images = cfg, model_dir, max_images
+        self.backend: Any = None
+        self.sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens)
+
+    def generate(self, samples: list[EvalSample]) -> list[Completion]:
+        if self.backend is None:
+            self.backend = make_eval_backend(self.cfg, self.model_dir(), self.max_images)
+        return generate_responses(
+            self.backend,
+            samples,
+            self.sampling,
+            self.cfg.eval.batch_size,
+            self.cfg.eval.sort_by_length,
+        )
+
+    def close(self) -> None:
+        if self.backend is not None:
+            _shutdown(self.backend)
+            self.backend = None
+        _free_memory()
 
 
 def run_eval(
@@ -312,23 +541,59 @@ def run_eval(
     models: Mapping[str, str],
     eval_data_dir: str | Path | None,
     cache_dir: Path,
+    paths: EvalPaths,
+    predictions_dir: Path,
 ) -> EvalRun:
     """Evaluate every model (display name -> dir or s3://) on every configured benchmark."""
     if not models:
         from components.common.errors import InputError
 
         raise InputError("eval needs at least one model (NAME=DIR_OR_S3)")
-    specs = cfg.eval.benchmarks
-    data = {spec.name: load_benchmark(spec, eval_data_dir, cache_dir) for spec in specs}
-    max_images = max(len(s.images) for samples in data.values() for s in samples)
+    ev = cfg.eval
+    specs = ev.benchmarks
+    modes = list(ev.scoring)
+    for spec in specs:  # layout errors before any model loads
+        next(iter(iter_benchmark(spec, eval_data_dir, cache_dir)))
+    max_images = _max_images(cfg, eval_data_dir, cache_dir)
     warm_up()  # start the answer-checking worker while the first model loads
-    run = EvalRun(benchmarks=[s.name for s in specs], metric_of={s.name: s.metric for s in specs})
-    for name, ref in models.items():
-        model_dir = resolve_model(ref, cfg, cache_dir)
-        log.info("eval: model %s from %s", name, model_dir)
-        run.results[name], rows = _evaluate_dir(name, model_dir, data, specs, cfg, max_images)
-        run.predictions.extend(rows)
-        _free_memory()  # the model is unreferenced now: release it before the next one loads
+    extractor = open_extractor(cfg, paths)
+    ctx = ScoringContext(extractor, ev.answer_timeout_s)
+    run = EvalRun(
+        modes, [s.name for s in specs], {s.name: s.headline for s in specs}, ctx.extraction
+    )
+    pattern = reflection_pattern(ev.reflection_phrases)
+    writer = PredictionWriter(predictions_dir, columns_for(modes))
+    try:
+        for name, ref in models.items():
+            backend = LazyBackend(
+                cfg, lambda ref=ref: resolve_model(ref, cfg, cache_dir), max_images
+            )
+            tally = ReflectionTally()
+            per_mode: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
+            try:
+                for spec in specs:
+                    job = BenchmarkJob(
+                        name,
+                        spec,
+                        modes,
+                        ctx,
+                        paths.progress(name, spec.name),
+                        writer,
+                        max(1, ev.batch_size * CHUNK_BATCHES),
+                        pattern,
+                    )
+                    samples = iter_benchmark(spec, eval_data_dir, cache_dir)
+                    for mode, metrics in evaluate_benchmark(
+                        job, samples, backend.generate, tally
+                    ).items():
+                        per_mode[mode][spec.name] = metrics
+            finally:
+                backend.close()  # release the model before the next one loads
+            run.results[name] = per_mode
+            run.reflection[name] = tally.metrics()
+    finally:
+        writer.close()
+        _close_extractor(extractor, paths)
     return run
 
 
@@ -337,7 +602,7 @@ def run_eval(
 
 @dataclass
 class EvalOutputs:
-    predictions: Path  # folder: predictions.parquet + predictions.csv
+    predictions: Path  # folder: predictions.parquet + predictions.csv + predictions.json
     report: Path  # Markdown file
     chart: Path  # PNG file
     metrics_json: Path | None = None
@@ -352,34 +617,33 @@ class EvalOutputs:
 
 
 def write_outputs(run: EvalRun, out: EvalOutputs) -> list[Path]:
-    """Predictions table, chart, report (chart embedded for the KFP UI, else linked) and metrics.json."""
-    import pandas as pd
+    """Chart, report (chart embedded for the KFP UI, else linked) and metrics.json.
 
-    out.predictions.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(run.predictions, columns=list(PREDICTION_COLUMNS))
-    frame.to_parquet(out.predictions / "predictions.parquet", index=False)
-    frame.to_csv(out.predictions / "predictions.csv", index=False)
-    frame.to_json(
-        out.predictions / TABLE_FILE, orient="split", index=False
-    )  # MLflow's table format
-    bar_chart(run.results, run.benchmarks, out.chart)
+    The predictions were written while the run went (`run_eval`'s `predictions_dir`).
+    """
+    inputs = run.report_inputs()
+    bar_chart(inputs, out.chart)
     link = out.chart.name if out.chart.parent == out.report.parent else str(out.chart)
     report = markdown_report(
-        run.results,
-        run.benchmarks,
-        run.metric_of,
+        inputs,
         chart_png=out.chart.read_bytes() if out.embed_chart else None,
         chart_link=link,
     )
     out.report.parent.mkdir(parents=True, exist_ok=True)
     out.report.write_text(report)
-    files = [
-        out.predictions / name for name in ("predictions.parquet", "predictions.csv", TABLE_FILE)
-    ]
-    files += [out.chart, out.report]
+    files = [out.chart, out.report]
     if out.metrics_json is not None:
         summary = {
-            "table": score_table(run.results, run.benchmarks),
+            "table": score_table(run.primary_results(), run.benchmarks),
+            "modes": run.modes,
+            "extraction": run.extraction,
+            "tables": {
+                mode: score_table(
+                    {m: per_mode[mode] for m, per_mode in run.results.items()}, run.benchmarks
+                )
+                for mode in run.modes
+            },
+            "reflection": run.reflection,
             "metrics": run.metrics(),
             "results": run.results,
         }

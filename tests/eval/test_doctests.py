@@ -5,10 +5,13 @@ import doctest
 import pytest
 
 from components.data_prep import distill
-from components.eval import benchmarks, scoring
+from components.eval import benchmarks, reflection
+from components.eval.official import mathverse, mathvision, mathvista, wemath
+
+MODULES = [benchmarks, reflection, mathvista, mathverse, mathvision, wemath, distill]
 
 
-@pytest.mark.parametrize("module", [benchmarks, scoring, distill], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

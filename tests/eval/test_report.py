@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from PIL import Image
 
-from components.eval.report import bar_chart, markdown_report, markdown_table, score_table
+from components.eval.report import (
+    ReportInputs,
+    bar_chart,
+    markdown_report,
+    markdown_table,
+    reflection_table,
+    score_table,
+)
 
 BENCHMARKS = ["mathvista", "wemath", "mathverse", "mathvision"]
 SCORES = {  # made-up fractions; the paper's 7B table has this shape
@@ -34,6 +42,20 @@ def results(scores=SCORES):
     }
 
 
+def inputs(scores=SCORES, reflection=None) -> ReportInputs:
+    """Both modes; strict scores 10 points below the official ones."""
+    strict = {m: [v - 0.1 for v in values] for m, values in scores.items()}
+    per_mode = {m: {"official": results(scores)[m], "strict": results(strict)[m]} for m in scores}
+    return ReportInputs(
+        per_mode,
+        ["official", "strict"],
+        BENCHMARKS,
+        {"wemath": "strict"},
+        reflection or {},
+        "LLM (judge)",
+    )
+
+
 def test_score_table_rows_columns_and_average():
     table = score_table(results(), BENCHMARKS)
     assert list(table) == ["base", "SFT", "RL", "SFT+RL"]
@@ -59,19 +81,47 @@ def test_missing_score_is_na_and_left_out_of_the_average():
 
 
 def test_report_embeds_or_links_the_chart():
-    embedded = markdown_report(results(), BENCHMARKS, {}, chart_png=b"\x89PNG")
+    embedded = markdown_report(inputs(), chart_png=b"\x89PNG")
     assert "(data:image/png;base64,iVBORw==)" in embedded and "### We-Math" in embedded
-    assert "![scores](chart.png)" in markdown_report(
-        results(), BENCHMARKS, {}, chart_link="chart.png"
-    )
+    assert "![scores](chart.png)" in markdown_report(inputs(), chart_link="chart.png")
 
 
-def test_bar_chart_png(tmp_path):
-    path = bar_chart(results(), BENCHMARKS, tmp_path / "chart.png")
+def test_report_has_a_table_per_mode_each_titled_with_its_mode():
+    report = markdown_report(inputs())
+    official = report.index("## Scores: official scoring")
+    strict = report.index("## Scores: strict scoring")
+    assert official < strict and "extraction: LLM (judge)" in report
+    assert "| SFT+RL | **73.4** |" in report[official:strict]
+    assert "| SFT+RL | **63.4** |" in report[strict:]
+    assert "### We-Math (column: strict)" in report
+
+
+REFLECTION = {
+    "base": {"responses": 10.0, "share": 0.2, "accuracy_with": 0.5, "accuracy_without": 0.25},
+    "SFT+RL": {
+        "responses": 10.0,
+        "share": 0.0,
+        "accuracy_with": float("nan"),
+        "accuracy_without": 0.7,
+    },
+}
+
+
+def test_reflection_table_in_the_report():
+    table = reflection_table(REFLECTION).splitlines()
+    assert table[2] == "| base | 10 | 20.0 | 50.0 | 25.0 |"
+    assert table[3] == "| SFT+RL | 10 | 0.0 | n/a | 70.0 |"
+    report = markdown_report(inputs(reflection=REFLECTION))
+    assert "## Reflection" in report and table[2] in report
+
+
+@pytest.mark.parametrize("reflection", [{}, REFLECTION])
+def test_bar_chart_png(tmp_path, reflection):
+    path = bar_chart(inputs(reflection=reflection), tmp_path / "chart.png")
     with Image.open(path) as image:
         assert image.format == "PNG"
         width, height = image.size
-    assert width > height >= 300  # five groups of four bars, readable
+    assert width > height >= 300  # five groups of four bars, readable (+ the reflection panel)
 
 
 def test_no_bold_when_all_models_tie():

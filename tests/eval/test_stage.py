@@ -17,7 +17,7 @@ from components.eval.benchmarks import BenchmarkError, EvalSample, load_benchmar
 from components.eval.cli import main, parse_models
 from components.eval.stage import generate_responses, make_eval_backend, score_responses
 from tests.conftest import tiny_config
-from tests.eval.test_scoring import URIS
+from tests.eval.fixtures import URIS
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -122,9 +122,9 @@ def test_failed_samples_are_scored_wrong_and_the_run_continues(tmp_path, tiny_mo
     assert "image bytes cannot be decoded" in completions[1].error
     assert "aspect ratio" in completions[2].error
     assert "1: generation failed" in caplog.text and "2: generation failed" in caplog.text
-    metrics, rows = score_responses("base", samples, completions, 1.0)
+    metrics, judged = score_responses(samples, completions, "official")
     assert metrics["errors"] == 2 and metrics["n"] == 4
-    assert [r["correct"] for r in rows][1:3] == [False, False]
+    assert [j.correct for j in judged][1:3] == [False, False]
 
 
 def test_order_of_samples_survives_length_sorting(tmp_path, tiny_model_dir):
@@ -213,20 +213,25 @@ def test_a_failing_batch_is_retried_prompt_by_prompt():
     )
     assert [c.finish_reason for c in completions] == ["stop", "error", "stop"]
     assert completions[1].error == "engine error"
-    metrics, _ = score_responses("m", samples, completions, 1.0)
+    metrics, _ = score_responses(samples, completions, "strict")
     assert metrics["correct"] == 2 and metrics["errors"] == 1
 
 
 def test_model_from_s3(tmp_path, s3_env, tiny_model_dir, synthetic_data_dir):
     from components.common.storage import sync_up
-    from components.eval.stage import run_eval
+    from components.eval.stage import EvalPaths, run_eval
 
     sync_up(tiny_model_dir, s3_env.uri("models/base"))
     cfg = eval_config(tmp_path, benchmarks=[{"name": "synthetic", "limit": 2}])
     run = run_eval(
-        cfg, {"base": s3_env.uri("models/base")}, synthetic_data_dir / "eval", tmp_path / "cache"
+        cfg,
+        {"base": s3_env.uri("models/base")},
+        synthetic_data_dir / "eval",
+        tmp_path / "cache",
+        EvalPaths(tmp_path / "work"),
+        tmp_path / "predictions",
     )
-    assert run.results["base"]["synthetic"]["n"] == 2
+    assert run.results["base"]["strict"]["synthetic"]["n"] == 2
     assert (
         tmp_path / "cache" / "models" / s3_env.bucket / "models" / "base" / "config.json"
     ).exists()
