@@ -81,7 +81,7 @@ def apply_lora(model: nn.Module, cfg: TrainableSettings, section: str) -> nn.Mod
         modules_to_save=["merger"] if cfg.train_merger else None,
         task_type="CAUSAL_LM",
     )
-    peft_model: nn.Module = get_peft_model(model, lora)  # type: ignore[arg-type]
+    peft_model: nn.Module = get_peft_model(model, lora)
     return peft_model
 
 

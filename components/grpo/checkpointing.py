@@ -82,7 +82,7 @@ class Checkpointer:
         step: int,
         engine: PolicyEngine,
         order: PromptOrder,
-        history: list[dict],
+        history: list[dict[str, float]],
         world: World = World(),
     ) -> str:
         """Every rank calls this (weights may be gathered, optimizer state and RNG streams are collected,
@@ -103,7 +103,14 @@ class Checkpointer:
         return uri
 
     def _publish(
-        self, step, local: Path, opt_state, engine: PolicyEngine, order, history, rngs
+        self,
+        step: int,
+        local: Path,
+        opt_state: Any,
+        engine: PolicyEngine,
+        order: PromptOrder,
+        history: list[dict[str, float]],
+        rngs: list[Any],
     ) -> str:
         torch.save(
             {
@@ -126,7 +133,7 @@ class Checkpointer:
 
     def resume(
         self, engine: PolicyEngine, order: PromptOrder, world: World = World()
-    ) -> tuple[int, list[dict]]:
+    ) -> tuple[int, list[dict[str, float]]]:
         """Load the newest complete checkpoint of this run into the engine (every rank calls this);
         without one, `resume_from`'s; (0, []) when there is none."""
         uri = checkpoints.latest_complete_checkpoint(self.root)

@@ -3,6 +3,9 @@
 The order is a pure function of (seed, step): epoch e is a seeded permutation of the rows,
 and step s takes positions s*B .. s*B + B - 1 of the concatenated epochs. A run resumed at
 step s therefore sees exactly the prompts the uninterrupted run would have seen.
+
+The dataset stays memory-mapped (datasets' Arrow files on disk): a step reads and decodes only
+its own rows' images (`dataset[indices]`), never the whole set.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def _comm_device() -> torch.device:
     )
 
 
-def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp) -> list[float]:
+def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp.RedOpType) -> list[float]:
     if not world.active:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
@@ -94,7 +94,7 @@ def sum_gradients(params: Sequence[torch.nn.Parameter], world: World) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce, not one per tensor
     dist.all_reduce(flat)
-    for grad, synced in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+    for grad, synced in zip(grads, torch.split(flat, [g.numel() for g in grads]), strict=True):
         grad.copy_(synced.view_as(grad))
 
 
@@ -123,7 +123,7 @@ def adamw(
     return torch.optim.AdamW(list(params), **kwargs)
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, world: World) -> dict | None:
+def optimizer_state(optimizer: torch.optim.Optimizer, world: World) -> dict[str, Any] | None:
     """The full optimizer state on rank 0 (a sharded optimizer is consolidated first); None elsewhere."""
     if hasattr(optimizer, "consolidate_state_dict"):
         optimizer.consolidate_state_dict(to=0)

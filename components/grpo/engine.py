@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -91,7 +91,7 @@ def reference_of(
         return
     if not hasattr(policy, "disable_adapter"):
         raise ValueError("grpo.kl_coef > 0 needs a reference model, and this engine has none")
-    with policy.disable_adapter():
+    with cast(Any, policy).disable_adapter():  # a peft model's context manager
         yield forward
 
 
@@ -103,13 +103,13 @@ def write_model_dir(
 ) -> None:
     """A plain model dir (safetensors + processor) that eval and later stages load by path."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, state_dict=state_dict)  # type: ignore[operator]
+    cast(Any, model).save_pretrained(out, state_dict=state_dict)  # a transformers model
     processor.save_pretrained(out)
 
 
 def merged(policy: torch.nn.Module) -> torch.nn.Module:
     """The policy with LoRA adapters merged into its weights (itself when it has none)."""
     if hasattr(policy, "merge_and_unload"):
-        out: torch.nn.Module = policy.merge_and_unload()
+        out: torch.nn.Module = cast(Any, policy).merge_and_unload()
         return out
     return policy

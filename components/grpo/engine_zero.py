@@ -293,7 +293,7 @@ def _detach_hooks(offload: Any) -> Callable[..., Any]:
     """Remove ZeRO-3's hooks (TRL does the same for generation): the per-module gather/release hooks,
     and the root's start-of-forward hook, whose trace check is a collective. Returns the latter."""
     handle = offload.fwd_pre_hook
-    start_hook = handle.hooks_dict_ref()[handle.id]
+    start_hook: Callable[..., Any] = handle.hooks_dict_ref()[handle.id]
     handle.remove()
     for param in offload.module.parameters():
         param.ds_active_sub_modules.clear()  # gathered on purpose: no module holds them

@@ -156,7 +156,8 @@ def run_grpo(
     device = pick_device(world)
     processor = load_processor(paths.init_model, g.min_pixels, g.max_pixels)
     model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation)
-    policy, ref = prepare_policy(model.to(device), g)
+    # transformers types `.to` through a decorator that mypy reads as taking the model first
+    policy, ref = prepare_policy(model.to(device), g)  # type: ignore[arg-type]
     engine = build_engine(policy, g, world, deepspeed_stage(g), ref)
     run = setup_run(
         g,

@@ -147,6 +147,8 @@ def micro_batch_loss(
         policy, micro, cfg.temperature, compute_entropy=cfg.compute_entropy
     )
     old_logp = micro.old_logps if micro.old_logps is not None else logp.detach()
+    if micro.advantages is None:
+        raise ValueError("a micro-batch to train on needs its advantages (grpo_step sets them)")
     loss_mat, metrics = grpo_token_loss(
         logp, old_logp, micro.advantages, mask,
         clip_low=cfg.clip_ratio_low, clip_high=cfg.clip_ratio_high, clip_dual=cfg.clip_ratio_dual,
@@ -202,8 +204,12 @@ def update_policy(
         tokens, seqs = all_reduce_sum([batch.completion_mask[mini].sum().item(), len(mini)], world)
         if seqs == 0:  # every rank's share is empty (prompts dropped as too long): no step at all
             continue
-        norms = {"num_tokens": tokens, "num_seqs": seqs, "max_len": cfg.max_completion_length}
-        micro_rows = list(mini.split(cfg.micro_batch_size)) if len(mini) else []
+        norms = {
+            "num_tokens": tokens,
+            "num_seqs": seqs,
+            "max_len": float(cfg.max_completion_length),
+        }
+        micro_rows = list(torch.split(mini, cfg.micro_batch_size)) if len(mini) else []
         passes = lockstep_passes(len(micro_rows), engine.lockstep_backward, world)
         engine.zero_grad()
         mini_loss = 0.0
@@ -218,7 +224,8 @@ def update_policy(
                     loss = stand_in_loss(engine, stand_in, cfg)
             engine.backward(loss, boundary=i == passes - 1)
         update_stats.add({"loss": mini_loss, "grad_norm": engine.step()})
-    return token_stats, {**update_stats.means(), "learning_rate": engine.scheduler.get_last_lr()[0]}
+    learning_rate = float(engine.scheduler.get_last_lr()[0])
+    return token_stats, {**update_stats.means(), "learning_rate": learning_rate}
 
 
 # --------------------------------------------------------------------------- one step, then the loop
@@ -306,7 +313,7 @@ def agree_on_prompts(run: GRPORun, prompts: list[PromptInput], fit: PromptFit, s
         )
 
 
-def lockstep_logprobs(model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
+def lockstep_logprobs(model: torch.nn.Module, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
     """`batched_logprobs`, with as many forwards as the busiest rank under ZeRO-3 (stand-ins for the rest)."""
     passes = lockstep_passes(
         math.ceil(len(batch) / run.cfg.micro_batch_size), run.engine.lockstep_forward, run.world
@@ -439,7 +446,7 @@ def train(
     Under torchrun every rank calls this; rank 0 logs (``log_fn`` is only called there).
     """
     cfg, world = run.cfg, run.world
-    start, history = 0, []
+    start, history = 0, list[dict[str, float]]()
     if checkpointer is not None:
         start, history = checkpointer.resume(run.engine, run.order, world)
     if start:

@@ -1,5 +1,8 @@
 """Load the SFT set and check every row before the first step, not at step 10,000.
 
+The set stays memory-mapped (datasets' Arrow files on disk): the checks read text columns and
+image headers batch by batch, and the collator decodes a batch's images when it is trained on.
+
 Checks that need no model run (an empty answer, reserved tokens in the text, sequences longer than
 `sft.max_length`) happen here, with the row ids in the message. Lengths are computed without
 decoding pixels: the text is tokenised once and each image contributes the number of tokens the
@@ -112,10 +115,18 @@ def check_text(rows: dict[str, list], processor: Any, split: str) -> None:
         )
 
 
-def image_sizes(ds: datasets.Dataset) -> list[list[tuple[int, int]]]:
-    """(width, height) of every image of every row, read from the encoded headers (no decode)."""
-    raw = ds.with_format("arrow")["images"].to_pylist()  # {"bytes", "path"} dicts, not decoded
-    return [[_header_size(img) for img in row or []] for row in raw]
+def image_sizes(ds: datasets.Dataset, batch_size: int = 64) -> list[list[tuple[int, int]]]:
+    """(width, height) of every image of every row, read from the encoded headers (no decode).
+
+    The set is memory-mapped Arrow: the images column is read `batch_size` rows at a time, so
+    only one batch's encoded bytes are ever in Python (never every image of the set at once).
+    """
+    images = ds.select_columns(["images"]).with_format("arrow")
+    sizes: list[list[tuple[int, int]]] = []
+    for batch in images.iter(batch_size=batch_size):
+        # {"bytes", "path"} dicts of this batch only, not decoded
+        sizes += [[_header_size(img) for img in row or []] for row in batch["images"].to_pylist()]
+    return sizes
 
 
 def _header_size(image: dict[str, Any]) -> tuple[int, int]:
