@@ -202,35 +202,59 @@ def run_stage(
     return metrics
 
 
-# --------------------------------------------------------------------------- the stage's CLI
+# --------------------------------------------------------------------------- a stage, its CLI
 
 
-StageMain = Callable[[PipelineConfig, dict[str, str], str, str, str], dict[str, float]]
+@dataclass(frozen=True)
+class TrainingStage:
+    """A training stage as the runner and its command line see it: what it reads, what decides
+    its weights, and how it trains from local paths."""
 
+    name: str  # "sft" / "grpo": the package components.<name> and the config section
+    description: str  # the command's help
+    inputs: Mapping[str, str]  # CLI flag name -> help
+    digest: Callable[[PipelineConfig], str]  # see `training_digest`
+    train: Callable[[PipelineConfig, StageContext], dict[str, float]]
 
-def stage_cli(
-    stage: str, description: str, inputs: Mapping[str, str], main: StageMain, default_name: str
-) -> int:
-    """`python -m components.<stage>`: inputs (flag -> help), --output, --run-name, --result-json;
-    calls `main(cfg, inputs, output, run_id, run_name)` and prints rank 0's metrics."""
-    parser = stage_parser(stage, description)
-    for flag, help_text in inputs.items():
-        parser.add_argument(f"--{flag}", required=True, help=help_text)
-    parser.add_argument(
-        "--output", required=True, help="model output folder or s3:// prefix; rerun to resume"
-    )
-    parser.add_argument(
-        "--run-name", default=default_name, help=f"MLflow run name (default {default_name})"
-    )
-    parser.add_argument(RESULT_FLAG, default=None, help="also write the final metrics here")
-    args = parser.parse_args()
-    given = {flag: str(getattr(args, flag.replace("-", "_"))) for flag in inputs}
-    metrics = main(
-        config_from_args(args), given, args.output, args.run_id or default_run_id(), args.run_name
-    )
-    if is_rank_zero():
-        _write_metrics(args, metrics)
-    return 0
+    def run(
+        self,
+        cfg: PipelineConfig,
+        inputs: Mapping[str, str | os.PathLike[str]],
+        output_dir: str | os.PathLike[str],
+        run_id: str,
+        run_name: str | None = None,
+    ) -> dict[str, float]:
+        """Run the stage (see `run_stage`); `run_name` defaults to the stage's name."""
+        request = StageRequest(
+            stage=self.name,
+            inputs={flag: str(uri) for flag, uri in inputs.items()},
+            output_dir=str(output_dir),
+            run_id=run_id,
+            run_name=run_name or self.name,
+            digest=self.digest(cfg),
+        )
+        return run_stage(cfg, request, lambda ctx: self.train(cfg, ctx))
+
+    def cli(self) -> int:
+        """`python -m components.<stage>`: the inputs, --output, --run-name, --result-json; prints
+        rank 0's metrics."""
+        parser = stage_parser(self.name, self.description)
+        for flag, help_text in self.inputs.items():
+            parser.add_argument(f"--{flag}", required=True, help=help_text)
+        parser.add_argument(
+            "--output", required=True, help="model output folder or s3:// prefix; rerun to resume"
+        )
+        parser.add_argument(
+            "--run-name", default=self.name, help=f"MLflow run name (default {self.name})"
+        )
+        parser.add_argument(RESULT_FLAG, default=None, help="also write the final metrics here")
+        args = parser.parse_args()
+        given = {flag: getattr(args, flag.replace("-", "_")) for flag in self.inputs}
+        run_id = args.run_id or default_run_id()
+        metrics = self.run(config_from_args(args), given, args.output, run_id, args.run_name)
+        if is_rank_zero():
+            _write_metrics(args, metrics)
+        return 0
 
 
 def _write_metrics(args: argparse.Namespace, metrics: Mapping[str, float]) -> None:

@@ -9,19 +9,29 @@ trains.
 from __future__ import annotations
 
 from components.common.config import PipelineConfig
-from components.common.stage_runner import (
-    StageContext,
-    StageRequest,
-    run_stage,
-    stage_cli,
-    training_digest,
-)
+from components.common.stage_runner import StageContext, TrainingStage, training_digest
 from components.grpo.stage import GRPOPaths, report, run_grpo
 
-INPUTS = {
-    "init-model": "model dir (SFT output or base model), local or s3://",
-    "data": "RL dataset folder (data_prep's rl/), local or s3://",
-}
+
+def _train(cfg: PipelineConfig, ctx: StageContext) -> dict[str, float]:
+    """GRPO, its steps logged as they come, and the summary, curve and model reported at the end."""
+    paths, tracker = GRPOPaths.of(ctx), ctx.tracker
+    summary, _ = run_grpo(cfg, paths, log_fn=tracker.log_metrics if tracker else None)
+    if tracker is not None:
+        report(tracker, summary, paths.output, cfg)
+    return summary
+
+
+STAGE = TrainingStage(
+    name="grpo",
+    description="GRPO with verifiable rewards on the RL set; writes a model dir.",
+    inputs={
+        "init-model": "model dir (SFT output or base model), local or s3://",
+        "data": "RL dataset folder (data_prep's rl/), local or s3://",
+    },
+    digest=lambda cfg: training_digest(cfg, "grpo"),
+    train=_train,
+)
 
 
 def main(
@@ -32,41 +42,11 @@ def main(
     run_id: str,
     run_name: str = "grpo",
 ) -> dict[str, float]:
-    """The stage as the component and the shell both call it: GRPO + MLflow logging.
-
-    `run_name` names the MLflow run: "grpo" after SFT, "grpo_from_base" for the RL-only ablation.
-    """
-    request = StageRequest(
-        stage="grpo",
-        inputs={"init-model": str(init_model_dir), "data": str(data_dir)},
-        output_dir=str(output_dir),
-        run_id=run_id,
-        run_name=run_name,
-        digest=training_digest(cfg, "grpo"),
-    )
-
-    def train(ctx: StageContext) -> dict[str, float]:
-        tracker = ctx.tracker
-        paths = GRPOPaths.of(ctx)
-        summary, _ = run_grpo(cfg, paths, log_fn=tracker.log_metrics if tracker else None)
-        if tracker is not None:
-            report(tracker, summary, paths.output, cfg)
-        return summary
-
-    return run_stage(cfg, request, train)
-
-
-def _main(
-    cfg: PipelineConfig, inputs: dict[str, str], output: str, run_id: str, run_name: str
-) -> dict[str, float]:
-    return main(cfg, inputs["init-model"], inputs["data"], output, run_id, run_name)
+    """GRPO as the component and the shell both call it; `run_name` names the MLflow run:
+    "grpo" after SFT, "grpo_from_base" for the RL-only ablation."""
+    inputs = {"init-model": init_model_dir, "data": data_dir}
+    return STAGE.run(cfg, inputs, output_dir, run_id, run_name)
 
 
 def cli() -> int:
-    return stage_cli(
-        "grpo",
-        "GRPO with verifiable rewards on the RL set; writes a model dir.",
-        INPUTS,
-        _main,
-        default_name="grpo",
-    )
+    return STAGE.cli()

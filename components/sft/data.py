@@ -26,6 +26,7 @@ from PIL import Image
 from components.common.config import SFTConfig
 from components.common.errors import InputError
 from components.common.prompts import prompt_messages, sft_messages
+from components.common.saved_datasets import load_splits, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +58,11 @@ class CheckedSplit:
 def load_sft_splits(data_dir: str | Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The `train` split and the (possibly absent or empty) `validation` split of a data_prep SFT set."""
     path = Path(data_dir)
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise SFTDataError(
-            f"{path}: not a datasets folder (expected data_prep's sft/ output)"
-        ) from None
-    if isinstance(loaded, datasets.Dataset):
-        train, validation = loaded, None
-    elif "train" in loaded:
-        train, validation = loaded["train"], loaded.get("validation")
-    else:
-        raise SFTDataError(f"{path}: no 'train' split (found {sorted(loaded)})")
+    splits = load_splits(path, "data_prep's sft/ output", SFTDataError)
+    train, validation = splits["train"], splits.get("validation")
     for name, split in (("train", train), ("validation", validation)):
         if split is not None:
-            missing = [c for c in REQUIRED_COLUMNS if c not in split.column_names]
-            if missing:
-                raise SFTDataError(
-                    f"{path} split {name!r}: missing columns {missing} (has {split.column_names})"
-                )
+            require_columns(split, REQUIRED_COLUMNS, f"{path} split {name!r}", SFTDataError)
     if len(train) == 0:
         raise SFTDataError(f"{path}: the train split is empty")
     return train, (validation if validation is not None and len(validation) else None)

@@ -94,7 +94,7 @@ def test_missing_columns_and_splits_are_named(tmp_path: Path, train_rows):
     datasets.DatasetDict({"test": train_rows}).save_to_disk(str(tmp_path / "nosplit"))
     with pytest.raises(SFTDataError, match=r"no 'train' split \(found \['test'\]\)"):
         load_sft_splits(tmp_path / "nosplit")
-    with pytest.raises(SFTDataError, match=r"not a datasets folder"):
+    with pytest.raises(SFTDataError, match=r"not a dataset saved with datasets.save_to_disk"):
         load_sft_splits(tmp_path / "absent")
 
 
