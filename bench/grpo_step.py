@@ -59,7 +59,7 @@ def our_run(args, model_dir: Path, rl_dir: Path):
     from components.common.models import load_model, load_processor
     from components.common.rewards import REWARD_FUNCS
     from components.grpo.data import load_rl_dataset
-    from components.grpo.stage import prepare_policy
+    from components.grpo.stage import build_engine, prepare_policy
     from components.grpo.trainer import setup_run
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -75,8 +75,8 @@ def our_run(args, model_dir: Path, rl_dir: Path):
     backend = make_backend(
         "hf", policy, processor, cfg.system_prompt, batch_size=cfg.generation_batch_size
     )
-    run = setup_run(cfg, policy, processor, load_rl_dataset(rl_dir), backend=backend,
-                    reward_funcs=REWARD_FUNCS, reward_weights={"accuracy": 1.0}, ref_model=ref)  # fmt: skip
+    run = setup_run(cfg, build_engine(policy, cfg, reference=ref), processor, load_rl_dataset(rl_dir),
+                    backend=backend, reward_funcs=REWARD_FUNCS, reward_weights={"accuracy": 1.0})  # fmt: skip
     return run
 
 

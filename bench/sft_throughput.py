@@ -147,7 +147,7 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
 
     from components.common.config import config_from_dict
     from components.sft.monitor import TrackerCallback
-    from components.sft.train import SFTPaths, build_trainer
+    from components.sft.stage import SFTPaths, build_trainer
 
     class StepClock(TrainerCallback):
         """(time, tokens seen) after every optimizer step; and no checkpoints (not what is measured)."""
@@ -177,7 +177,8 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
         },
         "bench",
     )
-    paths = SFTPaths(Path(spec["model"]), Path(spec["data"]), Path(spec["out"]))
+    out = Path(spec["out"])
+    paths = SFTPaths(Path(spec["model"]), Path(spec["data"]), out, out / "checkpoints")
     trainer, _ = build_trainer(cfg, paths, TrackerCallback(None))
     clock = StepClock()
     trainer.add_callback(clock)

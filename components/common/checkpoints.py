@@ -118,15 +118,28 @@ def fetch_checkpoint(uri: str, local_dir: str | os.PathLike[str]) -> Path:
 
 
 def prune_checkpoints(root: str, keep: int) -> list[str]:
-    """Delete the oldest complete checkpoints so that ``keep`` remain; returns those deleted.
+    """Delete whole checkpoint directories so that ``keep`` complete ones remain; returns those deleted.
 
-    The newest complete one is never deleted (``keep`` must be at least 1). Incomplete
-    directories are left alone: one may be a publish in progress. Each deletion removes the
-    marker first, so an interrupted prune never leaves a partial checkpoint marked complete.
+    The newest complete one is never deleted (``keep`` must be at least 1). Also deleted: any
+    directory without a marker whose step is below the newest complete checkpoint's. Those are
+    leftovers (a prune or publish interrupted by a kill), never a publish in progress: one run
+    publishes its steps in increasing order. A directory newer than every complete checkpoint is
+    left alone (it may be the publish now under way). Each deletion removes the marker first,
+    so an interrupted prune never leaves a partial checkpoint marked complete, and the next prune
+    removes what it left.
     """
     if keep < 1:
         raise ValueError(f"keep={keep}: at least the newest complete checkpoint must be kept")
-    doomed = complete_checkpoints(root)[:-keep]
+    steps = sorted(
+        (step, name) for name in storage.list_dirs(root) if (step := parse_step(name)) is not None
+    )
+    uris = {step: storage.join(root, name) for step, name in steps}
+    complete = [step for step in uris if is_complete(uris[step])]
+    newest = complete[-1] if complete else None
+    doomed_steps = set(complete[:-keep])
+    if newest is not None:
+        doomed_steps |= {step for step in uris if step < newest and step not in complete}
+    doomed = [uris[step] for step in sorted(doomed_steps)]
     for uri in doomed:
         storage.delete(storage.join(uri, MARKER))
         storage.delete(uri)

@@ -223,7 +223,38 @@ def check_lora_with_zero(lora_r: int, deepspeed: str) -> None:
         )
 
 
-class SFTConfig(_Strict):
+class TrainedWeightsConfig(_Strict):
+    """What SFT and GRPO train and where they start: the same keys, the same meaning in both
+    (components/common/trainable.py applies them). Defaults follow the paper: SFT freezes the
+    vision tower, GRPO trains it (each section sets its own `freeze_vision_tower` default)."""
+
+    freeze_vision_tower: bool = Field(
+        True, description="freeze the vision encoder (its blocks and patch embedding)"
+    )
+    train_merger: bool = Field(
+        True,
+        description="train the vision-language merger (aligner) when the tower is frozen or "
+        "under LoRA (then saved whole through modules_to_save)",
+    )
+    lora_r: int = Field(
+        0,
+        ge=0,
+        description="0 = full fine-tune; >0 = LoRA on the language model's linear layers "
+        "(the vision tower is then frozen whatever freeze_vision_tower says)",
+    )
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, description="dropout on the LoRA adapters' input"
+    )
+    resume_from: str | None = Field(
+        None,
+        description="start from another run's checkpoints: a checkpoint root (folder or s3:// "
+        "prefix holding checkpoint-<step>/) or one checkpoint-<step> folder; used only while "
+        "this run has no checkpoint of its own (a run never resumes another's by itself)",
+    )
+
+
+class SFTConfig(TrainedWeightsConfig):
     """Cold-start supervised fine-tuning on structured chain-of-thought (paper section 3.1)."""
 
     enabled: bool = True
@@ -250,15 +281,6 @@ class SFTConfig(_Strict):
     bf16: bool = False
     gradient_checkpointing: bool = False
     max_grad_norm: float = Field(1.0, gt=0.0)
-    freeze_vision_tower: bool = True
-    train_merger: bool = Field(
-        True, description="train the vision-language merger (aligner) when the tower is frozen"
-    )
-    lora_r: int = Field(0, ge=0, description="0 = full fine-tune")
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(
-        0.05, ge=0.0, lt=1.0, description="dropout on the LoRA adapters' input"
-    )
     deepspeed: ZeroStage = Field(
         "none", description="ZeRO stage used when CUDA GPUs are present; ignored on CPU"
     )
@@ -283,7 +305,7 @@ class SFTConfig(_Strict):
         return self
 
 
-class GRPOConfig(_Strict):
+class GRPOConfig(TrainedWeightsConfig):
     """GRPO with verifiable rewards (paper section 3.2; defaults from the authors' scripts)."""
 
     enabled: bool = True
@@ -328,12 +350,15 @@ class GRPOConfig(_Strict):
         "completions not checked by then score 0 and count in reward/timeouts; null = none",
     )
     freeze_vision_tower: bool = Field(
-        False, description="freeze the vision encoder blocks (the merger still trains)"
+        False, description="freeze the vision encoder; GRPO trains it by default, as the paper"
     )
-    lora_r: int = Field(
-        0, ge=0, description="0 = full fine-tune; >0 = LoRA on the language model's linear layers"
+    lora_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="dropout on the LoRA adapters' input; 0 by default in GRPO, where dropout "
+        "would make the trained log-probs differ from those of the policy that sampled",
     )
-    lora_alpha: int = Field(16, ge=1)
     bf16: bool = False
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward (GPU memory)"

@@ -946,8 +946,3 @@ def log_final_model(tracker: StageTracker, cfg: PipelineConfig, model_dir: str |
     (``tracking.log_model``) and register it when ``tracking.register_model_name`` is set."""
     if cfg.tracking.log_model or cfg.tracking.register_model_name:
         tracker.log_model(model_dir, register_as=cfg.tracking.register_model_name)
-
-
-def register_model(tracker: StageTracker, model_dir: str | Path, name: str) -> None:
-    """The earlier name of :meth:`StageTracker.log_model` with a registered name."""
-    tracker.log_model(model_dir, register_as=name)

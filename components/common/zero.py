@@ -1,4 +1,6 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 configs, shared by SFT and GRPO (the paper trained with ZeRO-2).
+"""DeepSpeed ZeRO-2 / ZeRO-3 configs, shared by SFT and GRPO (the paper trained with ZeRO-2):
+the one place where the stages' ZeRO settings live. GRPO's engine on top of them is
+components/grpo/engine_zero.py.
 
 The JSON files next to this module (package data, so the images have them) leave every value
 a trainer knows to "auto": batch sizes, accumulation, clipping, bf16/fp16 and the bucket sizes
@@ -101,3 +103,12 @@ def zero_wanted(section: str, stage: str, accelerator: bool) -> bool:
         )
         return False
     return True
+
+
+def trainer_config_file(section: str, stage: str, accelerator: bool) -> str | None:
+    """Path of the ZeRO config for transformers' TrainingArguments(deepspeed=...), or None (no
+    ZeRO asked for, or no GPU to run it on). Every value the Trainer knows is "auto" there, so
+    transformers fills it from the TrainingArguments and they cannot disagree."""
+    if not zero_wanted(section, stage, accelerator):
+        return None
+    return str(CONFIG_FILES[stage])

@@ -64,19 +64,25 @@ class Checkpointer:
     """Writes ``checkpoint-<step>`` under ``root`` every save and resumes from the newest complete one."""
 
     def __init__(
-        self, root: str, scratch_dir: str | Path, keep: int = 2, config_json: str = "{}"
+        self,
+        root: str,
+        scratch_dir: str | Path,
+        keep: int = 2,
+        config_json: str = "{}",
+        resume_from: str | None = None,
     ) -> None:
         self.root = str(root)
         self.scratch = Path(scratch_dir)
         self.keep = keep
         self.config_json = config_json
+        self.resume_from = resume_from  # another run's checkpoints, used while `root` has none
 
     def save(
         self,
         step: int,
         engine: PolicyEngine,
         order: PromptOrder,
-        history: list[dict],
+        history: list[dict[str, float]],
         world: World = World(),
     ) -> str:
         """Every rank calls this (weights may be gathered, optimizer state and RNG streams are collected,
@@ -86,8 +92,8 @@ class Checkpointer:
             shutil.rmtree(local, ignore_errors=True)
             local.mkdir(parents=True)
         barrier(world)  # the folder exists before any rank writes into it
-        engine.save_weights(local / WEIGHTS, world)
-        opt_state = engine.optimizer_state(local, world)
+        engine.save_weights(local / WEIGHTS)
+        opt_state = engine.optimizer_state(local)
         rngs = gather_objects(rng_state(), world)
         barrier(world)  # every rank's files are in `local`
         uri = checkpoints.checkpoint_name(step)
@@ -97,7 +103,14 @@ class Checkpointer:
         return uri
 
     def _publish(
-        self, step, local: Path, opt_state, engine: PolicyEngine, order, history, rngs
+        self,
+        step: int,
+        local: Path,
+        opt_state: Any,
+        engine: PolicyEngine,
+        order: PromptOrder,
+        history: list[dict[str, float]],
+        rngs: list[Any],
     ) -> str:
         torch.save(
             {
@@ -120,9 +133,13 @@ class Checkpointer:
 
     def resume(
         self, engine: PolicyEngine, order: PromptOrder, world: World = World()
-    ) -> tuple[int, list[dict]]:
-        """Load the newest complete checkpoint into the engine (every rank calls this); (0, []) when there is none."""
+    ) -> tuple[int, list[dict[str, float]]]:
+        """Load the newest complete checkpoint of this run into the engine (every rank calls this);
+        without one, `resume_from`'s; (0, []) when there is none."""
         uri = checkpoints.latest_complete_checkpoint(self.root)
+        if uri is None and self.resume_from is not None:
+            uri = explicit_checkpoint(self.resume_from)
+            log.info("starting from %s (grpo.resume_from)", uri)
         if uri is None:
             return 0, []
         local = Path(uri)
@@ -153,6 +170,20 @@ class Checkpointer:
             torch.manual_seed(hash((state["step"], world.rank)) % 2**31)
         log.info("resumed from %s at step %d", uri, state["step"])
         return int(state["step"]), list(state["history"])
+
+
+def explicit_checkpoint(resume_from: str) -> str:
+    """`grpo.resume_from`: one complete checkpoint-<step> folder, or the newest complete one of a
+    checkpoint root (local folder or s3:// prefix); an error naming the key when there is none."""
+    if checkpoints.parse_step(resume_from) is not None:
+        if checkpoints.is_complete(resume_from):
+            return resume_from
+    elif (uri := checkpoints.latest_complete_checkpoint(resume_from)) is not None:
+        return uri
+    raise InputError(
+        f"grpo.resume_from={resume_from}: no complete checkpoint there (a checkpoint-<step> folder "
+        f"with its {checkpoints.MARKER} marker, or a folder holding them)"
+    )
 
 
 def describe_layout(layout: dict[str, Any]) -> str:

@@ -3,6 +3,9 @@
 The order is a pure function of (seed, step): epoch e is a seeded permutation of the rows,
 and step s takes positions s*B .. s*B + B - 1 of the concatenated epochs. A run resumed at
 step s therefore sees exactly the prompts the uninterrupted run would have seen.
+
+The dataset stays memory-mapped (datasets' Arrow files on disk): a step reads and decodes only
+its own rows' images (`dataset[indices]`), never the whole set.
 """
 
 from __future__ import annotations
@@ -15,25 +18,15 @@ import torch
 
 from components.common.errors import InputError
 from components.common.generation import PromptInput
+from components.common.saved_datasets import load_splits, require_columns
 
 REQUIRED_COLUMNS = ("images", "problem", "answer")
 
 
 def load_rl_dataset(path: str | Path) -> datasets.Dataset:
     """A `save_to_disk` folder holding a Dataset (or a DatasetDict with a `train` split)."""
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: no dataset saved with datasets.save_to_disk (run data_prep first)"
-        ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise InputError(f"{path}: a DatasetDict without a 'train' split (has {list(loaded)})")
-        loaded = loaded["train"]
-    missing = [c for c in REQUIRED_COLUMNS if c not in loaded.column_names]
-    if missing:
-        raise InputError(f"{path}: RL dataset lacks columns {missing} (has {loaded.column_names})")
+    loaded = load_splits(path, "data_prep's rl/ output")["train"]
+    require_columns(loaded, REQUIRED_COLUMNS, f"{path}: RL dataset")
     if len(loaded) == 0:
         raise InputError(f"{path}: RL dataset is empty")
     return loaded

@@ -6,7 +6,7 @@ rank, so groups and advantages are local), computes its micro-batch losses with 
 summed across ranks before each optimizer step: the update equals that of one process holding
 the whole rollout batch. Optimizer state can be sharded across ranks (ZeRO stage 1, PyTorch's
 `ZeroRedundancyOptimizer`), which is what lets a 7B policy's AdamW state fit next to vLLM.
-Gradients and weights partitioned too (ZeRO-2/3) are DeepSpeed's job: see zero.py.
+Gradients and weights partitioned too (ZeRO-2/3) are DeepSpeed's job: see engine_zero.py.
 
 With one process (CPU, one GPU, tests) every function here is a no-op.
 """
@@ -66,7 +66,7 @@ def _comm_device() -> torch.device:
     )
 
 
-def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp) -> list[float]:
+def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp.RedOpType) -> list[float]:
     if not world.active:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
@@ -91,11 +91,11 @@ def sum_gradients(params: Sequence[torch.nn.Parameter], world: World) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    flat = torch._utils._flatten_dense_tensors(grads)
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce, not one per tensor
     dist.all_reduce(flat)
-    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-        grad.copy_(synced)
+    for grad, synced in zip(grads, torch.split(flat, [g.numel() for g in grads]), strict=True):
+        grad.copy_(synced.view_as(grad))
 
 
 def gather_objects(obj: Any, world: World) -> list[Any]:
@@ -123,7 +123,7 @@ def adamw(
     return torch.optim.AdamW(list(params), **kwargs)
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, world: World) -> dict | None:
+def optimizer_state(optimizer: torch.optim.Optimizer, world: World) -> dict[str, Any] | None:
     """The full optimizer state on rank 0 (a sharded optimizer is consolidated first); None elsewhere."""
     if hasattr(optimizer, "consolidate_state_dict"):
         optimizer.consolidate_state_dict(to=0)

@@ -1,66 +1,31 @@
-"""The policy's training engine: what runs backward, the optimizer step, and the state a checkpoint keeps.
+"""The policy's training engine: one protocol, two implementations side by side.
 
-Two implementations behind one small interface, so the loop in trainer.py reads the same with both:
+- `PlainEngine` (engine_plain.py, default): our data parallelism (distributed.py). Gradients
+  are summed over ranks, clipped with torch's `clip_grad_norm_`, AdamW steps (its state
+  optionally split across ranks, ZeRO-1). Weights and gradients are replicated on every rank.
+- `ZeroEngine` (engine_zero.py, `grpo.deepspeed: zero2|zero3`): DeepSpeed ZeRO-2 (gradients
+  and optimizer state partitioned) or ZeRO-3 (weights too).
 
-- `PlainEngine` (default): our data parallelism (distributed.py). Gradients are summed over
-  ranks, clipped with torch's `clip_grad_norm_`, AdamW steps (its state optionally split
-  across ranks, ZeRO-1). Weights and gradients are replicated on every rank.
-- `ZeroEngine` (zero.py, `grpo.deepspeed: zero2|zero3`): DeepSpeed ZeRO-2 (gradients and
-  optimizer state partitioned) or ZeRO-3 (weights too).
-
-The loop has to know one thing about the difference, the `lockstep_*` flags: ZeRO runs
-collectives inside every backward (ZeRO-2 and 3) and every forward (ZeRO-3), so each rank must
-run as many of them as every other; a rank with fewer micro-batches runs zero-weighted stand-ins.
+An engine owns everything that differs between them: the frozen reference model (a copy, a
+DeepSpeed inference engine, or the policy with its LoRA adapters off), backward, the optimizer
+step, gathering whole weights, checkpoint state and the final save. The loop (trainer.py) reads
+the same with both; it has to know one thing about the difference, the `lockstep_*` flags:
+ZeRO runs collectives inside every backward (ZeRO-2 and 3) and every forward (ZeRO-3), so each
+rank must run as many of them as every other; a rank with fewer micro-batches runs
+zero-weighted stand-ins.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-import safetensors.torch
 import torch
-from transformers import get_scheduler
+from torch.optim.lr_scheduler import LRScheduler
 
-from components.common.config import GRPOConfig
-from components.grpo.distributed import World, adamw, optimizer_state, sum_gradients
-
-PLAIN_LAYOUT = {"deepspeed": "none"}
-
-
-def updates_per_rollout(cfg: GRPOConfig) -> int:
-    mini_batches = (
-        math.ceil(cfg.rollout_batch_size / cfg.update_batch_size) * cfg.epochs_per_rollout
-    )
-    return (
-        min(mini_batches, cfg.max_updates_per_rollout)
-        if cfg.max_updates_per_rollout
-        else mini_batches
-    )
-
-
-def build_optimizer(
-    model: torch.nn.Module, cfg: GRPOConfig, world: World = World()
-) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW on the trainable parameters (state sharded across ranks when several train); the
-    schedule counts optimizer updates, not rollout steps."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(
-        params,
-        world,
-        cfg.shard_optimizer_state,
-        lr=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-    )
-    total = cfg.total_steps * updates_per_rollout(cfg)
-    name = "constant_with_warmup" if cfg.lr_scheduler_type == "constant" else cfg.lr_scheduler_type
-    scheduler = get_scheduler(
-        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total
-    )
-    return optimizer, scheduler
+PLAIN_LAYOUT: dict[str, Any] = {"deepspeed": "none"}
 
 
 class PolicyEngine(Protocol):
@@ -70,7 +35,7 @@ class PolicyEngine(Protocol):
     forward: (
         torch.nn.Module
     )  # what log-probs and the loss run through (DeepSpeed's engine, or the policy)
-    scheduler: Any
+    scheduler: LRScheduler
     lockstep_backward: bool  # every rank must run the same number of backward passes
     lockstep_forward: bool  # ... and of forward passes (ZeRO-3 gathers weights inside each)
 
@@ -86,6 +51,10 @@ class PolicyEngine(Protocol):
 
     def autocast(self, device: torch.device) -> AbstractContextManager[Any]: ...
 
+    def reference(self) -> AbstractContextManager[torch.nn.Module]:
+        """What reference log-probs run through (frozen copy, or the policy with adapters off)."""
+        ...
+
     def full_weights(self) -> AbstractContextManager[torch.nn.Module]:
         """The policy with every weight whole (ZeRO-3 gathers them); called on every rank at once."""
         ...
@@ -94,11 +63,11 @@ class PolicyEngine(Protocol):
         """How the optimizer state is laid out; a checkpoint resumes only into the same layout."""
         ...
 
-    def save_weights(self, path: Path, world: World) -> None:
+    def save_weights(self, path: Path) -> None:
         """Every rank calls this; rank 0 writes the whole weights as safetensors."""
         ...
 
-    def optimizer_state(self, folder: Path, world: World) -> Any:
+    def optimizer_state(self, folder: Path) -> Any:
         """Every rank calls this; the value goes into trainer_state.pt (files it writes, into `folder`)."""
         ...
 
@@ -106,72 +75,41 @@ class PolicyEngine(Protocol):
 
     def load_optimizer_state(self, state: Any, folder: Path) -> None: ...
 
-
-class PlainEngine:
-    """Our data parallelism: summed gradients, torch's clip, AdamW (ZeRO-1 optional)."""
-
-    lockstep_backward = False
-    lockstep_forward = False
-
-    def __init__(self, policy: torch.nn.Module, cfg: GRPOConfig, world: World = World()) -> None:
-        self.module = self.forward = policy
-        self.optimizer, self.scheduler = build_optimizer(policy, cfg, world)
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.max_grad_norm = cfg.max_grad_norm
-        self.bf16 = cfg.bf16
-        self.world = world
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
-        loss.backward()
-
-    def step(self) -> float:
-        sum_gradients(self.params, self.world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return grad_norm.item()
-
-    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        """bf16 autocast over fp32 weights on CUDA (AdamW keeps updating fp32 weights)."""
-        return (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.bf16 and device.type == "cuda"
-            else nullcontext()
-        )
-
-    @contextmanager
-    def full_weights(self) -> Iterator[torch.nn.Module]:
-        yield self.module
-
-    def layout(self) -> dict[str, Any]:
-        return dict(
-            PLAIN_LAYOUT
-        )  # the full state, consolidated on rank 0: any number of ranks can resume it
-
-    def save_weights(self, path: Path, world: World) -> None:
-        if world.is_main:
-            safetensors.torch.save_model(self.module, str(path))
-
-    def optimizer_state(self, folder: Path, world: World) -> Any:
-        return optimizer_state(self.optimizer, world)
-
-    def load_weights(self, path: Path) -> None:
-        device = str(next(self.module.parameters()).device)
-        safetensors.torch.load_model(self.module, str(path), strict=True, device=device)
-
-    def load_optimizer_state(self, state: Any, folder: Path) -> None:
-        self.optimizer.load_state_dict(state)
+    def save_model(self, out: Path, processor: Any) -> None:
+        """Every rank calls this; rank 0 writes a plain model dir (adapters merged) for later stages."""
+        ...
 
 
-def build_engine(
-    policy: torch.nn.Module, cfg: GRPOConfig, world: World = World(), deepspeed: str = "none"
-) -> PolicyEngine:
-    """The plain engine, or DeepSpeed's ZeRO stage `deepspeed` ("zero2" / "zero3") when one is chosen."""
-    if deepspeed == "none":
-        return PlainEngine(policy, cfg, world)
-    from components.grpo.zero import ZeroEngine
+@contextmanager
+def reference_of(
+    ref: torch.nn.Module | None, policy: torch.nn.Module, forward: torch.nn.Module
+) -> Iterator[torch.nn.Module]:
+    """A frozen reference copy as it is; else, under LoRA, `forward` with the adapters disabled
+    (the policy before any update); else an error (kl_coef = 0 loads no reference)."""
+    if ref is not None:
+        yield ref
+        return
+    if not hasattr(policy, "disable_adapter"):
+        raise ValueError("grpo.kl_coef > 0 needs a reference model, and this engine has none")
+    with cast(Any, policy).disable_adapter():  # a peft model's context manager
+        yield forward
 
-    return ZeroEngine(policy, cfg, world, deepspeed)
+
+def write_model_dir(
+    model: torch.nn.Module,
+    processor: Any,
+    out: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """A plain model dir (safetensors + processor) that eval and later stages load by path."""
+    out.mkdir(parents=True, exist_ok=True)
+    cast(Any, model).save_pretrained(out, state_dict=state_dict)  # a transformers model
+    processor.save_pretrained(out)
+
+
+def merged(policy: torch.nn.Module) -> torch.nn.Module:
+    """The policy with LoRA adapters merged into its weights (itself when it has none)."""
+    if hasattr(policy, "merge_and_unload"):
+        out: torch.nn.Module = cast(Any, policy).merge_and_unload()
+        return out
+    return policy

@@ -15,6 +15,7 @@ exactly as with G separate encodings. Other models get ``pixel_values`` repeated
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -52,14 +53,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def shares_vision_features(model: torch.nn.Module) -> bool:
     """True if the model's forward accepts precomputed vision features (``mm_encoder_outputs``)."""
-    model = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner: Any = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     return "mm_encoder_outputs" in inspect.signature(base.forward).parameters and hasattr(
         base, "get_image_features"
     )
 
 
-def vision_inputs(model: torch.nn.Module, batch: RolloutBatch, share: bool) -> dict:
+def vision_inputs(model: torch.nn.Module, batch: RolloutBatch, share: bool) -> dict[str, Any]:
     """Image inputs for the rows of `batch`, per sequence, from the per-prompt tensors."""
     if batch.pixel_values is None or batch.image_grid_thw is None or not len(batch.image_grid_thw):
         return {}
@@ -67,7 +68,8 @@ def vision_inputs(model: torch.nn.Module, batch: RolloutBatch, share: bool) -> d
     grids = torch.split(batch.image_grid_thw, counts)
     seq_grid = torch.cat([grids[p] for p in batch.prompt_index.tolist()])
     if share:
-        features = model.get_image_features(
+        encoder: Any = model  # a Qwen2.5-VL model (or a wrapper of it)
+        features = encoder.get_image_features(
             batch.pixel_values, batch.image_grid_thw
         ).pooler_output  # per image
         per_prompt, start = [], 0
@@ -76,7 +78,10 @@ def vision_inputs(model: torch.nn.Module, batch: RolloutBatch, share: bool) -> d
             start += n
         seq_features = tuple(f for p in batch.prompt_index.tolist() for f in per_prompt[p])
         return {
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=seq_features)},
+            # a tuple of per-sequence features where the field is typed as one tensor
+            "mm_encoder_outputs": {
+                "image": BaseModelOutputWithPooling(pooler_output=seq_features)  # type: ignore[arg-type]
+            },
             "image_grid_thw": seq_grid,
         }
     rows_per_prompt = [int(g.prod(-1).sum()) for g in grids]

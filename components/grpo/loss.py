@@ -152,20 +152,29 @@ def grpo_token_loss(
 # --------------------------------------------------------------------------- aggregation
 
 
-def _token_mean(loss, mask, num_tokens, num_seqs, max_len):
+Normaliser = torch.Tensor | float
+
+
+def _token_mean(
+    loss: torch.Tensor, mask: torch.Tensor, num_tokens: Normaliser, num_seqs: float, max_len: float
+) -> torch.Tensor:
     return (loss * mask).sum() / num_tokens
 
 
-def _seq_mean_token_mean(loss, mask, num_tokens, num_seqs, max_len):
+def _seq_mean_token_mean(
+    loss: torch.Tensor, mask: torch.Tensor, num_tokens: Normaliser, num_seqs: float, max_len: float
+) -> torch.Tensor:
     per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_seq.sum() / num_seqs
 
 
-def _seq_mean_token_sum_norm(loss, mask, num_tokens, num_seqs, max_len):
+def _seq_mean_token_sum_norm(
+    loss: torch.Tensor, mask: torch.Tensor, num_tokens: Normaliser, num_seqs: float, max_len: float
+) -> torch.Tensor:
     return (loss * mask).sum() / (num_seqs * max_len)
 
 
-AGG_MODES = {
+AGG_MODES: dict[str, Callable[..., torch.Tensor]] = {
     "token-mean": _token_mean,  # every token of the mini-batch weighs the same (DAPO, the paper)
     "seq-mean-token-mean": _seq_mean_token_mean,  # mean per sequence, then over sequences (GRPO)
     "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,  # token sum / constant length (Dr. GRPO)
@@ -199,6 +208,6 @@ def agg_loss(
     tokens: torch.Tensor | float = (
         mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
     )
-    num_seqs = loss_mat.shape[0] if num_seqs is None else max(float(num_seqs), 1.0)
-    max_len = loss_mat.shape[-1] if max_len is None else float(max_len)
-    return fn(loss_mat, mask, tokens, num_seqs, max_len)
+    seqs = float(loss_mat.shape[0]) if num_seqs is None else max(float(num_seqs), 1.0)
+    length = float(loss_mat.shape[-1]) if max_len is None else float(max_len)
+    return fn(loss_mat, mask, tokens, seqs, length)

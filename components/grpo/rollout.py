@@ -16,12 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from PIL import Image
 
 from components.common.errors import InputError
-from components.common.generation import Completion, PromptInput, chat_prompt
+from components.common.generation import (
+    Completion,
+    GenerationBackend,
+    PromptInput,
+    SamplingConfig,
+    chat_prompt,
+)
 
 
 @dataclass
@@ -40,7 +47,9 @@ class EncodedPrompts:
         return self.attention_mask.sum(-1)
 
 
-def encode_prompts(processor, prompts: Sequence[PromptInput], system_prompt: str) -> EncodedPrompts:
+def encode_prompts(
+    processor: Any, prompts: Sequence[PromptInput], system_prompt: str
+) -> EncodedPrompts:
     """Chat template + system prompt (the one `components.common.generation` applies) + processor."""
     processor.tokenizer.padding_side = "left"
     texts = [chat_prompt(processor, p.problem, len(p.images), system_prompt) for p in prompts]
@@ -92,7 +101,7 @@ class RolloutBatch:
     def select(self, rows: torch.Tensor) -> RolloutBatch:
         """The sequences `rows` (sorted), with only their prompts' images and no all-padding columns."""
         rows = rows.sort().values
-        prompts = self.prompt_index[rows].unique(sorted=True)
+        prompts = torch.unique(self.prompt_index[rows], sorted=True)
         image_ids, patch_rows = _prompt_image_rows(self, prompts)
         n_prompt = self.input_ids.shape[1] - self.completion_len
         attn = self.attention_mask[rows]
@@ -176,7 +185,10 @@ def build_rollout_batch(
         completion_ids[row, :n] = torch.tensor(c.token_ids[:n], dtype=torch.long)
         completion_mask[row, :n] = 1.0
     prompt_index = torch.arange(len(completions)).repeat_interleave(G)
-    repeat = lambda t: t[prompt_index]  # noqa: E731
+
+    def repeat(t: torch.Tensor) -> torch.Tensor:
+        return t[prompt_index]
+
     mm = None
     if prompts.mm_token_type_ids is not None:
         mm = torch.cat([repeat(prompts.mm_token_type_ids), torch.zeros_like(completion_ids)], dim=1)
@@ -220,7 +232,7 @@ class PromptFit:
 
 
 def fit_prompts(
-    processor, prompts: Sequence[PromptInput], system_prompt: str, max_prompt_length: int
+    processor: Any, prompts: Sequence[PromptInput], system_prompt: str, max_prompt_length: int
 ) -> PromptFit:
     """Encode the prompts and keep those of at most ``max_prompt_length`` tokens.
 
@@ -242,10 +254,10 @@ def too_long_message(given: int, shortest: int, max_prompt_length: int) -> str:
 
 
 def generate_rollout(
-    backend,
-    processor,
+    backend: GenerationBackend,
+    processor: Any,
     prompts: Sequence[PromptInput],
-    sampling,
+    sampling: SamplingConfig,
     system_prompt: str,
     max_prompt_length: int,
     fit: PromptFit | None = None,
@@ -264,7 +276,7 @@ def generate_rollout(
     if not fit.kept:
         return Rollout(empty_rollout_batch(), [], [], dropped_too_long=n_given)
     enc = fit.encoded
-    if len(fit.kept) < n_given:
+    if enc is None or len(fit.kept) < n_given:
         prompts = [prompts[i] for i in fit.kept]
         enc = encode_prompts(processor, prompts, system_prompt)
     completions = backend.generate(prompts, sampling)
@@ -287,7 +299,7 @@ def empty_rollout_batch() -> RolloutBatch:
     return RolloutBatch(ids, ids.clone(), None, torch.zeros(0, 1), index, None, None, index.clone())
 
 
-def stand_in_batch(processor, system_prompt: str) -> RolloutBatch:
+def stand_in_batch(processor: Any, system_prompt: str) -> RolloutBatch:
     """One short sequence over one blank image, with one completion token.
 
     Under ZeRO a rank that has fewer micro-batches than another runs this instead (its loss

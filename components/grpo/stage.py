@@ -1,7 +1,7 @@
 """The GRPO stage: load policy, reference, data and rollout engine; train; save the model.
 
-`run_grpo` is what the CLI and the kfp component both end up calling (through cli.main);
-everything here is set-up and tear-down around `trainer.train`.
+`run_grpo` is what the CLI and the kfp component both end up calling (cli.main, through the
+shared stage runner); everything here is set-up and tear-down around `trainer.train(run)`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,23 +18,21 @@ from typing import Any
 import torch
 
 from components.common.config import GRPOConfig, PipelineConfig
-from components.common.generation import make_backend
+from components.common.generation import GenerationBackend, make_backend
 from components.common.models import load_model, load_processor
 from components.common.rewards import bounded_reward_funcs
+from components.common.stage_runner import StageContext
+from components.common.tracking import StageTracker
+from components.common.trainable import prepare_trainable
 from components.common.zero import zero_wanted
 from components.grpo.checkpointing import Checkpointer
 from components.grpo.data import load_rl_dataset
 from components.grpo.distributed import World, barrier, init_from_env
-from components.grpo.engine import PolicyEngine, build_engine
-from components.grpo.trainer import train
-from components.grpo.zero import ZeroEngine, reference_engine, standalone_state_dict
+from components.grpo.engine import PolicyEngine
+from components.grpo.engine_plain import PlainEngine
+from components.grpo.trainer import MetricsFn, RewardFunc, setup_run, train
 
 log = logging.getLogger(__name__)
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_TARGET_REGEX = (
-    rf".*language_model\..*\.({'|'.join(LORA_TARGETS)})$"  # not the vision tower's MLPs
-)
 
 
 @dataclass
@@ -42,50 +40,39 @@ class GRPOPaths:
     init_model: Path  # SFT output or the base model
     data: Path  # the RL dataset (save_to_disk)
     output: Path  # where the final model is written (local)
-    checkpoint_root: str  # local folder or s3:// prefix
+    checkpoint_root: str  # this run's checkpoints: local folder or s3:// prefix
     scratch: Path  # staging for checkpoints and downloads
+
+    @classmethod
+    def of(cls, ctx: StageContext) -> GRPOPaths:
+        return cls(
+            ctx.inputs["init-model"],
+            ctx.inputs["data"],
+            ctx.output,
+            ctx.checkpoint_root,
+            ctx.scratch,
+        )
 
 
 def pick_device(world: World) -> torch.device:
-    return (
-        torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    )
+    if torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
 
 
-def prepare_policy(model: torch.nn.Module, cfg: GRPOConfig) -> tuple[torch.nn.Module, Any]:
-    """Freezing / LoRA / checkpointing on the loaded model; returns (policy, reference).
-
-    The reference is a frozen copy of the starting policy when kl_coef > 0 (None otherwise:
-    nothing is loaded), or, under LoRA, a context factory that disables the adapters.
-    """
+def prepare_policy(
+    model: torch.nn.Module, cfg: GRPOConfig
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """Checkpointing, then freezing / LoRA (common/trainable.py) on the loaded model; returns
+    (policy, frozen reference copy). The copy is made when kl_coef > 0 and there is no LoRA
+    (under LoRA the engine's reference is the policy with its adapters off); None otherwise:
+    nothing more is loaded."""
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ref: Any = None
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    ref = None
     if cfg.kl_coef > 0 and not cfg.lora_r:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
-    if cfg.freeze_vision_tower:
-        for name, param in model.named_parameters():
-            if ".visual." in f".{name}" and ".merger." not in name:
-                param.requires_grad_(False)
-    if cfg.lora_r:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            target_modules=LORA_TARGET_REGEX,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-        if cfg.kl_coef > 0:
-            ref = model.disable_adapter
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(
-        "policy: %d trainable of %d parameters",
-        trainable,
-        sum(p.numel() for p in model.parameters()),
-    )
-    return model, ref
+    return prepare_trainable(model, cfg, "grpo"), ref
 
 
 def deepspeed_stage(cfg: GRPOConfig) -> str:
@@ -95,25 +82,19 @@ def deepspeed_stage(cfg: GRPOConfig) -> str:
     return cfg.deepspeed if zero_wanted("grpo", cfg.deepspeed, usable) else "none"
 
 
-def prepare_reference(ref: Any, engine: PolicyEngine) -> Any:
-    """Under ZeRO a frozen reference copy becomes an inference-only DeepSpeed engine (partitioned like the
-    policy under ZeRO-3, in the policy's dtype); an adapter-disabling factory or None stays as it is."""
-    if isinstance(engine, ZeroEngine) and isinstance(ref, torch.nn.Module):
-        return reference_engine(ref, engine.config)
-    return ref
+def build_engine(
+    policy: torch.nn.Module,
+    cfg: GRPOConfig,
+    world: World = World(),
+    deepspeed: str = "none",
+    reference: torch.nn.Module | None = None,
+) -> PolicyEngine:
+    """The plain engine, or DeepSpeed's ZeRO stage `deepspeed` ("zero2" / "zero3")."""
+    if deepspeed == "none":
+        return PlainEngine(policy, cfg, world, reference)
+    from components.grpo.engine_zero import ZeroEngine  # imports deepspeed: only when asked
 
-
-def save_final_model(
-    policy: torch.nn.Module, processor, out: Path, standalone: bool = False
-) -> None:
-    """A plain model dir (safetensors + processor) that eval and later stages load by path.
-
-    `standalone`: save copies of the weights (under ZeRO-2 they are views into one flat buffer).
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    model = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-    model.save_pretrained(out, state_dict=standalone_state_dict(model) if standalone else None)
-    processor.save_pretrained(out)
+    return ZeroEngine(policy, cfg, world, deepspeed, reference)
 
 
 def plot_rewards(history: list[dict[str, float]], path: Path) -> Path:
@@ -161,8 +142,8 @@ def summarize(history: list[dict[str, float]], window: int = 5) -> dict[str, flo
 def run_grpo(
     cfg: PipelineConfig,
     paths: GRPOPaths,
-    log_fn: Callable[[dict[str, float], int], None] | None = None,
-    reward_funcs: Mapping[str, Callable] | None = None,
+    log_fn: MetricsFn | None = None,
+    reward_funcs: Mapping[str, RewardFunc] | None = None,
     reward_weights: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Train and save; returns (summary metrics, per-step history). Resumes from paths.checkpoint_root.
@@ -174,44 +155,53 @@ def run_grpo(
     torch.manual_seed(g.seed + world.rank)  # ranks sample different completions
     device = pick_device(world)
     processor = load_processor(paths.init_model, g.min_pixels, g.max_pixels)
-    model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation).to(
-        device
+    model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation)
+    # transformers types `.to` through a decorator that mypy reads as taking the model first
+    policy, ref = prepare_policy(model.to(device), g)  # type: ignore[arg-type]
+    engine = build_engine(policy, g, world, deepspeed_stage(g), ref)
+    run = setup_run(
+        g,
+        engine,
+        processor,
+        load_rl_dataset(paths.data),
+        backend=build_backend(g, engine.module, processor, paths.init_model),
+        reward_funcs=reward_funcs
+        or bounded_reward_funcs(g.reward_timeout_s, g.reward_batch_deadline_s),
+        reward_weights=reward_weights or g.reward_weights,
+        world=world,
     )
-    policy, ref = prepare_policy(model, g)
-    engine = build_engine(policy, g, world, deepspeed_stage(g))
-    ref = prepare_reference(ref, engine)
-    dataset = load_rl_dataset(paths.data)
-    backend = build_backend(g, engine.module, processor, paths.init_model)
     checkpointer = Checkpointer(
         paths.checkpoint_root,
         paths.scratch / "checkpoint-staging",
         g.save_total_limit,
         g.model_dump_json(),
+        resume_from=g.resume_from,
     )
-    rewards = reward_funcs or bounded_reward_funcs(g.reward_timeout_s, g.reward_batch_deadline_s)
-    history = train(
-        g, engine.module, processor, dataset,
-        backend=backend,
-        reward_funcs=rewards,
-        reward_weights=reward_weights or g.reward_weights,
-        ref_model=ref,
-        checkpointer=checkpointer,
-        log_fn=log_fn,
-        world=world,
-        engine=engine,
-    )  # fmt: skip
-    with engine.full_weights() as trained:  # ZeRO-3: gathered on every rank, written by rank 0
-        if world.is_main:
-            save_final_model(trained, processor, paths.output, standalone=engine.lockstep_backward)
+    history, resumed_from = train(run, checkpointer, log_fn)
+    engine.save_model(paths.output, processor)  # ZeRO-3: gathered on every rank
     if world.is_main:
         (paths.output / "grpo_history.json").write_text(json.dumps(history))
         if history:
             plot_rewards(history, paths.output / "reward_curve.png")
     barrier(world)
-    return summarize(history), history
+    return {**summarize(history), "grpo/resumed_from_step": float(resumed_from)}, history
 
 
-def build_backend(g: GRPOConfig, policy: torch.nn.Module, processor, model_dir: Path):
+def report(
+    tracker: StageTracker, summary: dict[str, float], output: Path, cfg: PipelineConfig
+) -> None:
+    """The summary at the last step (at step 0 it would add a false first point to the reward
+    curves), the reward curve and history as artifacts (the model: the stage runner)."""
+    tracker.log_metrics(summary, step=int(summary.get("grpo/steps", 0)))
+    for name in ("reward_curve.png", "grpo_history.json"):
+        if (output / name).exists():
+            tracker.log_artifact(output / name)
+
+
+def build_backend(
+    g: GRPOConfig, policy: torch.nn.Module, processor: Any, model_dir: Path
+) -> GenerationBackend:
+    """HF generate on the policy module itself, or a vLLM engine of its own (weights pushed)."""
     if g.rollout_backend == "vllm":
         return make_backend(
             "vllm", str(model_dir), processor, g.system_prompt,

@@ -15,8 +15,9 @@ When each rollout batch gets exactly one optimizer update, the policy that sampl
 policy being updated: its log-probs are the current ones, detached (ratio = 1), and the extra
 no-grad forward is skipped. With several updates per rollout they are computed up front.
 
-The policy trains through an engine (engine.py): our data parallelism by default, DeepSpeed
-ZeRO-2/3 with `grpo.deepspeed` (zero.py). Under ZeRO every rank must run as many passes as the
+The policy trains through an engine (engine.py): our data parallelism by default
+(engine_plain.py), DeepSpeed ZeRO-2/3 with `grpo.deepspeed` (engine_zero.py); the engine also
+owns the reference model. Under ZeRO every rank must run as many passes as the
 others (its collectives live inside them), so a rank with fewer micro-batches runs zero-weight
 stand-ins, and ZeRO-3 generates on gathered weights. Before generating, the ranks agree on
 which prompts fit (`agree_on_prompts`): a rank with none left takes part with nothing.
@@ -41,11 +42,13 @@ from components.common.generation import PromptInput, SamplingConfig
 from components.common.rewards import CHECK_METRICS, check_metrics_since, combine_rewards
 from components.common.verifier import counts as answer_check_counts
 from components.grpo.advantages import group_advantages
+from components.grpo.checkpointing import Checkpointer
 from components.grpo.data import PromptOrder, reward_columns, to_prompts
 from components.grpo.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, shard
-from components.grpo.engine import PlainEngine, PolicyEngine, updates_per_rollout
+from components.grpo.engine import PolicyEngine
 from components.grpo.logprobs import batched_logprobs, completion_logprobs
 from components.grpo.loss import agg_loss, grpo_token_loss, masked_mean
+from components.grpo.optimizer import updates_per_rollout
 from components.grpo.rollout import (
     PromptFit,
     PromptsTooLongError,
@@ -145,6 +148,8 @@ def micro_batch_loss(
         policy, micro, cfg.temperature, compute_entropy=cfg.compute_entropy
     )
     old_logp = micro.old_logps if micro.old_logps is not None else logp.detach()
+    if micro.advantages is None:
+        raise ValueError("a micro-batch to train on needs its advantages (grpo_step sets them)")
     loss_mat, metrics = grpo_token_loss(
         logp, old_logp, micro.advantages, mask,
         clip_low=cfg.clip_ratio_low, clip_high=cfg.clip_ratio_high, clip_dual=cfg.clip_ratio_dual,
@@ -200,8 +205,12 @@ def update_policy(
         tokens, seqs = all_reduce_sum([batch.completion_mask[mini].sum().item(), len(mini)], world)
         if seqs == 0:  # every rank's share is empty (prompts dropped as too long): no step at all
             continue
-        norms = {"num_tokens": tokens, "num_seqs": seqs, "max_len": cfg.max_completion_length}
-        micro_rows = list(mini.split(cfg.micro_batch_size)) if len(mini) else []
+        norms = {
+            "num_tokens": tokens,
+            "num_seqs": seqs,
+            "max_len": float(cfg.max_completion_length),
+        }
+        micro_rows = list(torch.split(mini, cfg.micro_batch_size)) if len(mini) else []
         passes = lockstep_passes(len(micro_rows), engine.lockstep_backward, world)
         engine.zero_grad()
         mini_loss = 0.0
@@ -216,7 +225,8 @@ def update_policy(
                     loss = stand_in_loss(engine, stand_in, cfg)
             engine.backward(loss, boundary=i == passes - 1)
         update_stats.add({"loss": mini_loss, "grad_norm": engine.step()})
-    return token_stats, {**update_stats.means(), "learning_rate": engine.scheduler.get_last_lr()[0]}
+    learning_rate = float(engine.scheduler.get_last_lr()[0])
+    return token_stats, {**update_stats.means(), "learning_rate": learning_rate}
 
 
 # --------------------------------------------------------------------------- one step, then the loop
@@ -227,15 +237,12 @@ class GRPORun:
     """Everything a step touches; built once by `setup_run`."""
 
     cfg: GRPOConfig
-    engine: PolicyEngine  # the policy and its optimizer (plain, or DeepSpeed ZeRO)
+    engine: PolicyEngine  # the policy, its optimizer and its reference (plain, or DeepSpeed ZeRO)
     processor: Any
     dataset: Any  # datasets.Dataset with images, problem, answer (+ any columns rewards read)
     backend: Any  # GenerationBackend
     reward_funcs: Mapping[str, RewardFunc]
     reward_weights: Mapping[str, float]
-    ref_model: (
-        Any  # frozen module (or DeepSpeed engine), adapter-disabling context factory, or None
-    )
     order: PromptOrder
     sampling: SamplingConfig
     off_policy: bool  # several updates per rollout, or a sampler with its own numerics
@@ -248,16 +255,23 @@ class GRPORun:
 
 
 def setup_run(
-    cfg: GRPOConfig, policy, processor, dataset, *, backend, reward_funcs, reward_weights, ref_model=None,
-    world: World = World(), engine: PolicyEngine | None = None,
-) -> GRPORun:  # fmt: skip
-    """The run's state; `engine` wraps `policy` (default: the plain engine, built here)."""
+    cfg: GRPOConfig,
+    engine: PolicyEngine,
+    processor: Any,
+    dataset: Any,
+    *,
+    backend: Any,
+    reward_funcs: Mapping[str, RewardFunc],
+    reward_weights: Mapping[str, float],
+    world: World = World(),
+) -> GRPORun:
+    """The run's state around an engine (which holds the policy and its reference)."""
     for name in ("rollout_batch_size", "update_batch_size"):
         if getattr(cfg, name) % world.size:
             raise ValueError(
-                f"grpo.{name}={getattr(cfg, name)} must be a multiple of the {world.size} training processes"
+                f"grpo.{name}={getattr(cfg, name)} must be a multiple of the {world.size} "
+                "training processes"
             )
-    engine = engine if engine is not None else PlainEngine(policy, cfg, world)
     device = next(engine.module.parameters()).device
     stand_in = (
         stand_in_batch(processor, cfg.system_prompt).to(device)
@@ -265,7 +279,7 @@ def setup_run(
         else None
     )
     return GRPORun(
-        cfg, engine, processor, dataset, backend, reward_funcs, reward_weights, ref_model,
+        cfg, engine, processor, dataset, backend, reward_funcs, reward_weights,
         order=PromptOrder(len(dataset), cfg.rollout_batch_size, cfg.seed),
         sampling=SamplingConfig(cfg.max_completion_length, cfg.temperature, cfg.top_p, cfg.num_generations),
         off_policy=updates_per_rollout(cfg) > 1 or getattr(backend, "needs_old_logps", False),
@@ -300,7 +314,7 @@ def agree_on_prompts(run: GRPORun, prompts: list[PromptInput], fit: PromptFit, s
         )
 
 
-def lockstep_logprobs(model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
+def lockstep_logprobs(model: torch.nn.Module, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
     """`batched_logprobs`, with as many forwards as the busiest rank under ZeRO-3 (stand-ins for the rest)."""
     passes = lockstep_passes(
         math.ceil(len(batch) / run.cfg.micro_batch_size), run.engine.lockstep_forward, run.world
@@ -358,7 +372,7 @@ def grpo_step(run: GRPORun, step: int) -> tuple[dict[str, float], list[str]]:
 
     # -- log-probs that stay fixed during the updates
     if cfg.kl_coef > 0:
-        batch.ref_logps = reference_logprobs(run.ref_model, batch, run)
+        batch.ref_logps = reference_logprobs(batch, run)
     if run.off_policy:
         batch.old_logps = lockstep_logprobs(engine.forward, batch, run)
 
@@ -424,36 +438,23 @@ def combine_ranks(parts: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def train(
-    cfg: GRPOConfig,
-    policy: torch.nn.Module,
-    processor,
-    dataset,
-    *,
-    backend,
-    reward_funcs: Mapping[str, RewardFunc],
-    reward_weights: Mapping[str, float],
-    ref_model: Callable[[], Any] | torch.nn.Module | None = None,
-    checkpointer=None,
+    run: GRPORun,
+    checkpointer: Checkpointer | None = None,
     log_fn: MetricsFn | None = None,
     show_progress: bool = True,
-    world: World = World(),
-    engine: PolicyEngine | None = None,
-) -> list[dict[str, float]]:
-    """Run GRPO from the last checkpoint (or step 0) to cfg.total_steps; returns per-step metrics.
+) -> tuple[list[dict[str, float]], int]:
+    """Run GRPO from the last checkpoint (or step 0) to cfg.total_steps; returns the per-step
+    metrics and the step it started from.
 
-    ``ref_model`` is a frozen module, or a zero-argument context-manager factory under which
-    ``policy`` itself acts as the reference (LoRA: adapters disabled); None when kl_coef is 0.
-    ``engine`` trains ``policy`` (engine.py; default: the plain engine).
     Under torchrun every rank calls this; rank 0 logs (``log_fn`` is only called there).
     """
-    run = setup_run(cfg, policy, processor, dataset, backend=backend, reward_funcs=reward_funcs,
-                    reward_weights=reward_weights, ref_model=ref_model, world=world, engine=engine)  # fmt: skip
-    start, history = 0, []
+    cfg, world = run.cfg, run.world
+    start, history = 0, list[dict[str, float]]()
     if checkpointer is not None:
         start, history = checkpointer.resume(run.engine, run.order, world)
     if start:
         push_weights(
-            run.engine, backend
+            run.engine, run.backend
         )  # an engine started from the initial weights must catch up
     steps = range(start, cfg.total_steps)
     bar = tqdm(
@@ -481,16 +482,11 @@ def train(
             (step + 1) % cfg.save_steps == 0 or step + 1 == cfg.total_steps
         ):
             checkpointer.save(step + 1, run.engine, run.order, history, world)
-    return history
+    return history, start
 
 
 @torch.no_grad()
-def reference_logprobs(ref_model, batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
-    if ref_model is None:
-        raise ValueError("kl_coef > 0 needs a reference model")
-    if isinstance(
-        ref_model, torch.nn.Module
-    ):  # a frozen copy (a DeepSpeed inference engine under ZeRO)
-        return lockstep_logprobs(ref_model, batch, run)
-    with ref_model():  # the policy with its adapters disabled
-        return lockstep_logprobs(run.engine.forward, batch, run)
+def reference_logprobs(batch: RolloutBatch, run: GRPORun) -> torch.Tensor:
+    """Log-probs of the frozen reference (the engine's: a copy, or the policy with adapters off)."""
+    with run.engine.reference() as reference:
+        return lockstep_logprobs(reference, batch, run)

@@ -1,15 +1,14 @@
-"""Where SFT checkpoints live and which one a rerun resumes from.
+"""Which SFT checkpoint a rerun resumes from, and the Trainer callbacks that write them.
 
-Locally the Trainer writes `<output>/checkpoints/checkpoint-<step>/` (model, optimizer, scheduler,
-RNG state, data position in `trainer_state.json`). When the run's output is on S3 (an `s3://`
-`--output`, or a pipeline whose `output_dir` is `s3://`), each saved checkpoint is also published
-to a remote root with a COMPLETE marker (`components.common.checkpoints`), so a new pod, whose
-local disk is empty, fetches the newest complete one and resumes from it.
+The Trainer writes `checkpoint-<step>/` (model, optimizer, scheduler, RNG state, data position
+in `trainer_state.json`) into this run's checkpoint folder (`<output>/checkpoints/<run id>`, see
+stage_runner.checkpoint_root). When the run's checkpoint root is on S3, each saved checkpoint
+is also published there with a COMPLETE marker (`components.common.checkpoints`), so a new pod
+of the same run, whose local disk is empty, fetches the newest complete one and resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,25 +19,12 @@ from transformers import TrainerCallback
 
 from components.common import checkpoints, storage
 from components.common.config import PipelineConfig
+from components.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"  # written last by Trainer._save_checkpoint
 CONFIG_FILE = "coldstart_config.json"
-RESULT_FILE = "sft_result.json"  # written (and uploaded) last: the output is complete
-
-
-def local_checkpoint_dir(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
-
-
-def remote_checkpoint_root(cfg: PipelineConfig, output: str, run_id: str) -> str | None:
-    """Where checkpoints are published: `<s3 output>/checkpoints`, else under an s3 `output_dir`."""
-    if storage.is_s3(output):
-        return storage.join(output, "checkpoints")
-    if storage.is_s3(cfg.output_dir):
-        return storage.join(cfg.output_dir, run_id, "sft", "checkpoints")
-    return None
 
 
 def last_local_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -58,7 +44,7 @@ def last_local_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _trainer_state(path: Path) -> dict | None:
+def _trainer_state(path: Path) -> dict[str, Any] | None:
     """The checkpoint's trainer state, or None while it is missing or half-written."""
     try:
         return json.loads((path / STATE_FILE).read_text())
@@ -71,52 +57,55 @@ def checkpoint_step(path: Path | None) -> int:
     return int(state["global_step"]) if state else 0
 
 
-def resume_point(ckpt_dir: Path, remote_root: str | None) -> Path | None:
-    """The checkpoint to resume from: the newest of local and (fetched) remote, or None to start fresh."""
+def resume_point(ckpt_dir: Path, remote_root: str | None, resume_from: str | None) -> Path | None:
+    """The checkpoint to resume from: this run's newest (local, or remote and fetched); without
+    one, the newest of `resume_from` (another run's, asked for explicitly); else None."""
+    own = own_checkpoint(ckpt_dir, remote_root)
+    if own is not None or resume_from is None:
+        return own
+    return explicit_checkpoint(resume_from, ckpt_dir)
+
+
+def own_checkpoint(ckpt_dir: Path, remote_root: str | None) -> Path | None:
+    """The newest of this run's local and (fetched) remote checkpoints, or None."""
     local = last_local_checkpoint(ckpt_dir)
     if remote_root is None:
         return local
     uri = checkpoints.latest_complete_checkpoint(remote_root)
     remote_step = checkpoints.parse_step(uri) if uri else None
     if remote_step is not None and remote_step > checkpoint_step(local):
-        target = ckpt_dir / checkpoints.checkpoint_name(remote_step)
-        shutil.rmtree(target, ignore_errors=True)  # a half-written local copy of the same step
-        log.info("sft: fetching checkpoint %s to resume from", uri)
-        return checkpoints.fetch_checkpoint(uri, target)
+        return _fetch(uri, ckpt_dir)
     return local
 
 
-def training_digest(cfg: PipelineConfig) -> str:
-    """Hash of what determines the trained weights (not resources, eval or tracking settings)."""
-    relevant = {
-        "sft": cfg.sft.model_dump(mode="json", exclude={"resources"}),
-        "model": cfg.model.model_dump(mode="json"),
-        "pixels": [cfg.data.min_pixels, cfg.data.max_pixels],
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+def explicit_checkpoint(resume_from: str, ckpt_dir: Path) -> Path:
+    """`sft.resume_from`: one checkpoint folder, or a root whose newest finished checkpoint is used
+    (local: `trainer_state.json` written; s3: COMPLETE marker). Fetched into `ckpt_dir` from S3."""
+    if storage.is_s3(resume_from):
+        single = checkpoints.parse_step(resume_from) is not None
+        uri = resume_from if single else checkpoints.latest_complete_checkpoint(resume_from)
+        if uri is None or not checkpoints.is_complete(uri):
+            raise InputError(f"sft.resume_from={resume_from}: no complete checkpoint there")
+        return _fetch(uri, ckpt_dir)
+    path = Path(resume_from)
+    found = path if _trainer_state(path) is not None else last_local_checkpoint(path)
+    if found is None:
+        raise InputError(
+            f"sft.resume_from={resume_from}: no finished checkpoint there (a checkpoint-<step> "
+            f"folder with {STATE_FILE}, or a folder holding them)"
+        )
+    log.info("sft: starting from %s (sft.resume_from)", found)
+    return found
 
 
-def write_result(output_dir: Path, cfg: PipelineConfig, metrics: dict[str, float]) -> None:
-    """Mark the output complete: the final model is saved, these are its metrics."""
-    text = json.dumps({"digest": training_digest(cfg), "metrics": metrics}, indent=2)
-    (output_dir / RESULT_FILE).write_text(text)
-
-
-def finished_result(output: str, cfg: PipelineConfig) -> dict[str, float] | None:
-    """The metrics of a completed run of the same training config at `output` (local or s3://), else None.
-
-    A rerun of a finished stage (a retried pod that died during upload, a user rerunning the CLI)
-    then returns at once instead of resuming: transformers' Trainer, resumed at its last step of a
-    `max_steps` run, would take one step more (it checks max_steps only after a step).
-    """
-    uri = storage.join(output, RESULT_FILE)
-    if not storage.exists(uri):
-        return None
-    result: dict[str, Any] = json.loads(storage.read_text(uri))
-    if result.get("digest") != training_digest(cfg):
-        log.info("sft: %s holds a run of another training config; resuming/retraining", output)
-        return None
-    return result["metrics"]
+def _fetch(uri: str, ckpt_dir: Path) -> Path:
+    step = checkpoints.parse_step(uri)
+    if step is None:
+        raise InputError(f"{uri}: not a checkpoint-<step> folder")
+    target = ckpt_dir / checkpoints.checkpoint_name(step)
+    shutil.rmtree(target, ignore_errors=True)  # a half-written local copy of the same step
+    log.info("sft: fetching checkpoint %s to resume from", uri)
+    return checkpoints.fetch_checkpoint(uri, target)
 
 
 class SaveConfigCallback(TrainerCallback):
@@ -125,7 +114,7 @@ class SaveConfigCallback(TrainerCallback):
     def __init__(self, cfg: PipelineConfig) -> None:
         self.text = cfg.model_dump_json(indent=2)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             (
                 Path(args.output_dir) / checkpoints.checkpoint_name(state.global_step) / CONFIG_FILE
@@ -139,7 +128,7 @@ class PublishCheckpointCallback(TrainerCallback):
         self.remote_root = remote_root
         self.keep = keep
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         _barrier()  # ZeRO-3 ranks write their own shards: wait until every rank has finished
         if state.is_world_process_zero:
             local = Path(args.output_dir) / checkpoints.checkpoint_name(state.global_step)

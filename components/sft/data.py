@@ -1,5 +1,8 @@
 """Load the SFT set and check every row before the first step, not at step 10,000.
 
+The set stays memory-mapped (datasets' Arrow files on disk): the checks read text columns and
+image headers batch by batch, and the collator decodes a batch's images when it is trained on.
+
 Checks that need no model run (an empty answer, reserved tokens in the text, sequences longer than
 `sft.max_length`) happen here, with the row ids in the message. Lengths are computed without
 decoding pixels: the text is tokenised once and each image contributes the number of tokens the
@@ -23,6 +26,7 @@ from PIL import Image
 from components.common.config import SFTConfig
 from components.common.errors import InputError
 from components.common.prompts import prompt_messages, sft_messages
+from components.common.saved_datasets import load_splits, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +58,11 @@ class CheckedSplit:
 def load_sft_splits(data_dir: str | Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The `train` split and the (possibly absent or empty) `validation` split of a data_prep SFT set."""
     path = Path(data_dir)
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise SFTDataError(
-            f"{path}: not a datasets folder (expected data_prep's sft/ output)"
-        ) from None
-    if isinstance(loaded, datasets.Dataset):
-        train, validation = loaded, None
-    elif "train" in loaded:
-        train, validation = loaded["train"], loaded.get("validation")
-    else:
-        raise SFTDataError(f"{path}: no 'train' split (found {sorted(loaded)})")
+    splits = load_splits(path, "data_prep's sft/ output", SFTDataError)
+    train, validation = splits["train"], splits.get("validation")
     for name, split in (("train", train), ("validation", validation)):
         if split is not None:
-            missing = [c for c in REQUIRED_COLUMNS if c not in split.column_names]
-            if missing:
-                raise SFTDataError(
-                    f"{path} split {name!r}: missing columns {missing} (has {split.column_names})"
-                )
+            require_columns(split, REQUIRED_COLUMNS, f"{path} split {name!r}", SFTDataError)
     if len(train) == 0:
         raise SFTDataError(f"{path}: the train split is empty")
     return train, (validation if validation is not None and len(validation) else None)
@@ -112,10 +102,18 @@ def check_text(rows: dict[str, list], processor: Any, split: str) -> None:
         )
 
 
-def image_sizes(ds: datasets.Dataset) -> list[list[tuple[int, int]]]:
-    """(width, height) of every image of every row, read from the encoded headers (no decode)."""
-    raw = ds.with_format("arrow")["images"].to_pylist()  # {"bytes", "path"} dicts, not decoded
-    return [[_header_size(img) for img in row or []] for row in raw]
+def image_sizes(ds: datasets.Dataset, batch_size: int = 64) -> list[list[tuple[int, int]]]:
+    """(width, height) of every image of every row, read from the encoded headers (no decode).
+
+    The set is memory-mapped Arrow: the images column is read `batch_size` rows at a time, so
+    only one batch's encoded bytes are ever in Python (never every image of the set at once).
+    """
+    images = ds.select_columns(["images"]).with_format("arrow")
+    sizes: list[list[tuple[int, int]]] = []
+    for batch in images.iter(batch_size=batch_size):
+        # {"bytes", "path"} dicts of this batch only, not decoded
+        sizes += [[_header_size(img) for img in row or []] for row in batch["images"].to_pylist()]
+    return sizes
 
 
 def _header_size(image: dict[str, Any]) -> tuple[int, int]:

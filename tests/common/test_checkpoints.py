@@ -84,6 +84,25 @@ def test_publish_discover_fetch_prune(root: str, tmp_path: Path) -> None:
         checkpoints.prune_checkpoints(root, keep=0)
 
 
+def test_prune_removes_a_leftover_without_marker_whole(root: str, tmp_path: Path) -> None:
+    """A prune killed between deleting a marker and the files leaves a marker-less directory behind;
+    the next prune removes it whole, and a marker-less directory newer than every complete one stays."""
+    work = tmp_path / "pod"
+    for step in (1, 2, 3):
+        checkpoints.publish_checkpoint(_local_ckpt(work, step), root)
+    storage.delete(storage.join(root, "checkpoint-1", MARKER))  # the kill came right after this
+    storage.upload_file(
+        work / "checkpoint-3/trainer_state.json",
+        storage.join(root, "checkpoint-4/trainer_state.json"),
+    )  # a publish under way
+    assert checkpoints.prune_checkpoints(root, keep=1) == [
+        storage.join(root, "checkpoint-1"),
+        storage.join(root, "checkpoint-2"),
+    ]
+    assert sorted(storage.list_dirs(root)) == ["checkpoint-3", "checkpoint-4"]
+    assert not storage.list_prefix(storage.join(root, "checkpoint-1"))
+
+
 def test_empty_or_missing_root_has_no_checkpoint(root: str) -> None:
     assert checkpoints.latest_complete_checkpoint(root) is None
 

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from components.common.models import load_model
 from components.grpo.distributed import World
-from components.grpo.engine import PlainEngine
+from components.grpo.engine_plain import PlainEngine
 from components.grpo.trainer import update_policy
 from tests.grpo.conftest import ROOT, TINY_CONFIG, tiny_config
 from tests.grpo.test_logprobs import sampled_batch
@@ -113,7 +113,7 @@ def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
                         f"output_dir={tmp_path / 'runs'}") for a in ("--set", s)]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "components.grpo",
            "--config", str(TINY_CONFIG), *sets, "--init-model", str(tiny_assets["model"]), "--data", str(tiny_assets["rl"]),
-           "--output", str(out), "--run-id", "ddp", "--summary-json", str(tmp_path / "summary.json")]  # fmt: skip
+           "--output", str(out), "--run-id", "ddp", "--result-json", str(tmp_path / "summary.json")]  # fmt: skip
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -150,8 +150,7 @@ def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int
     from components.common.generation import HFBackend
     from components.common.models import load_model, load_processor
     from components.grpo.data import PromptOrder, load_rl_dataset
-    from components.grpo.engine import build_engine
-    from components.grpo.stage import prepare_policy, prepare_reference
+    from components.grpo.stage import build_engine, prepare_policy
     from components.grpo.trainer import grpo_step, setup_run
     from tests.grpo.ranks import skip_deepspeed_shm_kernel
     from tests.grpo.test_trainer import DENSE
@@ -168,10 +167,9 @@ def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int
     torch.manual_seed(world.rank)
     processor = load_processor(assets["model"], cfg.min_pixels, cfg.max_pixels)
     policy, ref = prepare_policy(load_model(assets["model"]), cfg)
-    engine = build_engine(policy, cfg, world, stage)
+    engine = build_engine(policy, cfg, world, stage, ref)
     backend = HFBackend(engine.module, processor, cfg.system_prompt)
-    run = setup_run(cfg, engine.module, processor, dataset, backend=backend, **DENSE,
-                    ref_model=prepare_reference(ref, engine), world=world, engine=engine)  # fmt: skip
+    run = setup_run(cfg, engine, processor, dataset, backend=backend, **DENSE, world=world)
     metrics, _ = grpo_step(run, 0)
     with engine.full_weights() as trained:
         return {

@@ -44,7 +44,7 @@ def test_kill_after_checkpoint_then_resume(tiny_assets, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(cli_command(tiny_assets, out, tmp_path), cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    marker = out / "checkpoints" / "checkpoint-2" / "COMPLETE"
+    marker = out / "checkpoints" / "resume-test" / "checkpoint-2" / "COMPLETE"
     deadline = time.monotonic() + 240
     while not marker.exists():
         assert proc.poll() is None, "the run ended before its first checkpoint"

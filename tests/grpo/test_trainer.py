@@ -8,11 +8,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from components.common.errors import InputError
 from components.common.models import load_model
 from components.common.tracking import resolve_tracking_uri
 from components.grpo.cli import main
+from components.grpo.optimizer import updates_per_rollout
 from components.grpo.stage import GRPOPaths, run_grpo
-from components.grpo.trainer import updates_per_rollout
 from tests.grpo.conftest import tiny_config
 
 FAST = ("grpo.total_steps=2", "grpo.max_completion_length=12", "grpo.rollout_batch_size=4",
@@ -101,7 +102,8 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny_assets, tmp_path):
     assert "kl" in history[-1]  # the reference is the policy with its adapters off
     before = load_model(tiny_assets["model"]).state_dict()
     diff = changed(before, load_model(tmp_path / "out"))  # a plain model dir, adapters merged in
-    assert diff and all("language_model" in n for n in diff)
+    # adapters merged into the language model; the merger trained whole (train_merger, as in SFT)
+    assert diff and all("language_model" in n or ".visual.merger." in n for n in diff)
 
 
 def test_custom_rewards_and_weights(tiny_assets, tmp_path):
@@ -116,3 +118,25 @@ def test_custom_rewards_and_weights(tiny_assets, tmp_path):
                           reward_weights={"length": 2.0})  # fmt: skip
     assert {"id", "problem", "category"} <= calls[0] and "images" not in calls[0]
     assert history[0]["reward/mean"] == pytest.approx(2 * history[0]["rewards/length/mean"])
+
+
+def test_checkpoints_are_keyed_by_the_run(tiny_assets, tmp_path, monkeypatch):
+    """Two runs with the same output: the second starts from step 0; a rerun of the first resumes
+    its own checkpoints; another run starts from them only when grpo.resume_from asks."""
+    out = str(tmp_path / "model")
+
+    def run(run_id: str, steps: int, *extra: str, output: str = out) -> dict[str, float]:
+        cfg = tiny_config(*FAST, "grpo.kl_coef=0", f"grpo.total_steps={steps}", *extra,
+                          f"output_dir={tmp_path / 'runs'}")  # fmt: skip
+        return main(cfg, str(tiny_assets["model"]), str(tiny_assets["rl"]), output, run_id)
+
+    assert run("run-a", 2)["grpo/resumed_from_step"] == 0
+    second = run("run-b", 3)
+    assert (second["grpo/resumed_from_step"], second["grpo/steps"]) == (0, 3)
+    assert run("run-a", 4)["grpo/resumed_from_step"] == 2  # a retried pod of run-a
+    asked = run("run-c", 4, f"grpo.resume_from={out}/checkpoints/run-b", output=out + "-c")
+    assert asked["grpo/resumed_from_step"] == 3
+
+    monkeypatch.delenv("KFP_RUN_ID", raising=False)
+    with pytest.raises(InputError, match="no pipeline run id"):
+        run("", 2)

@@ -94,5 +94,56 @@ def test_missing_columns_and_splits_are_named(tmp_path: Path, train_rows):
     datasets.DatasetDict({"test": train_rows}).save_to_disk(str(tmp_path / "nosplit"))
     with pytest.raises(SFTDataError, match=r"no 'train' split \(found \['test'\]\)"):
         load_sft_splits(tmp_path / "nosplit")
-    with pytest.raises(SFTDataError, match=r"not a datasets folder"):
+    with pytest.raises(SFTDataError, match=r"not a dataset saved with datasets.save_to_disk"):
         load_sft_splits(tmp_path / "absent")
+
+
+def test_checking_a_set_reads_its_images_batch_by_batch(processor, tmp_path):
+    """The set stays memory-mapped: checking 256 rows of ~100 KB images never holds every image's
+    bytes in Python at once (the old reader turned the whole images column into one list)."""
+    import io
+    import tracemalloc
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def noise_png() -> bytes:  # random pixels: PNG cannot compress them, ~97 KB each
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (180, 180, 3), dtype=np.uint8)).save(out, "PNG")
+        return out.getvalue()
+
+    def rows():
+        for i in range(256):
+            yield {"id": str(i), "images": [{"bytes": noise_png(), "path": None}],
+                   "problem": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}"}  # fmt: skip
+
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "images": datasets.Sequence(datasets.Image()),
+            "problem": datasets.Value("string"),
+            "solution": datasets.Value("string"),
+        }
+    )
+    datasets.Dataset.from_generator(
+        rows, features=features, cache_dir=str(tmp_path / "cache")
+    ).save_to_disk(str(tmp_path / "set"))
+    ds = datasets.load_from_disk(str(tmp_path / "set"))
+    image_bytes = sum(
+        len(img["bytes"])
+        for batch in ds.select_columns(["images"]).with_format("arrow").iter(batch_size=64)
+        for row in batch["images"].to_pylist()
+        for img in row
+    )
+    assert image_bytes > 20_000_000
+
+    tracemalloc.start()
+    try:
+        checked = check_split(ds, processor, SFTConfig(), "train")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(checked.dataset) == 256
+    assert peak < image_bytes / 2, (peak, image_bytes)

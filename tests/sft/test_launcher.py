@@ -10,19 +10,30 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from components.common import launcher
+from components.common import launcher, stage_runner
 from components.common.launcher import processes_to_launch, torchrun_command
+from components.common.stage_runner import RESULT_FLAG, StageRequest
 from components.common.tracking import local_tracking_uri
 from components.sft import cli
-from components.sft.launcher import run_under_torchrun, stage_args
 from tests.conftest import tiny_config
+
+
+def stage_args(base_model: str, data: str, output: str, run_id: str) -> dict[str, str]:
+    """The arguments a torchrun worker of SFT receives (the stage runner's request)."""
+    inputs = {"base-model": base_model, "data": data}
+    return StageRequest("sft", inputs, output, run_id, "sft", digest="-").cli_args()
+
+
+def run_under_torchrun(cfg, base_model: str, data: str, output: str, run_id: str, nproc: int):
+    args = stage_args(base_model, data, output, run_id)
+    return launcher.run_under_torchrun("components.sft", cfg, args, nproc, RESULT_FLAG)
 
 
 def test_torchrun_command_reruns_the_stage_once_per_device(tmp_path):
     args = {
         "--config": str(tmp_path / "c.json"),
         **stage_args("/m", "/d", "s3://b/out", "run-1"),
-        "--metrics-json": str(tmp_path / "m.json"),
+        "--result-json": str(tmp_path / "m.json"),
     }
     cmd = torchrun_command("components.sft", 8, args)
     assert cmd[:5] == [
@@ -40,7 +51,8 @@ def test_torchrun_command_reruns_the_stage_once_per_device(tmp_path):
         "--data": "/d",
         "--output": "s3://b/out",
         "--run-id": "run-1",
-        "--metrics-json": str(tmp_path / "m.json"),
+        "--run-name": "sft",
+        "--result-json": str(tmp_path / "m.json"),
     }
 
 
@@ -56,13 +68,14 @@ def test_process_count(monkeypatch):
 
 def test_main_hands_multi_gpu_runs_to_torchrun(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(cli, "processes_to_launch", lambda: 4)
+    monkeypatch.setattr(stage_runner, "processes_to_launch", lambda: 4)
     monkeypatch.setattr(
-        cli, "run_under_torchrun", lambda *a: calls.append(a) or {"sft/global_step": 1.0}
+        stage_runner, "run_under_torchrun", lambda *a: calls.append(a) or {"sft/global_step": 1.0}
     )
     cfg = tiny_config(tmp_path)
     assert cli.main(cfg, "/m", "/d", str(tmp_path / "out"), "r") == {"sft/global_step": 1.0}
-    assert calls == [(cfg, "/m", "/d", str(tmp_path / "out"), "r", 4)]
+    args = stage_args("/m", "/d", str(tmp_path / "out"), "r")
+    assert calls == [("components.sft", cfg, args, 4, RESULT_FLAG)]
 
 
 @pytest.mark.slow

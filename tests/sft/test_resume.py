@@ -42,7 +42,7 @@ def _command(config: Path, model: Path, data: Path, out: Path, metrics: Path) ->
         str(data),
         "--output",
         str(out),
-        "--metrics-json",
+        "--result-json",
         str(metrics),
         "--run-id",
         "resume-test",
@@ -77,7 +77,9 @@ def _kill_after_first_checkpoint(cmd: list[str], ckpt_dir: Path, log: Path) -> i
 
 def _history(out: Path) -> list[tuple[int, float]]:
     state = json.loads(
-        (out / "checkpoints" / f"checkpoint-{STEPS}" / "trainer_state.json").read_text()
+        (
+            out / "checkpoints" / "resume-test" / f"checkpoint-{STEPS}" / "trainer_state.json"
+        ).read_text()
     )
     return [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
 
@@ -99,7 +101,7 @@ def test_killed_run_resumes_without_repeating_steps(tmp_path, tiny_model_dir, sf
 
     killed_at = _kill_after_first_checkpoint(
         _command(config, tiny_model_dir, sft_dir, out, tmp_path / "m0.json"),
-        out / "checkpoints",
+        out / "checkpoints" / "resume-test",
         tmp_path / "killed.log",
     )
     assert not (out / "model.safetensors").exists(), "the process was killed before the end"

@@ -7,8 +7,8 @@ import pytest
 
 from components.common import checkpoints, storage
 from components.common.models import load_model
-from components.sft.checkpointing import RESULT_FILE
-from components.sft.cli import local_output, main
+from components.common.stage_runner import RESULT_FILE
+from components.sft.cli import main
 from tests.conftest import tiny_config
 from tests.servers import S3Env
 
@@ -43,8 +43,8 @@ def test_s3_output_gets_checkpoints_and_model_and_a_new_pod_resumes(
     tmp_path, s3_env: S3Env, scratch, tiny_model_dir, sft_dir
 ):
     output = s3_env.uri("runs/sft-model")
-    main(_cfg(tmp_path, 2), tiny_model_dir, sft_dir, output, "pod-1")
-    ckpt_root = storage.join(output, "checkpoints")
+    main(_cfg(tmp_path, 2), tiny_model_dir, sft_dir, output, "run-1")
+    ckpt_root = storage.join(output, "checkpoints", "run-1")
     assert checkpoints.latest_complete_checkpoint(ckpt_root) == storage.join(
         ckpt_root, "checkpoint-2"
     )
@@ -53,16 +53,17 @@ def test_s3_output_gets_checkpoints_and_model_and_a_new_pod_resumes(
     )
     load_model(storage.materialize(output, tmp_path / "download"))
 
-    # A new pod: empty local disk, the remote checkpoints only. A longer run resumes from them.
-    shutil.rmtree(local_output(output))
-    metrics = main(_cfg(tmp_path, 4), tiny_model_dir, sft_dir, output, "pod-2")
+    # A new pod of the same run: empty local disk, the remote checkpoints only. A longer plan
+    # resumes from them.
+    shutil.rmtree(scratch)
+    metrics = main(_cfg(tmp_path, 4), tiny_model_dir, sft_dir, output, "run-1")
     assert (metrics["sft/resumed_from_step"], metrics["sft/steps_run"]) == (2, 2)
     # Pruned to save_total_limit=1 complete checkpoint on S3, the newest.
     assert checkpoints.complete_checkpoints(ckpt_root) == [storage.join(ckpt_root, "checkpoint-4")]
 
 
 def test_s3_output_dir_publishes_a_local_runs_checkpoints_per_pipeline_run(
-    tmp_path, s3_env: S3Env, scratch, tiny_model_dir, sft_dir
+    tmp_path, s3_env: S3Env, scratch, tiny_model_dir, sft_dir, monkeypatch
 ):
     """The kfp component writes to a local artifact path; with output_dir on S3 its checkpoints
     go to <output_dir>/<run id>/sft/checkpoints, where a retried pod of the same run finds them."""
@@ -74,3 +75,10 @@ def test_s3_output_dir_publishes_a_local_runs_checkpoints_per_pipeline_run(
     cfg4 = _cfg(tmp_path, 4, output_dir=s3_env.uri("pipeline-root"))
     metrics = main(cfg4, tiny_model_dir, sft_dir, tmp_path / "artifact-retry", "kfp-run-7")
     assert metrics["sft/resumed_from_step"] == 2
+    # Another pipeline run with the same output_dir starts from step 0, under its own run id; the
+    # id comes from KFP_RUN_ID when the pipeline passes none (never an empty path segment).
+    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-8")
+    metrics = main(cfg4, tiny_model_dir, sft_dir, tmp_path / "artifact-8", "")
+    assert metrics["sft/resumed_from_step"] == 0
+    root = s3_env.uri("pipeline-root/kfp-run-8/sft/checkpoints")
+    assert checkpoints.latest_complete_checkpoint(root) == storage.join(root, "checkpoint-4")

@@ -65,11 +65,11 @@ def test_sft_writes_a_loadable_model_and_logs_to_mlflow(tmp_path, tiny_model_dir
     )
     assert json.loads((out / "coldstart_config.json").read_text())["sft"]["max_steps"] == 4
     load_model(out), load_processor(out)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (out / "checkpoints" / "run-1").iterdir()) == [
         "checkpoint-2",
         "checkpoint-4",
     ]
-    assert (out / "checkpoints" / "checkpoint-4" / "coldstart_config.json").is_file()
+    assert (out / "checkpoints" / "run-1" / "checkpoint-4" / "coldstart_config.json").is_file()
     # The vision tower is frozen; the merger and the language model trained (keys in the
     # original Qwen2.5-VL checkpoint layout, as vLLM reads them).
     before, after = (

@@ -7,8 +7,8 @@ from transformers import TrainingArguments
 
 from components.common.config import ConfigError, SFTConfig, config_from_dict
 from components.common.models import load_model
-from components.sft.train import training_arguments
-from components.sft.zero import CONFIG_FILES, deepspeed_config
+from components.common.zero import CONFIG_FILES, trainer_config_file
+from components.sft.trainer import training_arguments
 
 
 def _autos(node, path=""):
@@ -48,9 +48,9 @@ def test_config_resolves_to_the_training_arguments(stage, bf16, tiny_model_dir, 
 
 
 def test_deepspeed_is_used_on_gpus_only():
-    assert deepspeed_config(SFTConfig(deepspeed="zero2"), cuda=False) is None
-    assert deepspeed_config(SFTConfig(deepspeed="none"), cuda=True) is None
-    assert deepspeed_config(SFTConfig(deepspeed="zero3"), cuda=True) == str(CONFIG_FILES["zero3"])
+    assert trainer_config_file("sft", "zero2", accelerator=False) is None
+    assert trainer_config_file("sft", "none", accelerator=True) is None
+    assert trainer_config_file("sft", "zero3", accelerator=True) == str(CONFIG_FILES["zero3"])
 
 
 def test_lora_with_zero3_is_rejected_at_the_config():

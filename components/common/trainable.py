@@ -1,19 +1,24 @@
-"""Which parameters SFT trains: the paper freezes the vision tower and trains the aligner + LLM.
+"""Which weights a training stage updates: one meaning of the keys for SFT and GRPO.
 
 Qwen2.5-VL keeps the vision tower at `model.visual` and the aligner (patch merger, the MLP that
 maps vision features into the language model's width) at `model.visual.merger`; the language
-model is `model.language_model` plus `lm_head`. LoRA, when asked for, wraps the language model's
-linear layers only, and the merger (if trained) is saved whole through `modules_to_save`.
+model is `model.language_model` plus `lm_head`.
+
+- `freeze_vision_tower`: the tower's blocks and patch embedding get no updates; the merger
+  trains when `train_merger`. Default: frozen in SFT, trained in GRPO (the paper's recipe).
+- `lora_r > 0`: LoRA adapters (`lora_alpha`, `lora_dropout`) on the language model's linear
+  layers only; every base weight is frozen, the vision tower included, and the merger trains
+  (saved whole through `modules_to_save`) when `train_merger`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Protocol
 
 from torch import nn
 
-from components.common.config import SFTConfig
 from components.common.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -21,6 +26,16 @@ log = logging.getLogger(__name__)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Language-model linears only: the vision tower has modules of the same names (mlp.gate_proj ...).
 LORA_TARGET_REGEX = rf".*language_model\..*\.({'|'.join(LORA_TARGETS)})$"
+
+
+class TrainableSettings(Protocol):
+    """The keys of `sft.*` and `grpo.*` read here (config.TrainedWeightsConfig)."""
+
+    freeze_vision_tower: bool
+    train_merger: bool
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
 
 
 def vision_tower(model: nn.Module) -> nn.Module:
@@ -32,32 +47,31 @@ def vision_tower(model: nn.Module) -> nn.Module:
         if module is not None:
             return module
     raise InputError(
-        f"{type(model).__name__} has no vision tower at model.visual; sft supports Qwen2/2.5-VL models"
+        f"{type(model).__name__} has no vision tower at model.visual; "
+        "only Qwen2/2.5-VL models are supported"
     )
 
 
-def freeze_for_sft(model: nn.Module, cfg: SFTConfig) -> nn.Module:
-    """Freeze the vision tower (default), leaving the merger trainable when `train_merger`."""
+def freeze(model: nn.Module, cfg: TrainableSettings) -> nn.Module:
+    """Everything trains but the vision tower when `freeze_vision_tower` (its merger trains when
+    `train_merger`)."""
     model.requires_grad_(True)
     if cfg.freeze_vision_tower:
         visual = vision_tower(model)
         visual.requires_grad_(False)
         if cfg.train_merger:
-            visual.merger.requires_grad_(True)
+            visual.get_submodule("merger").requires_grad_(True)
     return model
 
 
-def apply_lora(model: nn.Module, cfg: SFTConfig) -> nn.Module:
-    """Wrap the language model's linears in LoRA adapters; everything else frozen but the merger.
-
-    The vision tower is frozen under LoRA whatever `freeze_vision_tower` says: adapters cover the
-    language model only, and training the full tower next to them is not what LoRA is chosen for.
-    """
+def apply_lora(model: nn.Module, cfg: TrainableSettings, section: str) -> nn.Module:
+    """Wrap the language model's linears in LoRA adapters; everything else frozen but the merger."""
     from peft import LoraConfig, get_peft_model
 
     if not cfg.freeze_vision_tower:
         log.warning(
-            "sft.lora_r > 0: the vision tower stays frozen (LoRA adapts the language model only)"
+            "%s.lora_r > 0: the vision tower stays frozen (LoRA adapts the language model only)",
+            section,
         )
     lora = LoraConfig(
         r=cfg.lora_r,
@@ -67,18 +81,23 @@ def apply_lora(model: nn.Module, cfg: SFTConfig) -> nn.Module:
         modules_to_save=["merger"] if cfg.train_merger else None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    peft_model: nn.Module = get_peft_model(model, lora)
+    return peft_model
 
 
-def prepare_trainable(model: nn.Module, cfg: SFTConfig) -> nn.Module:
-    """Apply the configured freezing or LoRA; returns the model to train (a PeftModel for LoRA)."""
-    model = apply_lora(model, cfg) if cfg.lora_r > 0 else freeze_for_sft(model, cfg)
+def prepare_trainable(model: nn.Module, cfg: TrainableSettings, section: str) -> nn.Module:
+    """Apply the configured freezing or LoRA; returns the model to train (a PeftModel for LoRA).
+
+    `section` ("sft" / "grpo") names the config section in logs and warnings.
+    """
+    model = apply_lora(model, cfg, section) if cfg.lora_r > 0 else freeze(model, cfg)
     counts = parameter_counts(model)
     log.info(
-        "sft: training %d of %d parameters (%s)",
+        "%s: training %d of %d parameters (%s)",
+        section,
         counts["trainable"],
         counts["total"],
-        trainable_groups(model),
+        ", ".join(trainable_groups(model)),
     )
     return model
 

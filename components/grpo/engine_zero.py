@@ -1,6 +1,7 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 for GRPO (`grpo.deepspeed`): the policy, and its frozen reference, as DeepSpeed engines.
+"""The ZeRO engine (`grpo.deepspeed: zero2|zero3`): the policy, and its frozen reference, as
+DeepSpeed engines, configured from the shared ZeRO files (components/common/zero.py).
 
-The update must stay the one the plain engine (engine.py) computes:
+The update must stay the one the plain engine (engine_plain.py) computes:
 
 - Each micro-batch's loss is already divided by the whole mini-batch's token/sequence counts
   summed over ranks, so gradients are to be *summed* over ranks and accumulated unscaled.
@@ -36,7 +37,8 @@ import torch.distributed as dist
 from components.common.config import GRPOConfig
 from components.common.zero import model_width, resolve_auto, width_buckets, zero_template
 from components.grpo.distributed import World
-from components.grpo.engine import build_optimizer
+from components.grpo.engine import merged, reference_of, write_model_dir
+from components.grpo.optimizer import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +97,20 @@ def _trained_dtype(policy: torch.nn.Module, cfg: GRPOConfig) -> None:
 
 
 class ZeroEngine:
-    """The policy as a DeepSpeed ZeRO-2/3 engine (see the module docstring for what keeps the math)."""
+    """The policy as a DeepSpeed ZeRO-2/3 engine (see the module docstring for what keeps the
+    math); a frozen `reference` copy becomes an inference-only DeepSpeed engine (partitioned like
+    the policy under ZeRO-3); without one, LoRA's reference is the policy with adapters off."""
 
     lockstep_backward = True
 
-    def __init__(self, policy: torch.nn.Module, cfg: GRPOConfig, world: World, stage: str) -> None:
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        cfg: GRPOConfig,
+        world: World,
+        stage: str,
+        reference: torch.nn.Module | None = None,
+    ) -> None:
         import deepspeed
 
         ensure_process_group(world)
@@ -118,6 +129,7 @@ class ZeroEngine:
         self.forward = self.engine
         self.lockstep_forward = stage == "zero3"
         self.world = world
+        self.ref = reference_engine(reference, self.config) if reference is not None else None
 
     def zero_grad(self) -> None:
         """Nothing to do: DeepSpeed clears the gradients after each step."""
@@ -139,22 +151,33 @@ class ZeroEngine:
             nullcontext()
         )  # bf16 runs on bf16 weights (fp32 masters in the optimizer), not autocast
 
+    def reference(self) -> AbstractContextManager[torch.nn.Module]:
+        return reference_of(self.ref, self.module, self.forward)
+
     def full_weights(self) -> AbstractContextManager[torch.nn.Module]:
         return full_weights(self.engine)
+
+    def save_model(self, out: Path, processor: Any) -> None:
+        """Gathered on every rank (ZeRO-3), written by rank 0 as standalone copies."""
+        with self.full_weights() as policy:
+            if self.world.is_main:
+                model = merged(policy)
+                write_model_dir(model, processor, out, standalone_state_dict(model))
 
     def layout(self) -> dict[str, Any]:
         return {"deepspeed": self.stage, "world_size": self.world.size}
 
-    def save_weights(self, path: Path, world: World) -> None:
+    def save_weights(self, path: Path) -> None:
         """Every rank calls this (ZeRO-3 gathers); rank 0 writes standalone copies (ZeRO-2's weights are
         views into one flat buffer, which safetensors refuses to write as they are)."""
         with self.full_weights() as policy:
-            if world.is_main:
+            if self.world.is_main:
                 safetensors.torch.save_file(standalone_state_dict(policy), str(path))
 
-    def optimizer_state(self, folder: Path, world: World) -> Any:
+    def optimizer_state(self, folder: Path) -> Any:
         """Each rank writes its own partition next to the weights; the layout goes into trainer_state.pt."""
-        torch.save(self.engine.optimizer.state_dict(), folder / shard_name(world.rank, world.size))
+        rank, size = self.world.rank, self.world.size
+        torch.save(self.engine.optimizer.state_dict(), folder / shard_name(rank, size))
         return self.layout()
 
     def load_weights(self, path: Path) -> None:
@@ -270,7 +293,7 @@ def _detach_hooks(offload: Any) -> Callable[..., Any]:
     """Remove ZeRO-3's hooks (TRL does the same for generation): the per-module gather/release hooks,
     and the root's start-of-forward hook, whose trace check is a collective. Returns the latter."""
     handle = offload.fwd_pre_hook
-    start_hook = handle.hooks_dict_ref()[handle.id]
+    start_hook: Callable[..., Any] = handle.hooks_dict_ref()[handle.id]
     handle.remove()
     for param in offload.module.parameters():
         param.ds_active_sub_modules.clear()  # gathered on purpose: no module holds them
