@@ -3,11 +3,9 @@
     python bench/gpu_check.py --out $OUT --budget-s 480     # on the GPU machine (bench/gpu_check.sh)
     python bench/gpu_check.py --out /tmp/gc --dry-run        # CPU, toy sizes, same code paths
 
-Parts, each in its own process with its own time box (a part that fails or runs out of time is
-recorded, and the others still run; none starts once the global budget is spent):
+Parts, in this order, each in its own process with its own time box (a part that fails or runs
+out of time is recorded, and the others still run; none starts once the global budget is spent):
 
-- smoke      the tiny pipeline's stages (data_prep, SFT, GRPO, eval; then SFT and GRPO under
-             ZeRO-2) for a few steps: every `.to(device)` path on CUDA, no kfp
 - setup      a randomly initialised Qwen2.5-VL-3B (the published config, no weights, no hub)
              saved in bf16, and SFT/RL sets of 1.2-MP images through data_prep
 - sft        SFT with the paper's recipe (configs/qwen2.5-vl-3b.yaml: bf16, gradient
@@ -16,6 +14,8 @@ recorded, and the others still run; none starts once the global budget is spent)
 - sft_zero2  the same through DeepSpeed ZeRO-2 (components/common/zero2.json) on the one GPU
 - grpo       GRPO steps at 3B shape with the HF generation backend: rollout tokens/s, update
              time, peak memory (the first step is warm-up)
+- smoke      the tiny pipeline's stages (data_prep, SFT, GRPO, eval; then SFT and GRPO under
+             ZeRO-2) for a few steps: every `.to(device)` path on CUDA, no kfp
 
 MFU = model FLOPs per token x tokens/s / peak, with model FLOPs per token = 6 N + 12 L d s
 (N: language-model weights including lm_head, vision tower left out; L layers, d width,
@@ -50,7 +50,7 @@ PEAK_BF16_TFLOPS = 989.0  # H100 / H200 SXM, dense bf16, vendor datasheet
 MFU_FORMULA = "(6 N + 12 L d s) x tokens/s / peak; N = LM weights incl. lm_head (vision excluded)"
 BOX_S = {"smoke": 150, "setup": 120, "sft": 120, "sft_zero2": 120, "grpo": 180}
 NEEDS_SETUP = ("sft", "sft_zero2", "grpo")
-MIN_PART_S = 20  # a part with less time left than this is skipped, not started
+MIN_PART_S = 30  # a part with less time left than this is skipped, not started
 LOG_TAIL_LINES = 150
 
 
@@ -112,6 +112,9 @@ def run_worker(name: str, ctx: dict[str, Any], timeout: float, log_path: Path) -
         except subprocess.TimeoutExpired:
             stop_group(proc)
             status, code = "timeout", None
+        except BaseException:  # the driver is stopped: its part, in its own session, goes too
+            stop_group(proc)
+            raise
     seconds = time.perf_counter() - start
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     error = None
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_part(args.worker, args.ctx, args.result)
     start = time.perf_counter()
     check_device(args.dry_run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the running part is stopped
     with tempfile.TemporaryDirectory(prefix="gpu-check-", dir=args.work) as tmp:
         outcomes = run_parts(args, Path(tmp))
         report = build_report(args, outcomes, time.perf_counter() - start)

@@ -28,6 +28,15 @@ export PYTHONPATH="$SITE:$PWD"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export TORCH_EXTENSIONS_DIR=/tmp/torch-extensions
 
+# The carried transformers checks the image's regex, tokenizers, hub... at import: if it refuses,
+# fall back to the image's own transformers (inside the project's range) rather than lose the run.
+if ! python3 -c "import transformers" >"$OUT/transformers-import.txt" 2>&1; then
+  echo "carried transformers does not import here (see transformers-import.txt); using the image's"
+  rm -rf "$SITE"/transformers "$SITE"/transformers-*.dist-info
+else
+  rm -f "$OUT/transformers-import.txt"
+fi
+
 {
   echo "== nvidia-smi"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv

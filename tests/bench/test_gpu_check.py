@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,7 @@ def test_dry_run_goes_through_every_part_and_writes_the_report(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
     assert done.returncode == 0, {n: (p["status"], p["error"]) for n, p in parts.items()}
-    assert list(parts) == ["smoke", "setup", "sft", "sft_zero2", "grpo"]
+    assert list(parts) == ["setup", "sft", "sft_zero2", "grpo", "smoke"]
     assert all(p["status"] == "ok" for p in parts.values())
     for part in parts.values():  # nothing the GPU machine lacks (and we do not carry) was imported
         assert part["result"]["process"]["imported_not_on_device"] == []
@@ -71,11 +73,27 @@ def test_a_part_past_its_time_box_is_stopped_and_what_needs_it_is_skipped(tmp_pa
         assert outcomes[name].status == "skipped" and outcomes[name].error == "setup did not finish"
 
 
+def test_stopping_the_driver_stops_its_running_part(tmp_path):
+    """Parts run in their own session (so a time box can kill their whole group): a driver
+    stopped by SIGTERM (the device tool's time limit) must not leave one holding the GPU."""
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(tmp_path / "out"),
+           "--dry-run", "--parts", "setup", "--work", str(tmp_path)]  # fmt: skip
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = Path(f"/proc/{driver.pid}/task/{driver.pid}/children")
+    deadline = time.monotonic() + 120
+    while not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (worker,) = (int(pid) for pid in children.read_text().split())
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=60) == 143
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text()
+
+
 def test_no_part_starts_once_the_budget_is_spent(tmp_path):
     args = gpu_check.parse_args(["--out", str(tmp_path), "--dry-run", "--budget-s", "5"])
     outcomes = gpu_check.run_parts(args, tmp_path)
     assert {o.status for o in outcomes.values()} == {"skipped"}
-    assert "global budget spent" in outcomes["smoke"].error
+    assert "global budget spent" in outcomes["setup"].error
     assert not list(tmp_path.glob("*.log"))  # no process was started
 
 
