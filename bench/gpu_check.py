@@ -227,7 +227,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['time']}, torch {report['torch']}, budget {report['budget_s']:.0f} s, "
         f"took {report['total_s']:.0f} s. MFU = {report['mfu_formula']}; "
-        f"peak {report['peak_tflops']:.0f} TFLOP/s (dense bf16).",
+        f"peak {report['peak_tflops']:.0f} TFLOP/s (dense bf16). Peak memory: torch's peak "
+        "allocated on a GPU, the process's peak RSS on a CPU.",
         "",
         "| SFT | DeepSpeed | seq len | tokens/s | TFLOP/s | MFU | peak MiB |",
         "|---|---|---|---|---|---|---|",
@@ -235,9 +236,10 @@ def markdown(report: dict[str, Any]) -> str:
     for name in ("sft", "sft_zero2"):
         r = parts.get(name, {}).get("result", {}).get("result")
         if r:
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
             lines.append(
                 f"| {name} | {r['deepspeed']} | {r['seq_len']:.0f} | {r['tokens_per_s']:.0f} | "
-                f"{r['model_tflops_per_s']:.1f} | {fmt(r.get('mfu') and 100 * r['mfu'], '.1f')}% | "
+                f"{r['model_tflops_per_s']:.1f} | {mfu} | "
                 f"{fmt(r['peak_mem_mib'])} |"
             )
     steps = parts.get("grpo", {}).get("result", {}).get("steps", [])
