@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu_parts import PARTS, SHAPES, run_part  # noqa: E402
+from bench.gpu_parts import LEFTOVERS, PARTS, SHAPES, run_part  # noqa: E402
 
 PEAK_BF16_TFLOPS = 989.0  # H100 / H200 SXM, dense bf16, vendor datasheet
 MFU_FORMULA = "(6 N + 12 L d s) x tokens/s / peak; N = LM weights incl. lm_head (vision excluded)"
@@ -190,6 +191,8 @@ def run_parts(args: argparse.Namespace, work: Path) -> dict[str, PartOutcome]:
             timeout = min(BOX_S[name], left)
             print(f"[gpu_check] {name}: start (time box {timeout:.0f} s)", flush=True)
             outcomes[name] = run_worker(name, ctx, timeout, work / f"{name}.log")
+            for leftover in LEFTOVERS.get(name, ()):  # the 3B GRPO checkpoint alone is ~22 GB
+                shutil.rmtree(work / leftover, ignore_errors=True)
         o = outcomes[name]
         print(f"[gpu_check] {name}: {o.status} in {o.seconds:.0f} s"
               + (f" - {o.error}" if o.error else ""), flush=True)  # fmt: skip

@@ -432,12 +432,17 @@ def part_grpo(ctx: Context, rec: Recorder) -> None:
         })  # fmt: skip
         rec.put("steps", steps)
 
+    # The stage writes a checkpoint at its last step (3B: weights + AdamW state, ~22 GB) into
+    # <scratch>/checkpoint-staging, publishes it to the root, then deletes the staging copy. The
+    # root is that same folder: publishing copies nothing, so the disk (64 GB there) holds it once
+    # and only for a moment (this check never resumes). Its write time is part of run_grpo's.
+    scratch = ctx.dir / "grpo-scratch"
     paths = GRPOPaths(
         init_model=ctx.dir / "model",
         data=ctx.dir / "data" / "rl",
         output=ctx.dir / "grpo-out",
-        checkpoint_root=str(ctx.dir / "grpo-ckpt"),
-        scratch=ctx.dir / "grpo-scratch",
+        checkpoint_root=str(scratch / "checkpoint-staging"),
+        scratch=scratch,
     )
     timed(rec, "run_grpo", lambda: run_grpo(cfg, paths, log_fn=per_step)[0])
     rec.put("result", {**steps[-1], "measured_step": steps[-1]["step"]})
@@ -512,6 +517,13 @@ def part_smoke(ctx: Context, rec: Recorder) -> None:
 
 
 # In running order: the 3B numbers first (the reason for the run), the smoke test with what is left.
+# What each part leaves in the work folder that no later part reads (deleted after it).
+LEFTOVERS: dict[str, tuple[str, ...]] = {
+    "sft": ("sft-none",),
+    "sft_zero2": ("sft-zero2",),
+    "grpo": ("grpo-out", "grpo-scratch"),
+}
+
 PARTS: dict[str, Callable[[Context, Recorder], None]] = {
     "setup": part_setup,
     "sft": part_sft,
