@@ -67,6 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--peak-tflops", type=float, default=PEAK_BF16_TFLOPS)
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the 3B parts, after the check's own (e.g. sft.max_length=4096)",
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one part
@@ -176,7 +184,7 @@ def device_name(outcomes: dict[str, PartOutcome]) -> str:
 
 def run_parts(args: argparse.Namespace, work: Path) -> dict[str, PartOutcome]:
     ctx = {"work": str(work), "shape": "dry-run" if args.dry_run else "3b",
-           "peak_tflops": args.peak_tflops}  # fmt: skip
+           "peak_tflops": args.peak_tflops, "overrides": args.overrides}  # fmt: skip
     deadline = time.monotonic() + args.budget_s
     outcomes: dict[str, PartOutcome] = {}
     for name in args.parts:
@@ -212,6 +220,7 @@ def build_report(
         "total_s": round(total_s, 1),
         "peak_tflops": args.peak_tflops,
         "mfu_formula": MFU_FORMULA,
+        "overrides": args.overrides,
         "shape": asdict(SHAPES["dry-run" if args.dry_run else "3b"]),
         **software_facts(),
         "parts": {name: asdict(o) for name, o in outcomes.items()},

@@ -71,6 +71,7 @@ class Shape:
     sft_accumulation: int  # micro-batches (of 1 sequence) per optimizer step
     sft_warmup: int  # untimed optimizer steps
     sft_steps: int  # timed optimizer steps
+    sft_loader_workers: int  # collator processes: 1.2-MP images are preprocessed on the CPU
     grpo_prompts: int
     grpo_group: int
     grpo_completion: int  # max new tokens (a random model rarely stops early)
@@ -88,6 +89,7 @@ PAPER_3B = Shape(
     sft_accumulation=8,
     sft_warmup=1,
     sft_steps=3,
+    sft_loader_workers=4,
     grpo_prompts=2,
     grpo_group=4,
     grpo_completion=1024,
@@ -121,6 +123,7 @@ DRY_RUN = Shape(
     sft_accumulation=2,
     sft_warmup=1,
     sft_steps=2,
+    sft_loader_workers=1,
     grpo_prompts=2,
     grpo_group=2,
     grpo_completion=8,
@@ -136,6 +139,7 @@ class Context:
     work: str  # scratch folder shared by the parts (the 3B model and data live here)
     shape: str  # key of SHAPES
     peak_tflops: float
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, applied last
 
     @property
     def dir(self) -> Path:
@@ -214,7 +218,7 @@ def paper_config(ctx: Context, overrides: list[str]):
         f"grpo.min_pixels={shape.min_pixels}",
         f"grpo.max_pixels={shape.max_pixels}",
     ]
-    return load_config(ROOT / "configs" / "qwen2.5-vl-3b.yaml", base + overrides)
+    return load_config(ROOT / "configs" / "qwen2.5-vl-3b.yaml", base + overrides + ctx.overrides)
 
 
 # --------------------------------------------------------------------------- setup: model + data
@@ -345,6 +349,7 @@ def sft_config(ctx: Context, deepspeed: str):
             f"sft.gradient_accumulation_steps={shape.sft_accumulation}",
             "sft.global_batch_size=null",
             f"sft.max_steps={shape.sft_warmup + shape.sft_steps}",
+            f"sft.dataloader_num_workers={shape.sft_loader_workers}",
             "sft.logging_steps=1000000",
             "sft.save_steps=1000000",
         ],
@@ -369,6 +374,8 @@ def run_sft_timing(ctx: Context, rec: Recorder, deepspeed: str) -> None:
             "gradient_checkpointing": cfg.sft.gradient_checkpointing,
             "freeze_vision_tower": cfg.sft.freeze_vision_tower,
             "max_pixels": cfg.data.max_pixels,
+            "dataloader_num_workers": cfg.sft.dataloader_num_workers,
+            "overrides": ctx.overrides,
         },
     )
     paths = SFTPaths(ctx.dir / "model", ctx.dir / "data" / "sft", ctx.dir / f"sft-{deepspeed}")
