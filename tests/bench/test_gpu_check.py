@@ -63,7 +63,7 @@ def test_dry_run_goes_through_every_part_and_writes_the_report(tmp_path):
 
 
 def test_a_part_past_its_time_box_is_stopped_and_what_needs_it_is_skipped(tmp_path, monkeypatch):
-    monkeypatch.setitem(gpu_check.BOX_S, "setup", 2)
+    monkeypatch.setitem(gpu_check.BOX_S, "setup", 2 / gpu_check.DRY_RUN_BOX_FACTOR)
     args = gpu_check.parse_args(
         ["--out", str(tmp_path), "--dry-run", "--parts", "setup,sft,grpo", "--budget-s", "300"]
     )
