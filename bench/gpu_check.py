@@ -56,6 +56,7 @@ DRY_RUN_BOX_FACTOR = (
 )
 MIN_PART_S = 30  # a part with less time left than this is skipped, not started
 LOG_TAIL_LINES = 150
+SET_HELP = "KEY=VALUE config override for the 3B parts, after the check's own (repeatable)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,14 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {list(PARTS)}"
     )
     parser.add_argument("--peak-tflops", type=float, default=PEAK_BF16_TFLOPS)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for the 3B parts, after the check's own (e.g. sft.max_length=4096)",
-    )
+    parser.add_argument("--set", action="append", default=[], dest="overrides", help=SET_HELP)
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
