@@ -141,13 +141,18 @@ def model_flops_per_token(model_config: Any, seq_len: float) -> float:
     return 6 * weights + 12 * layers * d * seq_len
 
 
-def measure(spec: dict[str, Any]) -> dict[str, float]:
+def time_sft(cfg: Any, paths: Any, warmup: int, peak_tflops: float) -> dict[str, Any]:
+    """Train `cfg.sft.max_steps` optimizer steps through the stage's own Trainer and time those after `warmup`.
+
+    Shared with bench/gpu_check.py, so the CPU bench and the GPU check measure one code path.
+    tokens/s counts non-padding tokens (image tokens included); `seq_len` is per sequence (a
+    step holds batch x accumulation sequences). MFU only on CUDA, against `peak_tflops`.
+    """
     import torch
     from transformers import TrainerCallback
 
-    from components.common.config import config_from_dict
     from components.sft.monitor import TrackerCallback
-    from components.sft.stage import SFTPaths, build_trainer
+    from components.sft.stage import build_trainer
 
     class StepClock(TrainerCallback):
         """(time, tokens seen) after every optimizer step; and no checkpoints (not what is measured)."""
@@ -160,6 +165,48 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
                 torch.cuda.synchronize()
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
             control.should_save = False
+
+    trainer, _ = build_trainer(cfg, paths, TrackerCallback(None))
+    clock = StepClock()
+    trainer.add_callback(clock)
+    trainer.train()
+    if warmup < 1 or len(clock.marks) <= warmup:
+        raise ValueError(
+            f"{len(clock.marks)} optimizer steps ran with warmup={warmup}: the clock starts at the "
+            "end of the last warm-up step, so give warmup >= 1 and more steps than that"
+        )
+    (t0, n0), (t1, n1) = clock.marks[warmup - 1], clock.marks[-1]
+    steps = len(clock.marks) - warmup
+    tokens_per_s = (n1 - n0) / (t1 - t0)
+    tokens_per_step = (n1 - n0) / steps
+    seq_len = tokens_per_step / (
+        cfg.sft.per_device_train_batch_size * cfg.sft.gradient_accumulation_steps
+    )
+    flops_per_token = model_flops_per_token(trainer.model.config, seq_len)
+    out: dict[str, Any] = {
+        "tokens_per_s": tokens_per_s,
+        "step_ms": 1000 * (t1 - t0) / steps,
+        "tokens_per_step": tokens_per_step,
+        "seq_len": seq_len,
+        "timed_steps": steps,
+        "model_flops_per_token": flops_per_token,
+        "model_tflops_per_s": flops_per_token * tokens_per_s / 1e12,
+        "deepspeed": bool(trainer.is_deepspeed_enabled),
+    }
+    if torch.cuda.is_available():
+        out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+        out["mfu"] = out["model_tflops_per_s"] / peak_tflops
+    else:
+        out["peak_mem_mib"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )  # KiB on Linux
+    return out
+
+
+def measure(spec: dict[str, Any]) -> dict[str, float]:
+    from components.common.config import config_from_dict
+    from components.sft.stage import SFTPaths
 
     cfg = config_from_dict(
         {
@@ -179,28 +226,8 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
     )
     out = Path(spec["out"])
     paths = SFTPaths(Path(spec["model"]), Path(spec["data"]), out, out / "checkpoints")
-    trainer, _ = build_trainer(cfg, paths, TrackerCallback(None))
-    clock = StepClock()
-    trainer.add_callback(clock)
-    trainer.train()
-    (t0, n0), (t1, n1) = clock.marks[spec["warmup"] - 1], clock.marks[-1]
-    steps = len(clock.marks) - spec["warmup"]
-    tokens_per_s = (n1 - n0) / (t1 - t0)
-    out = {
-        "tokens_per_s": tokens_per_s,
-        "step_ms": 1000 * (t1 - t0) / steps,
-        "tokens_per_step": (n1 - n0) / steps,
-    }
-    if torch.cuda.is_available():
-        out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        seq_len = out["tokens_per_step"] / spec["batch_size"]
-        flops = model_flops_per_token(trainer.model.config, seq_len) * tokens_per_s
-        out["mfu"] = flops / (spec["peak_tflops"] * 1e12)
-    else:
-        out["peak_mem_mib"] = (
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        )  # KiB on Linux
-    return out
+    result = time_sft(cfg, paths, spec["warmup"], spec["peak_tflops"])
+    return {k: v for k, v in result.items() if isinstance(v, float)}
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, float]:

@@ -149,11 +149,25 @@ def build_tiny_model(
     tok = build_tokenizer(cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     model = Qwen2_5_VLForConditionalGeneration(_model_config(cfg, tok))
+    save_model_dir(model, tok, out, min_pixels, max_pixels)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("built tiny Qwen2.5-VL (%d params, vocab %d) at %s", n_params, len(tok), out)
+    return out
+
+
+def save_model_dir(
+    model: Qwen2_5_VLForConditionalGeneration,
+    tok: PreTrainedTokenizerFast,
+    out: Path,
+    min_pixels: int,
+    max_pixels: int,
+) -> Path:
+    """Weights, tokenizer and image processor side by side: the layout every stage loads by path.
+
+    Also used by bench/gpu_check.py for its randomly initialised Qwen2.5-VL-3B-shaped model.
+    """
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|im_end|>")]
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
-    processor = make_processor(build_image_processor(min_pixels, max_pixels), tok)
-    processor.save_pretrained(out)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("built tiny Qwen2.5-VL (%d params, vocab %d) at %s", n_params, len(tok), out)
+    make_processor(build_image_processor(min_pixels, max_pixels), tok).save_pretrained(out)
     return out
