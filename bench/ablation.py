@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_facts  # noqa: E402
-from components.common.config import PipelineConfig, apply_overrides, config_from_dict  # noqa: E402
+from coldstart.common.config import PipelineConfig, apply_overrides, config_from_dict  # noqa: E402
 
 VARIANTS = ("base", "SFT", "RL", "SFT+RL")  # the paper's rows, its order
 CLAIMS = (("SFT+RL", "SFT"), ("SFT+RL", "RL"), ("RL", "base"))  # (better, worse)
@@ -136,8 +136,8 @@ def instruct_data(cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str) 
     """data_prep on the instruct families; every SFT response replaced by the short direct answer."""
     import datasets
 
-    from components.data_prep.cli import main as data_prep_main
-    from components.data_prep.stage import DataPrepOutputs
+    from coldstart.data_prep.cli import main as data_prep_main
+    from coldstart.data_prep.stage import DataPrepOutputs
 
     overlap = set(spec.families) & set(cfg.data.synthetic.families)
     if overlap or not spec.families:
@@ -168,8 +168,8 @@ def make_base(
     cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str, timings: dict[str, float]
 ) -> Path:
     """The tiny preset (data_prep's base model task); `instruct`: then the SFT stage on direct answers."""
-    from components.data_prep.cli import base_model_main
-    from components.sft.cli import main as sft_main
+    from coldstart.data_prep.cli import base_model_main
+    from coldstart.sft.cli import main as sft_main
 
     start = time.perf_counter()
     random_base = base_model_main(cfg, work / "random_base")
@@ -187,12 +187,12 @@ def make_base(
 
 def run_seed(bench: BenchConfig, seed: int, work: Path) -> dict[str, Any]:
     """Data, base, SFT, GRPO from SFT and from base, eval of the four; accuracies and timings."""
-    from components.data_prep.cli import main as data_prep_main
-    from components.data_prep.stage import DataPrepOutputs
-    from components.eval.cli import main as eval_main
-    from components.eval.scoring import slug
-    from components.grpo.cli import main as grpo_main
-    from components.sft.cli import main as sft_main
+    from coldstart.data_prep.cli import main as data_prep_main
+    from coldstart.data_prep.stage import DataPrepOutputs
+    from coldstart.eval.cli import main as eval_main
+    from coldstart.eval.scoring import slug
+    from coldstart.grpo.cli import main as grpo_main
+    from coldstart.sft.cli import main as sft_main
 
     cfg = seed_config(bench, seed, work)
     run_id = f"ablation-{bench.digest}-seed{seed}"

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def base_scenes(count: int = 32) -> list[Any]:
-    from components.data_prep.synthetic import FAMILIES, generate
+    from coldstart.data_prep.synthetic import FAMILIES, generate
 
     per_family = count // len(FAMILIES) + 1
     scenes = [s for f in FAMILIES for s in generate(f, per_family, [1, 2, 3], SIDE, seed=7)]
@@ -207,9 +207,9 @@ def run_child(cfg: dict[str, Any], out: Path, env: dict[str, str]) -> dict[str, 
 def child(config_json: str, out: str) -> None:
     """What `run_data_prep` does, with its two phases timed: prepare (read, decode, validate,
     write parts; parallel) and merge (dedup, write the datasets; one process)."""
-    from components.common.config import config_from_dict
-    from components.data_prep.shard import prepare_shard
-    from components.data_prep.stage import DataPrepOutputs, merge_shards
+    from coldstart.common.config import config_from_dict
+    from coldstart.data_prep.shard import prepare_shard
+    from coldstart.data_prep.stage import DataPrepOutputs, merge_shards
 
     cfg = config_from_dict(json.loads(config_json))
     root = Path(out)

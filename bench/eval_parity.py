@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.common.answers import warm_up  # noqa: E402
-from components.common.config import BenchmarkSpec, ExtractorConfig  # noqa: E402
-from components.eval.benchmarks import load_benchmark  # noqa: E402
-from components.eval.extractor import ChatClient  # noqa: E402
-from components.eval.scoring import ScoringContext, score  # noqa: E402
+from coldstart.common.answers import warm_up  # noqa: E402
+from coldstart.common.config import BenchmarkSpec, ExtractorConfig  # noqa: E402
+from coldstart.eval.benchmarks import load_benchmark  # noqa: E402
+from coldstart.eval.extractor import ChatClient  # noqa: E402
+from coldstart.eval.scoring import ScoringContext, score  # noqa: E402
 from tests.eval import reference  # noqa: E402
 from tests.eval.chat_server import ChatServer  # noqa: E402
 
@@ -103,7 +103,7 @@ MATHVISION_OUTPUTS = (
 
 def measure_mathvision(checkout: Path) -> list[dict]:
     """Official-mode verdicts vs the official `correct` of MATH-V's published outputs."""
-    from components.eval.official.mathvision import is_correct
+    from coldstart.eval.official.mathvision import is_correct
 
     problems = {}
     for line in (checkout / "data" / "test.jsonl").read_text().splitlines():

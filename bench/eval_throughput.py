@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import software_facts  # noqa: E402
-from components.common.answers import warm_up  # noqa: E402
-from components.common.config import PipelineConfig, config_from_dict  # noqa: E402
-from components.common.generation import SamplingConfig  # noqa: E402
-from components.eval.benchmarks import EvalSample  # noqa: E402
-from components.eval.scoring import ScoringContext  # noqa: E402
-from components.eval.stage import generate_responses, make_eval_backend, score_responses  # noqa: E402
+from coldstart.common.answers import warm_up  # noqa: E402
+from coldstart.common.config import PipelineConfig, config_from_dict  # noqa: E402
+from coldstart.common.generation import SamplingConfig  # noqa: E402
+from coldstart.eval.benchmarks import EvalSample  # noqa: E402
+from coldstart.eval.scoring import ScoringContext  # noqa: E402
+from coldstart.eval.stage import generate_responses, make_eval_backend, score_responses  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +88,7 @@ def bench_config(args: argparse.Namespace, batch_size: int) -> PipelineConfig:
 
 
 def synthetic_samples(n: int) -> list[EvalSample]:
-    from components.data_prep.stage import synthetic_splits
+    from coldstart.data_prep.stage import synthetic_splits
 
     cfg = config_from_dict(
         {
@@ -108,8 +108,8 @@ def synthetic_samples(n: int) -> list[EvalSample]:
 
 
 def tiny_model_dir(tmp: Path) -> Path:
-    from components.common.config import TinyModelConfig
-    from components.common.tiny_model import build_tiny_model
+    from coldstart.common.config import TinyModelConfig
+    from coldstart.common.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp / "tiny", TinyModelConfig(), 3136, 3136)
 

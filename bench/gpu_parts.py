@@ -207,7 +207,7 @@ def timed(rec: Recorder, name: str, fn: Callable[[], Any]) -> Any:
 
 def paper_config(ctx: Context, overrides: list[str]):
     """configs/qwen2.5-vl-3b.yaml (the paper's recipe) with the check's sizes and local paths."""
-    from components.common.config import load_config
+    from coldstart.common.config import load_config
 
     shape = ctx.sizes
     base = [
@@ -251,8 +251,8 @@ def build_model(ctx: Context) -> dict[str, Any]:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from components.common.config import TinyModelConfig
-    from components.common.tiny_model import build_tokenizer, save_model_dir
+    from coldstart.common.config import TinyModelConfig
+    from coldstart.common.tiny_model import build_tokenizer, save_model_dir
 
     shape = ctx.sizes
     tok = build_tokenizer(TinyModelConfig().vocab_size)
@@ -274,7 +274,7 @@ def write_raw_rows(ctx: Context) -> dict[str, int]:
     """
     from PIL import Image
 
-    from components.common.corpus import corpus_lines
+    from coldstart.common.corpus import corpus_lines
 
     shape, raw = ctx.sizes, ctx.dir / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def write_raw_rows(ctx: Context) -> dict[str, int]:
 
 def prepare_data(ctx: Context) -> dict[str, float]:
     """data_prep over the raw files: validated, resized, written as the SFT and RL stages read them."""
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     raw = ctx.dir / "raw"
     cfg = paper_config(
@@ -358,7 +358,7 @@ def sft_config(ctx: Context, deepspeed: str):
 
 def run_sft_timing(ctx: Context, rec: Recorder, deepspeed: str) -> None:
     from bench.sft_throughput import time_sft
-    from components.sft.stage import SFTPaths
+    from coldstart.sft.stage import SFTPaths
 
     shape = ctx.sizes
     cfg = sft_config(ctx, deepspeed)
@@ -402,7 +402,7 @@ def part_sft_zero2(ctx: Context, rec: Recorder) -> None:
 
 
 def part_grpo(ctx: Context, rec: Recorder) -> None:
-    from components.grpo.stage import GRPOPaths, run_grpo
+    from coldstart.grpo.stage import GRPOPaths, run_grpo
 
     shape = ctx.sizes
     cfg = paper_config(
@@ -465,12 +465,12 @@ def part_smoke(ctx: Context, rec: Recorder) -> None:
     A stage that fails is recorded and the next runs from the last model that exists; the part
     fails at the end if any stage did. On CUDA each stage's peak GPU memory shows that it ran there.
     """
-    from components.common.config import load_config
-    from components.common.models import resolve_model_dir
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
-    from components.eval.stage import EvalOutputs, EvalPaths, run_eval, write_outputs
-    from components.grpo.stage import GRPOPaths, run_grpo
-    from components.sft.stage import SFTPaths, run_sft
+    from coldstart.common.config import load_config
+    from coldstart.common.models import resolve_model_dir
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.eval.stage import EvalOutputs, EvalPaths, run_eval, write_outputs
+    from coldstart.grpo.stage import GRPOPaths, run_grpo
+    from coldstart.sft.stage import SFTPaths, run_sft
 
     work = ctx.dir / "smoke"
     bf16 = str(cuda()).lower()

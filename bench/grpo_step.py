@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_assets(workdir: Path) -> tuple[Path, Path]:
     """The tiny model and the RL set, as data_prep builds them from the tiny config."""
-    from components.common.config import load_config
-    from components.common.tiny_model import build_tiny_model
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.common.config import load_config
+    from coldstart.common.tiny_model import build_tiny_model
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     cfg = load_config(
         ROOT / "configs" / "tiny.yaml",
@@ -54,13 +54,13 @@ def build_assets(workdir: Path) -> tuple[Path, Path]:
 
 
 def our_run(args, model_dir: Path, rl_dir: Path):
-    from components.common.config import load_config
-    from components.common.generation import make_backend
-    from components.common.models import load_model, load_processor
-    from components.common.rewards import REWARD_FUNCS
-    from components.grpo.data import load_rl_dataset
-    from components.grpo.stage import build_engine, prepare_policy
-    from components.grpo.trainer import setup_run
+    from coldstart.common.config import load_config
+    from coldstart.common.generation import make_backend
+    from coldstart.common.models import load_model, load_processor
+    from coldstart.common.rewards import REWARD_FUNCS
+    from coldstart.grpo.data import load_rl_dataset
+    from coldstart.grpo.stage import build_engine, prepare_policy
+    from coldstart.grpo.trainer import setup_run
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         f"grpo.rollout_batch_size={args.prompts}", f"grpo.update_batch_size={args.prompts}",
@@ -82,7 +82,7 @@ def our_run(args, model_dir: Path, rl_dir: Path):
 
 def trl_dataset(rl_dir: Path, system_prompt: str) -> datasets.Dataset:
     """TRL's multimodal layout: conversational `prompt`, one `image`, extra columns for rewards."""
-    from components.common.prompts import prompt_messages
+    from coldstart.common.prompts import prompt_messages
 
     ds = datasets.load_from_disk(str(rl_dir))
     return ds.map(
@@ -119,9 +119,9 @@ def run_interleaved(args, model_dir: Path, rl_dir: Path) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from components.common.models import load_processor
-    from components.common.rewards import accuracy_reward, format_reward
-    from components.grpo.trainer import grpo_step
+    from coldstart.common.models import load_processor
+    from coldstart.common.rewards import accuracy_reward, format_reward
+    from coldstart.grpo.trainer import grpo_step
 
     torch.manual_seed(args.seed)
     ours = our_run(args, model_dir, rl_dir)

@@ -5,7 +5,7 @@
     .venv/bin/python bench/pipeline_wallclock.py --quick            # a minute or two, for CI
     .venv/bin/python bench/pipeline_wallclock.py --config FILE --set grpo.total_steps=5
 
-The run is the real command (`python -m pipelines.cli run`) in a subprocess, with its output in a
+The run is the real command (`python -m coldstart.pipelines.cli run`) in a subprocess, with its output in a
 fresh folder. While it runs, the process tree is polled with psutil: every kfp task is a
 `python -m kfp.dsl.executor_main ... --function_to_execute <component>` process, and each sample
 sums the RSS of that process and its descendants (answer-checking workers, torchrun ranks) into
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_facts  # noqa: E402
-from components.common.config import load_config  # noqa: E402
+from coldstart.common.config import load_config  # noqa: E402
 
 GOAL_S = 300.0  # the whole tiny DAG under 5 minutes on 2 cores
 # The same shrinking as tests/pipelines/test_local_run.py: every stage runs, each for seconds.
@@ -235,7 +235,7 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "coldstart.pipelines.cli",
         "run",
         "--config",
         str(Path(args.config).resolve()),

@@ -63,8 +63,8 @@ def measure(set_name: str, n: int) -> dict:
     from reward_completions import SETS as BUILDERS  # checkout's
     from reward_completions import as_completion
 
-    from components.common import rewards
-    from components.common.answers import warm_up
+    from coldstart.common import rewards
+    from coldstart.common.answers import warm_up
 
     cases = BUILDERS[set_name](n)
     jobs = [(as_completion(answer), gold, None) for answer, gold in cases]
@@ -87,7 +87,7 @@ def _cpu_seconds() -> dict[str, float]:
     """CPU seconds so far of this process, its reaped children and the live worker subprocess
     of a checkout without the pool. (The pool's workers are the zygote's children, reaped by
     the kernel: their seconds cannot be read from here, so the pool's runs report none.)"""
-    from components.common import answers
+    from coldstart.common import answers
 
     pids = [answers._VERIFIER._process.pid]
     self_, children = (
@@ -107,8 +107,8 @@ def _cpu_seconds() -> dict[str, float]:
 
 def _measure_pool(jobs: list[tuple]) -> dict:
     """The reward's path: ``score_response`` mapped over the pool (what ``accuracy_reward`` runs)."""
-    from components.common import verifier
-    from components.common.rewards import score_response
+    from coldstart.common import verifier
+    from coldstart.common.rewards import score_response
 
     latencies = [0.0] * len(jobs)
 

@@ -109,9 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_inputs(root: Path, preset: str) -> tuple[Path, Path]:
     """A model dir of the preset's size and a small synthetic SFT set (data_prep's own writer)."""
-    from components.common.config import TinyModelConfig, config_from_dict
-    from components.common.tiny_model import build_tiny_model
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.common.config import TinyModelConfig, config_from_dict
+    from coldstart.common.tiny_model import build_tiny_model
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     model = build_tiny_model(root / "model", TinyModelConfig(**PRESETS[preset]), PIXELS, PIXELS)
     cfg = config_from_dict(
@@ -151,8 +151,8 @@ def time_sft(cfg: Any, paths: Any, warmup: int, peak_tflops: float) -> dict[str,
     import torch
     from transformers import TrainerCallback
 
-    from components.sft.monitor import TrackerCallback
-    from components.sft.stage import build_trainer
+    from coldstart.sft.monitor import TrackerCallback
+    from coldstart.sft.stage import build_trainer
 
     class StepClock(TrainerCallback):
         """(time, tokens seen) after every optimizer step; and no checkpoints (not what is measured)."""
@@ -205,8 +205,8 @@ def time_sft(cfg: Any, paths: Any, warmup: int, peak_tflops: float) -> dict[str,
 
 
 def measure(spec: dict[str, Any]) -> dict[str, float]:
-    from components.common.config import config_from_dict
-    from components.sft.stage import SFTPaths
+    from coldstart.common.config import config_from_dict
+    from coldstart.sft.stage import SFTPaths
 
     cfg = config_from_dict(
         {

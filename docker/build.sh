@@ -38,7 +38,7 @@ done
 
 PYTHON=${PYTHON:-python3}
 DOCKER=${DOCKER:-docker}
-images_py() { PYTHONPATH="$ROOT" "$PYTHON" -c "from components.common import images; $1"; }
+images_py() { PYTHONPATH="$ROOT" "$PYTHON" -c "from coldstart.common import images; $1"; }
 ALL_KINDS=$(images_py 'print(" ".join(images.IMAGE_KINDS))')
 [ ${#KINDS[@]} -eq 0 ] && read -r -a KINDS <<<"$ALL_KINDS"
 for kind in "${KINDS[@]}"; do

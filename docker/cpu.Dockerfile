@@ -27,7 +27,7 @@ COPY components ./components
 COPY pipelines ./pipelines
 RUN pip install --no-deps --no-build-isolation . \
  && pip check \
- && python -c "import torch, components.common.config, pipelines.cli; assert not torch.cuda.is_available()"
+ && python -c "import torch, coldstart.common.config, coldstart.pipelines.cli; assert not torch.cuda.is_available()"
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

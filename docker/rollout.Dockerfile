@@ -26,7 +26,7 @@ COPY pipelines /tmp/src/pipelines
 # `.[gpu]` under the rollout lock: installs vllm and what it needs at the pinned versions.
 RUN pip install --no-build-isolation -c /tmp/lock/constraints-rollout.txt "/tmp/src[gpu]" \
  && pip check \
- && python -c "import torch, vllm, deepspeed, components.common.config; assert torch.__version__.startswith('2.14.0')" \
+ && python -c "import torch, vllm, deepspeed, coldstart.common.config; assert torch.__version__.startswith('2.14.0')" \
  && rm -rf /tmp/src /tmp/lock
 
 ARG UID=10001

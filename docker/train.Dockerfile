@@ -61,7 +61,7 @@ COPY components ./components
 COPY pipelines ./pipelines
 RUN pip install --no-deps --no-build-isolation . \
  && pip check \
- && python -c "import torch, deepspeed, transformers, components.common.config; assert torch.version.cuda.startswith('13.')"
+ && python -c "import torch, deepspeed, transformers, coldstart.common.config; assert torch.version.cuda.startswith('13.')"
 
 # ---------------------------------------------------------------- runtime
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime

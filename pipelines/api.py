@@ -1,6 +1,6 @@
 """The Python API: what `coldstart run` does, callable from a notebook or a script.
 
-    from pipelines.api import run_pipeline
+    from coldstart.pipelines.api import run_pipeline
     result = run_pipeline("configs/tiny.yaml", overrides=["grpo.total_steps=5"])
     print(result.scores_table, result.report)
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common.config import PipelineConfig
-from components.common.stage_cli import resolve_config
-from pipelines.local_tasks import LocalRun
+from coldstart.common.config import PipelineConfig
+from coldstart.common.stage_cli import resolve_config
+from coldstart.pipelines.local_tasks import LocalRun
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,11 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run the whole pipeline locally (kfp.local); `config` is a YAML path, a config or None
     (configs/tiny.yaml)."""
-    from components.common.config import apply_overrides, config_from_dict
-    from components.common.tracking import resolve_tracking_uri
-    from pipelines.local import run_local
-    from pipelines.preflight import preflight
-    from pipelines.run_summary import artifact_path, run_folder, score_table
+    from coldstart.common.config import apply_overrides, config_from_dict
+    from coldstart.common.tracking import resolve_tracking_uri
+    from coldstart.pipelines.local import run_local
+    from coldstart.pipelines.preflight import preflight
+    from coldstart.pipelines.run_summary import artifact_path, run_folder, score_table
 
     if isinstance(config, PipelineConfig):
         data = apply_overrides(config.model_dump(mode="json"), overrides or [])

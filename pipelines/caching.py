@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.common.storage import is_s3
+from coldstart.common.storage import is_s3
 
 
 def init_local(pipeline_root: Path, cache: bool) -> None:

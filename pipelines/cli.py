@@ -14,15 +14,15 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from components.common.errors import report_failure
-from components.common.stage_cli import (
+from coldstart.common.errors import report_failure
+from coldstart.common.stage_cli import (
     add_config_args,
     add_verbose_arg,
     resolve_config,
     setup_logging,
 )
-from pipelines import doctor, rerun, runs, submit
-from pipelines.compile import add_image_tag_arg
+from coldstart.pipelines import doctor, rerun, runs, submit
+from coldstart.pipelines.compile import add_image_tag_arg
 
 
 def package_version() -> str:
@@ -33,9 +33,9 @@ def package_version() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.local import run_local
-    from pipelines.preflight import preflight
-    from pipelines.run_summary import Invocation, describe
+    from coldstart.pipelines.local import run_local
+    from coldstart.pipelines.preflight import preflight
+    from coldstart.pipelines.run_summary import Invocation, describe
 
     overrides = args.overrides + (["ablation=true"] if args.ablation else [])
     cfg = resolve_config(args.config, overrides)
@@ -48,8 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.compile import compile_package
-    from pipelines.pipeline import build_pipeline
+    from coldstart.pipelines.compile import compile_package
+    from coldstart.pipelines.pipeline import build_pipeline
 
     cfg = resolve_config(args.config, args.overrides)
     compile_package(build_pipeline(cfg), args.output)
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ncoldstart {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from pipelines.local_tasks import TaskFailed
+        from coldstart.pipelines.local_tasks import TaskFailed
 
         if isinstance(exc, TaskFailed):
             return report_failure(exc.stage, exc, args.verbose, exc.log)

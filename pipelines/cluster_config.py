@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from components.common.config import ConfigError, PipelineConfig, _format_errors, _Strict
-from components.common.images import STAGE_IMAGES, image_ref
+from coldstart.common.config import ConfigError, PipelineConfig, _format_errors, _Strict
+from coldstart.common.images import STAGE_IMAGES, image_ref
 
 
 class TolerationConfig(_Strict):
@@ -115,7 +115,7 @@ TRAINJOB_SFT_COMMAND = [
     "bash",
     "-c",
     'printf "%s" "$COLDSTART_CONFIG_JSON" > /tmp/coldstart-config.json && '
-    "exec python -m torch.distributed.run -m components.sft "
+    "exec python -m torch.distributed.run -m coldstart.sft "
     '--config /tmp/coldstart-config.json --run-id "$COLDSTART_RUN_ID" --base-model "$COLDSTART_BASE_MODEL" '
     '--data "$COLDSTART_SFT_DATA" --output "$COLDSTART_OUTPUT"',
 ]

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from components.common.errors import InputError
-from components.common.images import DEFAULT_REGISTRY
+from coldstart.common.errors import InputError
+from coldstart.common.images import DEFAULT_REGISTRY
 
 MUTABLE_TAGS = ("latest",)
 

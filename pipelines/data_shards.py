@@ -8,9 +8,9 @@ same output names, so the rest of the DAG does not know which one ran.
 
 from kfp import dsl
 
-from components.common.config import PipelineConfig
-from components.data_prep.component import data_prep_merge_op, data_prep_shard_op
-from pipelines.resources import configure_task
+from coldstart.common.config import PipelineConfig
+from coldstart.data_prep.component import data_prep_merge_op, data_prep_shard_op
+from coldstart.pipelines.resources import configure_task
 
 
 def sharded_data_prep(cfg: PipelineConfig, config_json: str, run_id: str) -> dsl.PipelineTask:

@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from components.common.config import PipelineConfig
-from components.common.stage_cli import resolve_config
-from pipelines.cluster_config import ClusterConfig, cluster_config, image_kind, task_image
-from pipelines.resources import stage_resources
+from coldstart.common.config import PipelineConfig
+from coldstart.common.stage_cli import resolve_config
+from coldstart.pipelines.cluster_config import ClusterConfig, cluster_config, image_kind, task_image
+from coldstart.pipelines.resources import stage_resources
 
 MIN_KFP_BACKEND = (
     2,
@@ -384,7 +384,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """`doctor`; `common` carries --config, --set and --verbose."""
-    from pipelines.compile import add_image_tag_arg
+    from coldstart.pipelines.compile import add_image_tag_arg
 
     parser = sub.add_parser(
         "doctor", parents=[common], help="pre-flight check of a cluster for a run of this config"

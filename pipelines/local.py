@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from components.common.config import PipelineConfig
-from components.common.storage import is_s3
-from pipelines.caching import run_local_pipeline
-from pipelines.local_tasks import LocalRun, supervise
+from coldstart.common.config import PipelineConfig
+from coldstart.common.storage import is_s3
+from coldstart.pipelines.caching import run_local_pipeline
+from coldstart.pipelines.local_tasks import LocalRun, supervise
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def run_local(cfg: PipelineConfig, cache: bool = True, verbose: bool = False) ->
     same output folder is skipped and its outputs reused (kfp.local's cache). The run id that
     groups the stages in MLflow reaches the stage subprocesses through their inherited env.
     """
-    from pipelines.pipeline import build_pipeline
+    from coldstart.pipelines.pipeline import build_pipeline
 
     cfg = absolutize(cfg)
     with pipeline_run_id() as run_id:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from components.common.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError, one_line
+from coldstart.common.errors import EXIT_BAD_INPUT, EXIT_FAILURE, InputError, one_line
 
 ERROR_LINE = re.compile(
     r"^(?P<cls>[A-Za-z_][\w.]*?(?:Error|Exception|Exit|Interrupt)\w*)(?::\s?(?P<msg>.*))?$"
@@ -105,9 +105,9 @@ def last_error(log_text: str) -> tuple[str, str] | None:
 
 
 def is_input_error(class_path: str) -> bool:
-    """True if `components.x.y.SomeError` (as a traceback prints it) is an InputError."""
+    """True if `coldstart.x.y.SomeError` (as a traceback prints it) is an InputError."""
     module, _, name = class_path.rpartition(".")
-    if not module.startswith(("components.", "pipelines.")):
+    if not module.startswith("coldstart."):
         return False
     try:
         cls = getattr(importlib.import_module(module), name)

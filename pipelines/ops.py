@@ -13,9 +13,9 @@ from typing import Any
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.common.config import PipelineConfig
-from components.common.images import stage_image
-from pipelines.cluster_config import cluster_config
+from coldstart.common.config import PipelineConfig
+from coldstart.common.images import stage_image
+from coldstart.pipelines.cluster_config import cluster_config
 
 
 @dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
@@ -31,7 +31,7 @@ def resolve_config_op(
     eval_max_new_tokens: int,
 ) -> str:
     """The config every stage of this run gets: config_json with the typed parameters written in."""
-    from pipelines.run_params import apply_knobs
+    from coldstart.pipelines.run_params import apply_knobs
 
     knobs = {
         "model_uri": model_uri,
@@ -62,9 +62,9 @@ def sft_trainjob_op(
     """
     import json
 
-    from components.common.config import config_from_json
-    from components.common.run_id import resolve_run_id
-    from pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
+    from coldstart.common.config import config_from_json
+    from coldstart.common.run_id import resolve_run_id
+    from coldstart.pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
 
     inputs = TrainJobInputs(
         resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri
@@ -81,6 +81,6 @@ def select_sft_op(cfg: PipelineConfig) -> Any:
     also gets the cluster section (as a constant input: it renders the TrainJob's pods from it)."""
     if cluster_config(cfg).sft_launcher == "trainjob":
         return functools.partial(sft_trainjob_op, cluster_json=json.dumps(cfg.cluster))
-    from components.sft.component import sft_op
+    from coldstart.sft.component import sft_op
 
     return sft_op

@@ -12,14 +12,14 @@ annotation objects.)
 
 from kfp import dsl
 
-from components.common.config import PipelineConfig
-from components.data_prep.component import base_model_op, data_prep_op
-from components.eval.component import eval_op
-from components.grpo.component import grpo_op
-from pipelines.data_shards import sharded_data_prep
-from pipelines.ops import resolve_config_op, select_sft_op
-from pipelines.resources import configure_task
-from pipelines.run_params import knob_defaults, pipeline_docstring
+from coldstart.common.config import PipelineConfig
+from coldstart.data_prep.component import base_model_op, data_prep_op
+from coldstart.eval.component import eval_op
+from coldstart.grpo.component import grpo_op
+from coldstart.pipelines.data_shards import sharded_data_prep
+from coldstart.pipelines.ops import resolve_config_op, select_sft_op
+from coldstart.pipelines.resources import configure_task
+from coldstart.pipelines.run_params import knob_defaults, pipeline_docstring
 
 
 def build_pipeline(cfg: PipelineConfig):

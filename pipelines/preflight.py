@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.common import storage
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
+from coldstart.common import storage
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,18 @@ import argparse
 import time
 from pathlib import Path
 
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
-from components.common.stage_cli import resolve_config
-from pipelines.local_tasks import LocalRun
-from pipelines.stage_pipeline import (
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
+from coldstart.common.stage_cli import resolve_config
+from coldstart.pipelines.local_tasks import LocalRun
+from coldstart.pipelines.stage_pipeline import (
     STAGES,
     StageSpec,
     build_stage_pipeline,
     check_inputs,
     rerun_run_id,
 )
-from pipelines.submit import (
+from coldstart.pipelines.submit import (
     add_server_args,
     check_host,
     exit_code,
@@ -110,7 +110,7 @@ def rerun_local(
     cfg: PipelineConfig, stage: str, uris: dict[str, str], cache: bool, verbose: bool = False
 ) -> LocalRun:
     """Run the one-stage pipeline with kfp.local; returns what ran (outputs, logs)."""
-    from pipelines.local import absolutize, run_supervised
+    from coldstart.pipelines.local import absolutize, run_supervised
 
     cfg = absolutize(cfg)
     run_id = rerun_run_id(cfg, stage, uris) if cache else None
@@ -121,7 +121,7 @@ def rerun_local(
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from pipelines.preflight import preflight
+    from coldstart.pipelines.preflight import preflight
 
     if not args.local and not args.host:
         raise InputError(
@@ -130,7 +130,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config, args.overrides)
     uris = input_uris(args)
     if args.local:
-        from pipelines.run_summary import Invocation, describe
+        from coldstart.pipelines.run_summary import Invocation, describe
 
         uris = local_uris(uris)
         preflight(cfg, local=True, inputs=uris)

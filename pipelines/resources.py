@@ -13,9 +13,9 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.common.config import PipelineConfig
-from components.common.images import STAGE_IMAGES
-from pipelines.cluster_config import (
+from coldstart.common.config import PipelineConfig
+from coldstart.common.images import STAGE_IMAGES
+from coldstart.pipelines.cluster_config import (
     ClusterConfig,
     ResourcesConfig,
     TolerationConfig,
@@ -66,6 +66,8 @@ def configure_task(task: PipelineTask, cfg: PipelineConfig, stage: str) -> Pipel
     apply_volumes(task, res, cluster)
     apply_scheduling(task, res, cluster)
     apply_credentials(task, cluster)
+    if stage == "eval":
+        apply_extractor_key(task, cfg)
     apply_model_cache(task, cluster)
     # The KFP run id as env (Downward API): env vars are not part of the cache fingerprint, unlike
     # a `pipeline_run_id` input, which makes every run's fingerprint unique.
@@ -81,7 +83,7 @@ def _is_trainjob_launcher(task: PipelineTask, cluster: ClusterConfig, stage: str
     if stage == "sft" and cluster.sft_launcher == "trainjob" and not launcher:
         raise ValueError(
             "cluster.sft_launcher is 'trainjob' but the DAG's SFT task is not the TrainJob launcher; "
-            "build it with pipelines.ops.select_sft_op(cfg)"
+            "build it with coldstart.pipelines.ops.select_sft_op(cfg)"
         )
     return launcher
 
@@ -163,6 +165,19 @@ def _add_toleration(task: PipelineTask, tol: TolerationConfig) -> None:
         effect=tol.effect,
         toleration_seconds=tol.toleration_seconds,
     )
+
+
+def apply_extractor_key(task: PipelineTask, cfg: PipelineConfig) -> PipelineTask:
+    """The LLM extractor's API key (eval.extractor.api_key_secret) as the env var it reads; by
+    Secret name only, like the other credentials."""
+    extractor = cfg.eval.extractor
+    if extractor is not None and extractor.api_key_secret and extractor.api_key_env:
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=extractor.api_key_secret,
+            secret_key_to_env={extractor.api_key_env: extractor.api_key_env},
+        )
+    return task
 
 
 def apply_credentials(task: PipelineTask, cluster: ClusterConfig) -> PipelineTask:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.config import PipelineConfig, config_from_dict
+from coldstart.common.config import PipelineConfig, config_from_dict
 
 
 @dataclass(frozen=True)

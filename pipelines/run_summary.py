@@ -11,8 +11,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common.config import PipelineConfig
-from pipelines.local_tasks import LocalRun
+from coldstart.common.config import PipelineConfig
+from coldstart.pipelines.local_tasks import LocalRun
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ def runs_flags(cfg: PipelineConfig, how: Invocation, tracking_uri: str) -> str:
     None when its defaults (configs/tiny.yaml's store, the newest run's experiment) already
     point there; `--config FILE` when the file alone says it; else the explicit store.
     """
-    from components.common.stage_cli import resolve_config
-    from pipelines.runs import config_tracking_uri
+    from coldstart.common.stage_cli import resolve_config
+    from coldstart.pipelines.runs import config_tracking_uri
 
     if how.config is not None and not how.overrides:
         return f" --config {shlex.quote(how.config)}"
@@ -73,7 +73,7 @@ def runs_flags(cfg: PipelineConfig, how: Invocation, tracking_uri: str) -> str:
 
 def describe(cfg: PipelineConfig, run: LocalRun, how: Invocation, seconds: float) -> str:
     """The lines printed after a successful local run."""
-    from components.common.tracking import resolve_tracking_uri
+    from coldstart.common.tracking import resolve_tracking_uri
 
     counts = {s: sum(t.status == s for t in run.tasks) for s in ("done", "cached")}
     lines = [

@@ -26,9 +26,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from components.common.errors import InputError
+from coldstart.common.errors import InputError
 
-# The tags components.common.tracking writes (repeated, not imported: that imports mlflow, and
+# The tags coldstart.common.tracking writes (repeated, not imported: that imports mlflow, and
 # `coldstart --help` should not wait for it; tests/pipelines/test_runs_cli.py checks they agree).
 ROLE = "coldstart.role"
 STAGE = "coldstart.stage"
@@ -115,14 +115,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def store_config(args: argparse.Namespace) -> Any:
-    from components.common.stage_cli import resolve_config
+    from coldstart.common.stage_cli import resolve_config
 
     return resolve_config(args.config, args.overrides)
 
 
 def config_tracking_uri(cfg: Any) -> str:
     """Where the stages of `cfg` log (their own precedence), without creating the local store."""
-    from components.common.tracking import local_store_dir
+    from coldstart.common.tracking import local_store_dir
 
     if cfg.tracking.tracking_uri:
         return cfg.tracking.tracking_uri
@@ -171,7 +171,7 @@ class Store:
     def __init__(self, args: argparse.Namespace) -> None:
         from mlflow.tracking import MlflowClient
 
-        from components.common.tracking import limit_client_retries
+        from coldstart.common.tracking import limit_client_retries
 
         limit_client_retries()  # a down server fails in seconds, not minutes
         self.uri = tracking_uri(args)
@@ -596,10 +596,10 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from components.common.tracking import limit_client_retries, replay_pending
+    from coldstart.common.tracking import limit_client_retries, replay_pending
 
     limit_client_retries()
-    from components.common.tracking import spill_root
+    from coldstart.common.tracking import spill_root
 
     if args.pending:
         root = args.pending

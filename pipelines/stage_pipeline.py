@@ -14,10 +14,10 @@ from typing import Any
 from kfp import dsl
 from kfp.dsl import Dataset, Model
 
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
-from pipelines.caching import import_metadata
-from pipelines.resources import configure_task
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
+from coldstart.pipelines.caching import import_metadata
+from coldstart.pipelines.resources import configure_task
 
 
 @dataclass(frozen=True)
@@ -38,24 +38,24 @@ class StageSpec:
     one_model: bool = False  # needs at least one of its Model inputs (eval: only those given)
 
     def component(self, cfg: PipelineConfig) -> Any:
-        if self.module == "components.sft.component":
-            from pipelines.ops import select_sft_op
+        if self.module == "coldstart.sft.component":
+            from coldstart.pipelines.ops import select_sft_op
 
             return select_sft_op(cfg)
         return getattr(importlib.import_module(self.module), self.op)
 
 
 STAGES = {
-    "data_prep": StageSpec("components.data_prep.component", "data_prep_op"),
-    "sft": StageSpec("components.sft.component", "sft_op", (
+    "data_prep": StageSpec("coldstart.data_prep.component", "data_prep_op"),
+    "sft": StageSpec("coldstart.sft.component", "sft_op", (
         StageInput("base_model", Model, from_config=True),
         StageInput("sft_data", Dataset, required=True),
     )),
-    "grpo": StageSpec("components.grpo.component", "grpo_op", (
+    "grpo": StageSpec("coldstart.grpo.component", "grpo_op", (
         StageInput("init_model", Model, required=True),
         StageInput("rl_data", Dataset, required=True),
     )),
-    "eval": StageSpec("components.eval.component", "eval_op", (
+    "eval": StageSpec("coldstart.eval.component", "eval_op", (
         StageInput("eval_data", Dataset, required=True),
         StageInput("base_model", Model),
         StageInput("sft_model", Model),
@@ -133,7 +133,7 @@ def _import(inp: StageInput, uri: str):
 
 
 def _base_model(cfg: PipelineConfig, config_json):
-    from components.data_prep.component import base_model_op
+    from coldstart.data_prep.component import base_model_op
 
     task = base_model_op(config_json=config_json).set_display_name("base_model")
     configure_task(task, cfg, "base_model")

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
-from components.common.stage_cli import resolve_config
-from pipelines.caching import disable_caching_in_package, enable_caching_override
-from pipelines.cluster_config import cluster_config
-from pipelines.compile import add_image_tag_arg, compile_package
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
+from coldstart.common.stage_cli import resolve_config
+from coldstart.pipelines.caching import disable_caching_in_package, enable_caching_override
+from coldstart.pipelines.cluster_config import cluster_config
+from coldstart.pipelines.compile import add_image_tag_arg, compile_package
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -231,8 +231,8 @@ def exit_code(result: SubmitResult) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipelines.pipeline import build_pipeline
-    from pipelines.preflight import preflight
+    from coldstart.pipelines.pipeline import build_pipeline
+    from coldstart.pipelines.preflight import preflight
 
     cfg = resolve_config(args.config, args.overrides)
     opts = server_options(args)

@@ -2,7 +2,7 @@
 
 With `cluster.sft_launcher: trainjob` the DAG's SFT task is `sft_trainjob_op` (pipelines/ops.py;
 the signature of `sft_op`, plus the cluster section as `cluster_json`). It runs in a small CPU pod, renders a TrainJob (trainer.kubeflow.org/v1alpha1) whose
-nodes run `python -m components.sft` under torchrun (the Trainer's torch runtime sets the PET_*
+nodes run `python -m coldstart.sft` under torchrun (the Trainer's torch runtime sets the PET_*
 rendezvous variables), creates it with the Kubernetes API and polls until it completes or fails.
 Inputs and the output model are the task's artifact URIs (s3:// under the pipeline root): the
 trainer pods read and write them directly. Scheduling (GPU tolerations, node selector, /dev/shm)
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
-from pipelines.cluster_config import cluster_config, image_kind, task_image
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
+from coldstart.pipelines.cluster_config import cluster_config, image_kind, task_image
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import PipelineConfig, config_from_dict
+from coldstart.common.config import PipelineConfig, config_from_dict
 
 pytest_plugins = ["tests.servers"]
 
@@ -33,8 +33,8 @@ def tiny_config(tmp: Path, **sections) -> PipelineConfig:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from components.common.config import TinyModelConfig
-    from components.common.tiny_model import build_tiny_model
+    from coldstart.common.config import TinyModelConfig
+    from coldstart.common.tiny_model import build_tiny_model
 
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny") / "model", TinyModelConfig(), 3136, 3136
@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     """data_prep output (sft/, rl/, eval/) from the synthetic generator, without MLflow."""
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     root = tmp_path_factory.mktemp("data")
     cfg = tiny_config(root)

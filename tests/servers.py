@@ -7,7 +7,7 @@ Each is stopped by its own process id (its process group, which holds its worker
 
 Fixtures:
 - ``s3_server`` (session): a moto S3 server; ``.endpoint_url``.
-- ``s3_env`` (function): env vars pointing boto3 and ``components.common.storage`` at it,
+- ``s3_env`` (function): env vars pointing boto3 and ``coldstart.common.storage`` at it,
   test credentials, and a fresh bucket: ``.bucket``, ``.uri(key)``.
 - ``s3_iam_env`` (function): a second moto server that *enforces* IAM credentials, with a
   bucket and a user that has no permissions, for "access denied" tests.

@@ -13,7 +13,7 @@ answer wrong without evaluating it (unless it is the same string as the gold ans
 The limits are far beyond what a math answer needs; near them a check took tens of ms of CPU
 here, over them seconds to hours (sympy 1.14, math-verify 0.9). What they let through is
 still cut off by the time bound.
-Runs in the verifier worker (it imports sympy); see ``components.common.verifier``.
+Runs in the verifier worker (it imports sympy); see ``coldstart.common.verifier``.
 """
 
 from __future__ import annotations

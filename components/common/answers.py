@@ -6,7 +6,7 @@ something the benchmark does not measure; so both call these functions.
 Extraction takes the *last* ``\\boxed{...}`` of a response (the prompt asks for the final
 answer there). Verification uses ``math-verify`` (sympy) for numbers, fractions, LaTeX,
 percentages and units, plus plain rules for multiple choice; the math part runs in a pool
-of time-bounded worker processes with size limits on numbers (``components.common.verifier``).
+of time-bounded worker processes with size limits on numbers (``coldstart.common.verifier``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from components.common.verifier import MAX_ANSWER_CHARS
-from components.common.verifier import math_equivalent as _math_equivalent
-from components.common.verifier import squash as _squash
-from components.common.verifier import warm_up as warm_up  # re-exported: callers import it here
+from coldstart.common.verifier import MAX_ANSWER_CHARS
+from coldstart.common.verifier import math_equivalent as _math_equivalent
+from coldstart.common.verifier import squash as _squash
+from coldstart.common.verifier import warm_up as warm_up  # re-exported: callers import it here
 
 MAX_SCAN_CHARS = 20_000
 """Only this many characters at the end of a response are scanned: the answer is at the end,
@@ -217,7 +217,7 @@ def is_equivalent(
     math-equivalent to it.
 
     Returns within ``timeout_s`` for any input, judging an answer that takes longer, or
-    holds a number too big to evaluate, as wrong (``components.common.verifier``). Calls
+    holds a number too big to evaluate, as wrong (``coldstart.common.verifier``). Calls
     from several threads run on the verifier's workers in parallel; the first call in a
     process also waits for them to start (``warm_up()`` does that ahead). Text is only
     parsed, never evaluated as code.

@@ -23,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from components.common import storage
+from coldstart.common import storage
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from components.common.prompts import prompt_messages
+from coldstart.common.prompts import prompt_messages
 
 log = logging.getLogger(__name__)
 

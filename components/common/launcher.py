@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from components.common.config import PipelineConfig
+from coldstart.common.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 

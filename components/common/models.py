@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, PreTrainedModel
 
-from components.common.config import ModelConfig
-from components.common.errors import InputError
-from components.common.processor import ImageQwen2_5_VLProcessor
+from coldstart.common.config import ModelConfig
+from coldstart.common.errors import InputError
+from coldstart.common.processor import ImageQwen2_5_VLProcessor
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,14 @@ def resolve_model_dir(
     """Return a local directory holding config, weights, tokenizer and processor for `model`."""
     ref = model.name_or_path
     if ref == TINY:
-        from components.common.tiny_model import build_tiny_model
+        from coldstart.common.tiny_model import build_tiny_model
 
         target = Path(cache_dir) / "tiny-qwen2.5-vl"
         if not (target / "config.json").exists():
             build_tiny_model(target, model.tiny, min_pixels, max_pixels)
         return target
     if ref.startswith("s3://"):
-        from components.common.storage import materialize
+        from coldstart.common.storage import materialize
 
         return materialize(ref, Path(cache_dir) / "models")
     if Path(ref).exists():

@@ -4,10 +4,10 @@
 the prompt can be gamed (a box in the question would earn credit). Each is a string, or
 TRL's conversational form ``[{"role": "assistant", "content": "..."}]``. Extra dataset
 columns (``answer``, optionally ``choices``) arrive as keyword lists, one entry per
-completion. Answer checking is ``components.common.answers``, the same code eval scores with.
+completion. Answer checking is ``coldstart.common.answers``, the same code eval scores with.
 
 The accuracy reward checks a batch in parallel on the verifier's worker pool
-(``components.common.verifier``): each completion within ``timeout_s``, the whole batch
+(``coldstart.common.verifier``): each completion within ``timeout_s``, the whole batch
 within ``batch_deadline_s``; a completion over either scores 0 and is counted in
 ``verifier.counts()``, which the trainer logs (``reward/timeouts``, ``reward/too_big``).
 """
@@ -19,8 +19,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from components.common.answers import MAX_SCAN_CHARS, extract_boxed, find_boxed, is_equivalent
-from components.common.verifier import counts, map_within_deadline
+from coldstart.common.answers import MAX_SCAN_CHARS, extract_boxed, find_boxed, is_equivalent
+from coldstart.common.verifier import counts, map_within_deadline
 
 DEFAULT_TIMEOUT_S = 1.0
 """Time bound of one completion's answer check."""

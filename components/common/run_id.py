@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from components.common.errors import InputError
+from coldstart.common.errors import InputError
 
 
 def resolve_run_id(given: str | None) -> str:

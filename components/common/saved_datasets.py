@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-from components.common.errors import InputError
+from coldstart.common.errors import InputError
 
 
 def load_splits(

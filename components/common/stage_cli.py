@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from components.common.config import ConfigError, PipelineConfig, load_config
-from components.common.errors import report_failure
-from components.common.run_id import resolve_run_id
+from coldstart.common.config import ConfigError, PipelineConfig, load_config
+from coldstart.common.errors import report_failure
+from coldstart.common.run_id import resolve_run_id
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 CONFIG_HELP = "YAML config (default: configs/tiny.yaml, the tiny CPU preset)"
@@ -62,7 +62,7 @@ def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m components.{stage}", description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m coldstart.{stage}", description=description)
     add_config_args(parser)
     add_verbose_arg(parser)
     parser.add_argument(
@@ -94,7 +94,7 @@ def verbose_requested(argv: list[str]) -> bool:
 def run_cli(main: Callable[[], int]) -> None:
     """Run a stage's CLI; a failure ends as one line (stage, message, log path) and exit 2 or 1."""
     module = main.__module__
-    stage = module.split(".")[1] if module.startswith("components.") else Path(sys.argv[0]).stem
+    stage = module.split(".")[1] if module.startswith("coldstart.") else Path(sys.argv[0]).stem
     verbose = verbose_requested(sys.argv[1:])
     setup_logging(verbose)
     try:

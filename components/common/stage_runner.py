@@ -29,12 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
-from components.common.config import PipelineConfig, flatten
-from components.common.launcher import is_rank_zero, processes_to_launch, run_under_torchrun
-from components.common.run_id import require_run_id
-from components.common.stage_cli import config_from_args, default_run_id, stage_parser
-from components.common.tracking import StageTracker, log_final_model, stage_run
+from coldstart.common import storage
+from coldstart.common.config import PipelineConfig, flatten
+from coldstart.common.launcher import is_rank_zero, processes_to_launch, run_under_torchrun
+from coldstart.common.run_id import require_run_id
+from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
+from coldstart.common.tracking import StageTracker, log_final_model, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def run_stage(
     nproc = processes_to_launch()
     if nproc > 1:
         return run_under_torchrun(
-            f"components.{request.stage}", cfg, request.cli_args(), nproc, RESULT_FLAG
+            f"coldstart.{request.stage}", cfg, request.cli_args(), nproc, RESULT_FLAG
         )
     with rank_zero_tracking(cfg, request) as tracker:
         ctx = stage_context(cfg, request, tracker)

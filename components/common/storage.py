@@ -10,7 +10,7 @@ boto3's resource collections. boto3 rather than fsspec/s3fs: boto3 is already th
 artifact store uses it), s3fs would add aiobotocore and its tight botocore pins, and boto3's
 error codes are what the named errors below are made from.
 
-Settings come from the environment (``components.common.settings.S3Settings``):
+Settings come from the environment (``coldstart.common.settings.S3Settings``):
 ``COLDSTART_S3_ENDPOINT_URL`` (else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), the
 ``AWS_*`` credentials and region, ``COLDSTART_S3_ADDRESSING_STYLE``, retries, timeouts and
 multipart sizes. Every failure of the store becomes a :class:`StorageError` that names the
@@ -36,9 +36,9 @@ import botocore.exceptions
 from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
-from components.common import settings
-from components.common.errors import InputError
-from components.common.settings import S3Settings
+from coldstart.common import settings
+from coldstart.common.errors import InputError
+from coldstart.common.settings import S3Settings
 
 logger = logging.getLogger(__name__)
 

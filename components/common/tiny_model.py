@@ -20,8 +20,8 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
-from components.common.config import PAPER_SYSTEM_PROMPT, TinyModelConfig
-from components.common.processor import build_image_processor, make_processor
+from coldstart.common.config import PAPER_SYSTEM_PROMPT, TinyModelConfig
+from coldstart.common.processor import build_image_processor, make_processor
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _training_corpus() -> list[str]:
 
     Imported lazily so that the tokenizer's vocabulary follows the synthetic generator's wording.
     """
-    from components.common.corpus import corpus_lines
+    from coldstart.common.corpus import corpus_lines
 
     return [*corpus_lines(), PAPER_SYSTEM_PROMPT]
 

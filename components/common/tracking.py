@@ -39,9 +39,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.common import settings, storage
-from components.common.config import PipelineConfig, flatten
-from components.common.run_id import resolve_run_id
+from coldstart.common import settings, storage
+from coldstart.common.config import PipelineConfig, flatten
+from coldstart.common.run_id import resolve_run_id
 
 if TYPE_CHECKING:
     from mlflow.utils.async_logging.run_operations import RunOperations

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from torch import nn
 
-from components.common.errors import InputError
+from coldstart.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

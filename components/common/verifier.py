@@ -3,7 +3,7 @@
 Why a time bound: sympy can run for ever on model output, and math-verify's own timeout is
 ``signal.alarm``, which cannot interrupt C code (big-int ``pow``) and refuses to run outside
 the main thread (eval uses thread pools, GRPO rewards may run anywhere). So each check runs
-in a worker (``components.common.worker_pool``) that the caller waits on for at most
+in a worker (``coldstart.common.worker_pool``) that the caller waits on for at most
 ``timeout_s``; on overrun the worker is killed, a replacement is forked in milliseconds from
 a process that imported sympy and math-verify once, and the answer counts as wrong
 (``Verdict.TIMEOUT``, counted in ``counts()``). ``map_within_deadline`` spreads a batch over
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from typing import TypeVar
 
-from components.common.worker_pool import WorkerPool, default_size
+from coldstart.common.worker_pool import WorkerPool, default_size
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def check_pair(pred: str, gold: str) -> tuple[str, str]:
     """
     from math_verify import verify
 
-    from components.common.answer_bounds import too_big_reason
+    from coldstart.common.answer_bounds import too_big_reason
 
     try:
         parsed = []

@@ -10,14 +10,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from components.common.config import PipelineConfig
-from components.common.models import TINY, check_model_dir, resolve_model_dir
+from coldstart.common.config import PipelineConfig
+from coldstart.common.models import TINY, check_model_dir, resolve_model_dir
 
 
 def prepare_base_model(cfg: PipelineConfig, out_dir: Path, cache_dir: Path) -> Path:
     model = cfg.model
     if model.name_or_path == TINY:
-        from components.common.tiny_model import build_tiny_model
+        from coldstart.common.tiny_model import build_tiny_model
 
         return build_tiny_model(out_dir, model.tiny, cfg.data.min_pixels, cfg.data.max_pixels)
     source = check_model_dir(

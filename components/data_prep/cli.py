@@ -1,4 +1,4 @@
-"""`python -m components.data_prep`: build the datasets (and the base model dir) outside kfp."""
+"""`python -m coldstart.data_prep`: build the datasets (and the base model dir) outside kfp."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from components.common.config import PipelineConfig
-from components.common.stage_cli import config_from_args, default_run_id, stage_parser
-from components.common.tracking import stage_run
-from components.data_prep.base_model import prepare_base_model
-from components.data_prep.shard import prepare_shard
-from components.data_prep.stage import DataPrepOutputs, merge_shards, run_data_prep
+from coldstart.common.config import PipelineConfig
+from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
+from coldstart.common.tracking import stage_run
+from coldstart.data_prep.base_model import prepare_base_model
+from coldstart.data_prep.shard import prepare_shard
+from coldstart.data_prep.stage import DataPrepOutputs, merge_shards, run_data_prep
 
 
 def _cache(cfg: PipelineConfig) -> Path:

@@ -7,7 +7,7 @@ kfp.local subprocess), where only the installed `components` package is availabl
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.common.images import stage_image
+from coldstart.common.images import stage_image
 
 
 @dsl.component(base_image=stage_image("data_prep"), install_kfp_package=False)
@@ -22,9 +22,9 @@ def data_prep_op(
     """Build the SFT, RL and eval datasets."""
     from pathlib import Path
 
-    from components.common.config import config_from_json
-    from components.data_prep.cli import main
-    from components.data_prep.stage import DataPrepOutputs
+    from coldstart.common.config import config_from_json
+    from coldstart.data_prep.cli import main
+    from coldstart.data_prep.stage import DataPrepOutputs
 
     out = DataPrepOutputs(Path(sft_data.path), Path(rl_data.path), Path(eval_data.path))
     for name, value in main(config_from_json(config_json), out, pipeline_run_id).items():
@@ -36,8 +36,8 @@ def data_prep_shard_op(config_json: str, shard_index: int, part: Output[Dataset]
     """One shard of a sharded data_prep: its share of the input files, validated and resized."""
     from pathlib import Path
 
-    from components.common.config import config_from_json
-    from components.data_prep.cli import shard_main
+    from coldstart.common.config import config_from_json
+    from coldstart.data_prep.cli import shard_main
 
     counts = shard_main(config_from_json(config_json), shard_index, Path(part.path))
     part.metadata.update(counts)
@@ -56,9 +56,9 @@ def data_prep_merge_op(
     """Merge the shards: dedup across them, remove eval leaks, write the three datasets."""
     from pathlib import Path
 
-    from components.common.config import config_from_json
-    from components.data_prep.cli import merge_main
-    from components.data_prep.stage import DataPrepOutputs
+    from coldstart.common.config import config_from_json
+    from coldstart.data_prep.cli import merge_main
+    from coldstart.data_prep.stage import DataPrepOutputs
 
     out = DataPrepOutputs(Path(sft_data.path), Path(rl_data.path), Path(eval_data.path))
     shard_dirs = [Path(part.path) for part in parts]
@@ -72,8 +72,8 @@ def base_model_op(config_json: str, base_model: Output[Model]) -> None:
     """Build the tiny preset or fetch the configured model into a Model artifact."""
     from pathlib import Path
 
-    from components.common.config import config_from_json
-    from components.data_prep.cli import base_model_main
+    from coldstart.common.config import config_from_json
+    from coldstart.data_prep.cli import base_model_main
 
     base_model_main(config_from_json(config_json), Path(base_model.path))
     base_model.metadata["name_or_path"] = config_from_json(config_json).model.name_or_path

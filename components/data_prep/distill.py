@@ -5,7 +5,7 @@ sampling. Here: for each SFT problem the teacher samples k chain-of-thought answ
 structured-reasoning system prompt (observe -> reason step by step -> reflect -> box); a
 sample is kept only if it finished (not cut at the token limit) and its last `\\boxed{}`
 verifies against the ground truth, with the same extraction and time-bounded verification
-the GRPO reward and eval use (`components.common.answers`). Kept samples become the SFT
+the GRPO reward and eval use (`coldstart.common.answers`). Kept samples become the SFT
 target (`solution`); the acceptance rate lands in the data_prep metrics.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.answers import extract_boxed, is_equivalent, warm_up
-from components.common.config import DistillConfig, ModelConfig, PipelineConfig
-from components.common.generation import Completion, PromptInput, SamplingConfig
-from components.data_prep.records import DataError
+from coldstart.common.answers import extract_boxed, is_equivalent, warm_up
+from coldstart.common.config import DistillConfig, ModelConfig, PipelineConfig
+from coldstart.common.generation import Completion, PromptInput, SamplingConfig
+from coldstart.data_prep.records import DataError
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ def teacher_backend(cfg: PipelineConfig, cache_dir: Path):
     """The teacher's generation backend (HF generate or vLLM), from a dir, s3:// prefix, hub id or 'tiny'."""
     import torch
 
-    from components.common.generation import make_backend
-    from components.common.models import (
+    from coldstart.common.generation import make_backend
+    from coldstart.common.models import (
         check_model_dir,
         load_model,
         load_processor,

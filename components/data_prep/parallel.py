@@ -53,7 +53,7 @@ def worker_pool(num_proc: int) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", "components.data_prep.records"])
+    context.set_forkserver_preload(["__main__", "coldstart.data_prep.records"])
     pool = ProcessPoolExecutor(num_proc, mp_context=context)
     try:
         yield pool

@@ -22,8 +22,8 @@ from typing import Any
 
 from PIL import Image
 
-from components.common.errors import InputError
-from components.common.image_io import ImageDecodeError, open_image
+from coldstart.common.errors import InputError
+from coldstart.common.image_io import ImageDecodeError, open_image
 
 SCHEMA_COLUMNS = ("images", "problem", "answer")
 OPTIONAL_COLUMNS = ("id", "solution", "category")

@@ -17,11 +17,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from components.common.config import DataConfig
-from components.data_prep.arrow_files import part_writer
-from components.data_prep.parallel import available_cpus, ordered_map, worker_pool
-from components.data_prep.records import Chunk, RowSpec, prepare_chunk, resolve_columns
-from components.data_prep.sources import SPLITS, Unit, list_units, open_unit, prefetched, row_error
+from coldstart.common.config import DataConfig
+from coldstart.data_prep.arrow_files import part_writer
+from coldstart.data_prep.parallel import available_cpus, ordered_map, worker_pool
+from coldstart.data_prep.records import Chunk, RowSpec, prepare_chunk, resolve_columns
+from coldstart.data_prep.sources import SPLITS, Unit, list_units, open_unit, prefetched, row_error
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.common import storage
-from components.common.config import DataConfig, DatasetSource
-from components.data_prep.records import DataError, RowError
+from coldstart.common import storage
+from coldstart.common.config import DataConfig, DatasetSource
+from coldstart.data_prep.records import DataError, RowError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.config import DataConfig, PipelineConfig
-from components.data_prep.arrow_files import (
+from coldstart.common.config import DataConfig, PipelineConfig
+from coldstart.data_prep.arrow_files import (
     DatasetWriter,
     finish_dataset,
     finish_dataset_dict,
@@ -30,9 +30,9 @@ from components.data_prep.arrow_files import (
     part_writer,
     read_rows,
 )
-from components.data_prep.records import DataError, content_key, encode_image, fit_pixels
-from components.data_prep.shard import COUNTS_FILE, prepare_shard, shard_counts
-from components.data_prep.synthetic import generate, structured_cot
+from coldstart.data_prep.records import DataError, content_key, encode_image, fit_pixels
+from coldstart.data_prep.shard import COUNTS_FILE, prepare_shard, shard_counts
+from coldstart.data_prep.synthetic import generate, structured_cot
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def distilled(
     rows: Iterable[dict[str, Any]], cfg: PipelineConfig, cache_dir: Path
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The teacher's verified answers as SFT targets (in memory: the teacher is the bottleneck)."""
-    from components.common.image_io import decode_image
-    from components.data_prep.distill import distill_sft_rows
+    from coldstart.common.image_io import decode_image
+    from coldstart.data_prep.distill import distill_sft_rows
 
     records = [
         dict(r, encoded=r["images"], images=[decode_image(i, None) for i in r["images"]])

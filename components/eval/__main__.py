@@ -1,4 +1,4 @@
-from components.common.stage_cli import run_cli
-from components.eval.cli import cli
+from coldstart.common.stage_cli import run_cli
+from coldstart.eval.cli import cli
 
 run_cli(cli)

@@ -36,11 +36,11 @@ from typing import Any
 
 from PIL import Image
 
-from components.common.config import BenchmarkSpec
-from components.common.errors import InputError
-from components.common.image_io import decode_image
-from components.eval.official import mathverse as official_mathverse
-from components.eval.official.mathvista import build_query
+from coldstart.common.config import BenchmarkSpec
+from coldstart.common.errors import InputError
+from coldstart.common.image_io import decode_image
+from coldstart.eval.official import mathverse as official_mathverse
+from coldstart.eval.official.mathvista import build_query
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def _missing(where: str, column: str, present: list[str]) -> BenchmarkError:
 def read_table(uri: str, spec: BenchmarkSpec, cache_dir: Path) -> Table:
     """Open a benchmark mirror: a parquet file/folder or a `save_to_disk` folder, local or s3://."""
     if uri.startswith("s3://"):
-        from components.common.storage import materialize
+        from coldstart.common.storage import materialize
 
         path = Path(materialize(uri, cache_dir / "benchmarks"))
     else:

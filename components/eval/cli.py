@@ -1,6 +1,6 @@
-"""`python -m components.eval`: evaluate model directories on the configured benchmarks outside kfp.
+"""`python -m coldstart.eval`: evaluate model directories on the configured benchmarks outside kfp.
 
-    python -m components.eval --config configs/tiny.yaml \\
+    python -m coldstart.eval --config configs/tiny.yaml \\
         --model base=outputs/base_model --model SFT+RL=s3://bucket/run/grpo \\
         --data outputs/data/eval --output outputs/eval
 """
@@ -13,14 +13,14 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from components.common import storage
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
-from components.common.stage_cli import config_from_args, default_run_id, stage_parser
-from components.common.tracking import stage_run
-from components.eval.predictions import FILES as PREDICTION_FILES
-from components.eval.predictions import TABLE_FILE
-from components.eval.stage import KFP_METRICS, EvalOutputs, EvalPaths, run_eval, write_outputs
+from coldstart.common import storage
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
+from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
+from coldstart.common.tracking import stage_run
+from coldstart.eval.predictions import FILES as PREDICTION_FILES
+from coldstart.eval.predictions import TABLE_FILE
+from coldstart.eval.stage import KFP_METRICS, EvalOutputs, EvalPaths, run_eval, write_outputs
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ paper's order (base, SFT, RL, SFT+RL).
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.common.images import stage_image
+from coldstart.common.images import stage_image
 
 
 @dsl.component(base_image=stage_image("eval"), install_kfp_package=False)
@@ -32,9 +32,9 @@ def eval_op(
     import tempfile
     from pathlib import Path
 
-    from components.common.config import config_from_json
-    from components.eval.cli import main
-    from components.eval.stage import EvalOutputs, kfp_metrics
+    from coldstart.common.config import config_from_json
+    from coldstart.eval.cli import main
+    from coldstart.eval.stage import EvalOutputs, kfp_metrics
 
     given = {"base": base_model, "SFT": sft_model, "RL": rl_model, "SFT+RL": sft_rl_model}
     models = {name: artifact.path for name, artifact in given.items() if artifact is not None}

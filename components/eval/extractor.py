@@ -31,8 +31,8 @@ from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
 from urllib3.util.retry import Retry
 
-from components.common.config import ExtractorConfig
-from components.common.errors import InputError
+from coldstart.common.config import ExtractorConfig
+from coldstart.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
+from coldstart.common import storage
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.eval.benchmarks import display_name
+from coldstart.eval.benchmarks import display_name
 
 AVERAGE = "Avg."
 

@@ -1,9 +1,9 @@
 """Score responses in two modes, each a scorer per benchmark in one registry.
 
 - `strict`: the answer in the last `\\boxed{}`, checked exactly as the GRPO accuracy reward
-  checks it (`components.common.rewards.accuracy_reward`: math-verify equivalence, option
+  checks it (`coldstart.common.rewards.accuracy_reward`: math-verify equivalence, option
   letter or text). What training optimises, measured on the benchmarks.
-- `official`: each benchmark's official scorer (`components.eval.official.*`), GPT steps
+- `official`: each benchmark's official scorer (`coldstart.eval.official.*`), GPT steps
   sent to `eval.extractor` when one is configured, else rule-based extraction in their
   place (`ScoringContext.extraction` says which, and the report shows it).
 
@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.answers import extract_answer, extract_boxed, is_equivalent
-from components.common.rewards import accuracy_reward
-from components.eval.benchmarks import EvalSample
-from components.eval.extractor import ChatClient
-from components.eval.official import mathverse, mathvision, mathvista, wemath
+from coldstart.common.answers import extract_answer, extract_boxed, is_equivalent
+from coldstart.common.rewards import accuracy_reward
+from coldstart.eval.benchmarks import EvalSample
+from coldstart.eval.extractor import ChatClient
+from coldstart.eval.official import mathverse, mathvision, mathvista, wemath
 
 MODES = ("official", "strict")
 

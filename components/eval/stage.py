@@ -28,22 +28,22 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from components.common import storage
-from components.common.answers import warm_up
-from components.common.config import BenchmarkSpec, ModelConfig, PipelineConfig
-from components.common.generation import Completion, PromptInput, SamplingConfig
-from components.eval.benchmarks import EvalSample, iter_benchmark, load_images
-from components.eval.extractor import ChatClient
-from components.eval.predictions import PredictionWriter, columns_for
-from components.eval.progress import ResponseLog
-from components.eval.reflection import ReflectionTally, reflection_pattern
-from components.eval.report import (
+from coldstart.common import storage
+from coldstart.common.answers import warm_up
+from coldstart.common.config import BenchmarkSpec, ModelConfig, PipelineConfig
+from coldstart.common.generation import Completion, PromptInput, SamplingConfig
+from coldstart.eval.benchmarks import EvalSample, iter_benchmark, load_images
+from coldstart.eval.extractor import ChatClient
+from coldstart.eval.predictions import PredictionWriter, columns_for
+from coldstart.eval.progress import ResponseLog
+from coldstart.eval.reflection import ReflectionTally, reflection_pattern
+from coldstart.eval.report import (
     ReportInputs,
     bar_chart,
     markdown_report,
     score_table,
 )
-from components.eval.scoring import Judgement, ScoringContext, aggregate, score, slug
+from coldstart.eval.scoring import Judgement, ScoringContext, aggregate, score, slug
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def kfp_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 
 def make_eval_backend(cfg: PipelineConfig, model_dir: Path, max_images: int = 1):
     """The generation backend for one model, greedy: HF generate (CPU/GPU) or vLLM (GPU, `gpu` extra)."""
-    from components.common.generation import make_backend
-    from components.common.models import load_model, load_processor
+    from coldstart.common.generation import make_backend
+    from coldstart.common.models import load_model, load_processor
 
     ev = cfg.eval
     processor = load_processor(model_dir, ev.min_pixels, ev.max_pixels)
@@ -155,7 +155,7 @@ def make_eval_backend(cfg: PipelineConfig, model_dir: Path, max_images: int = 1)
 
 def resolve_model(ref: str, cfg: PipelineConfig, cache_dir: Path) -> Path:
     """A model directory for a directory, an s3:// prefix (downloaded) or 'tiny'."""
-    from components.common.models import check_model_dir, resolve_model_dir
+    from coldstart.common.models import check_model_dir, resolve_model_dir
 
     model = ModelConfig(name_or_path=ref, tiny=cfg.model.tiny)
     return check_model_dir(
@@ -546,7 +546,7 @@ def run_eval(
 ) -> EvalRun:
     """Evaluate every model (display name -> dir or s3://) on every configured benchmark."""
     if not models:
-        from components.common.errors import InputError
+        from coldstart.common.errors import InputError
 
         raise InputError("eval needs at least one model (NAME=DIR_OR_S3)")
     ev = cfg.eval

@@ -1,7 +1,7 @@
 """Save and resume GRPO mid-run: weights, optimizer, scheduler, RNG, step and metric history.
 
 A checkpoint is staged in a local folder, then published to the checkpoint root (a local
-folder or an ``s3://`` prefix) with ``components.common.checkpoints``: it counts only once its
+folder or an ``s3://`` prefix) with ``coldstart.common.checkpoints``: it counts only once its
 COMPLETE marker is written, so a pod killed mid-upload resumes from the previous one. The
 data order needs no state of its own: it is a function of (seed, step) (see data.py); the
 sampler's parameters are stored to catch a resume against a different dataset or batch size.
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.common import checkpoints, storage
-from components.common.errors import InputError
-from components.grpo.data import PromptOrder
-from components.grpo.distributed import World, barrier, gather_objects
-from components.grpo.engine import PLAIN_LAYOUT, PolicyEngine
+from coldstart.common import checkpoints, storage
+from coldstart.common.errors import InputError
+from coldstart.grpo.data import PromptOrder
+from coldstart.grpo.distributed import World, barrier, gather_objects
+from coldstart.grpo.engine import PLAIN_LAYOUT, PolicyEngine
 
 log = logging.getLogger(__name__)
 

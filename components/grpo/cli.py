@@ -1,4 +1,4 @@
-"""`python -m components.grpo`: GRPO from an SFT (or base) model on the RL set, outside kfp, and
+"""`python -m coldstart.grpo`: GRPO from an SFT (or base) model on the RL set, outside kfp, and
 `main`, which the component calls too.
 
 The shared stage runner (components/common/stage_runner.py) materialises the inputs, relaunches
@@ -8,9 +8,9 @@ trains.
 
 from __future__ import annotations
 
-from components.common.config import PipelineConfig
-from components.common.stage_runner import StageContext, TrainingStage, training_digest
-from components.grpo.stage import GRPOPaths, report, run_grpo
+from coldstart.common.config import PipelineConfig
+from coldstart.common.stage_runner import StageContext, TrainingStage, training_digest
+from coldstart.grpo.stage import GRPOPaths, report, run_grpo
 
 
 def _train(cfg: PipelineConfig, ctx: StageContext) -> dict[str, float]:

@@ -7,7 +7,7 @@ subprocess), where only the installed `components` package is available.
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.common.images import stage_image
+from coldstart.common.images import stage_image
 
 
 @dsl.component(base_image=stage_image("grpo"), install_kfp_package=False)
@@ -21,8 +21,8 @@ def grpo_op(
     run_name: str = "grpo",
 ) -> None:
     """GRPO from `init_model` (SFT output, or the base model for the RL-only ablation) on `rl_data`."""
-    from components.common.config import config_from_json
-    from components.grpo.cli import main
+    from coldstart.common.config import config_from_json
+    from coldstart.grpo.cli import main
 
     summary = main(
         config_from_json(config_json),

@@ -16,9 +16,9 @@ from typing import Any
 import datasets
 import torch
 
-from components.common.errors import InputError
-from components.common.generation import PromptInput
-from components.common.saved_datasets import load_splits, require_columns
+from coldstart.common.errors import InputError
+from coldstart.common.generation import PromptInput
+from coldstart.common.saved_datasets import load_splits, require_columns
 
 REQUIRED_COLUMNS = ("images", "problem", "answer")
 

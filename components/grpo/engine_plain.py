@@ -15,10 +15,10 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from components.common.config import GRPOConfig
-from components.grpo.distributed import World, optimizer_state, sum_gradients
-from components.grpo.engine import PLAIN_LAYOUT, merged, reference_of, write_model_dir
-from components.grpo.optimizer import build_optimizer
+from coldstart.common.config import GRPOConfig
+from coldstart.grpo.distributed import World, optimizer_state, sum_gradients
+from coldstart.grpo.engine import PLAIN_LAYOUT, merged, reference_of, write_model_dir
+from coldstart.grpo.optimizer import build_optimizer
 
 
 class PlainEngine:

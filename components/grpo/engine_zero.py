@@ -34,11 +34,11 @@ import safetensors.torch
 import torch
 import torch.distributed as dist
 
-from components.common.config import GRPOConfig
-from components.common.zero import model_width, resolve_auto, width_buckets, zero_template
-from components.grpo.distributed import World
-from components.grpo.engine import merged, reference_of, write_model_dir
-from components.grpo.optimizer import build_optimizer
+from coldstart.common.config import GRPOConfig
+from coldstart.common.zero import model_width, resolve_auto, width_buckets, zero_template
+from coldstart.grpo.distributed import World
+from coldstart.grpo.engine import merged, reference_of, write_model_dir
+from coldstart.grpo.optimizer import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def ensure_process_group(world: World) -> None:
     os.environ.setdefault("RANK", str(world.rank))
     os.environ.setdefault("WORLD_SIZE", str(world.size))
     if not dist.is_initialized():
-        from components.common.generation import _free_port
+        from coldstart.common.generation import _free_port
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(

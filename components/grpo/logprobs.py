@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from components.grpo.rollout import RolloutBatch
+from coldstart.grpo.rollout import RolloutBatch
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

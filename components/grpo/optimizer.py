@@ -12,8 +12,8 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
-from components.common.config import GRPOConfig
-from components.grpo.distributed import World, adamw
+from coldstart.common.config import GRPOConfig
+from coldstart.grpo.distributed import World, adamw
 
 
 def updates_per_rollout(cfg: GRPOConfig) -> int:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from components.common.errors import InputError
-from components.common.generation import (
+from coldstart.common.errors import InputError
+from coldstart.common.generation import (
     Completion,
     GenerationBackend,
     PromptInput,
@@ -50,7 +50,7 @@ class EncodedPrompts:
 def encode_prompts(
     processor: Any, prompts: Sequence[PromptInput], system_prompt: str
 ) -> EncodedPrompts:
-    """Chat template + system prompt (the one `components.common.generation` applies) + processor."""
+    """Chat template + system prompt (the one `coldstart.common.generation` applies) + processor."""
     processor.tokenizer.padding_side = "left"
     texts = [chat_prompt(processor, p.problem, len(p.images), system_prompt) for p in prompts]
     images = [img for p in prompts for img in p.images] or None

@@ -17,20 +17,20 @@ from typing import Any
 
 import torch
 
-from components.common.config import GRPOConfig, PipelineConfig
-from components.common.generation import GenerationBackend, make_backend
-from components.common.models import load_model, load_processor
-from components.common.rewards import bounded_reward_funcs
-from components.common.stage_runner import StageContext
-from components.common.tracking import StageTracker
-from components.common.trainable import prepare_trainable
-from components.common.zero import zero_wanted
-from components.grpo.checkpointing import Checkpointer
-from components.grpo.data import load_rl_dataset
-from components.grpo.distributed import World, barrier, init_from_env
-from components.grpo.engine import PolicyEngine
-from components.grpo.engine_plain import PlainEngine
-from components.grpo.trainer import MetricsFn, RewardFunc, setup_run, train
+from coldstart.common.config import GRPOConfig, PipelineConfig
+from coldstart.common.generation import GenerationBackend, make_backend
+from coldstart.common.models import load_model, load_processor
+from coldstart.common.rewards import bounded_reward_funcs
+from coldstart.common.stage_runner import StageContext
+from coldstart.common.tracking import StageTracker
+from coldstart.common.trainable import prepare_trainable
+from coldstart.common.zero import zero_wanted
+from coldstart.grpo.checkpointing import Checkpointer
+from coldstart.grpo.data import load_rl_dataset
+from coldstart.grpo.distributed import World, barrier, init_from_env
+from coldstart.grpo.engine import PolicyEngine
+from coldstart.grpo.engine_plain import PlainEngine
+from coldstart.grpo.trainer import MetricsFn, RewardFunc, setup_run, train
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def build_engine(
     """The plain engine, or DeepSpeed's ZeRO stage `deepspeed` ("zero2" / "zero3")."""
     if deepspeed == "none":
         return PlainEngine(policy, cfg, world, reference)
-    from components.grpo.engine_zero import ZeroEngine  # imports deepspeed: only when asked
+    from coldstart.grpo.engine_zero import ZeroEngine  # imports deepspeed: only when asked
 
     return ZeroEngine(policy, cfg, world, deepspeed, reference)
 

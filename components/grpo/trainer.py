@@ -36,20 +36,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from components.common.config import GRPOConfig
-from components.common.errors import InputError
-from components.common.generation import PromptInput, SamplingConfig
-from components.common.rewards import CHECK_METRICS, check_metrics_since, combine_rewards
-from components.common.verifier import counts as answer_check_counts
-from components.grpo.advantages import group_advantages
-from components.grpo.checkpointing import Checkpointer
-from components.grpo.data import PromptOrder, reward_columns, to_prompts
-from components.grpo.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, shard
-from components.grpo.engine import PolicyEngine
-from components.grpo.logprobs import batched_logprobs, completion_logprobs
-from components.grpo.loss import agg_loss, grpo_token_loss, masked_mean
-from components.grpo.optimizer import updates_per_rollout
-from components.grpo.rollout import (
+from coldstart.common.config import GRPOConfig
+from coldstart.common.errors import InputError
+from coldstart.common.generation import PromptInput, SamplingConfig
+from coldstart.common.rewards import CHECK_METRICS, check_metrics_since, combine_rewards
+from coldstart.common.verifier import counts as answer_check_counts
+from coldstart.grpo.advantages import group_advantages
+from coldstart.grpo.checkpointing import Checkpointer
+from coldstart.grpo.data import PromptOrder, reward_columns, to_prompts
+from coldstart.grpo.distributed import World, all_reduce_max, all_reduce_sum, gather_objects, shard
+from coldstart.grpo.engine import PolicyEngine
+from coldstart.grpo.logprobs import batched_logprobs, completion_logprobs
+from coldstart.grpo.loss import agg_loss, grpo_token_loss, masked_mean
+from coldstart.grpo.optimizer import updates_per_rollout
+from coldstart.grpo.rollout import (
     PromptFit,
     PromptsTooLongError,
     Rollout,

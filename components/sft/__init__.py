@@ -1,5 +1,5 @@
 """sft: the cold-start stage. Supervised fine-tuning of the VLM on structured chain-of-thought.
 
-The stage core (everything here but `component.py`) imports no kfp: `python -m components.sft`,
-the kfp component and torchrun workers all call `components.sft.cli.main`.
+The stage core (everything here but `component.py`) imports no kfp: `python -m coldstart.sft`,
+the kfp component and torchrun workers all call `coldstart.sft.cli.main`.
 """

@@ -1,4 +1,4 @@
-from components.common.stage_cli import run_cli
-from components.sft.cli import cli
+from coldstart.common.stage_cli import run_cli
+from coldstart.sft.cli import cli
 
 run_cli(cli)

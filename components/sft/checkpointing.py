@@ -3,7 +3,7 @@
 The Trainer writes `checkpoint-<step>/` (model, optimizer, scheduler, RNG state, data position
 in `trainer_state.json`) into this run's checkpoint folder (`<output>/checkpoints/<run id>`, see
 stage_runner.checkpoint_root). When the run's checkpoint root is on S3, each saved checkpoint
-is also published there with a COMPLETE marker (`components.common.checkpoints`), so a new pod
+is also published there with a COMPLETE marker (`coldstart.common.checkpoints`), so a new pod
 of the same run, whose local disk is empty, fetches the newest complete one and resumes.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from components.common import checkpoints, storage
-from components.common.config import PipelineConfig
-from components.common.errors import InputError
+from coldstart.common import checkpoints, storage
+from coldstart.common.config import PipelineConfig
+from coldstart.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

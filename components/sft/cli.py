@@ -1,4 +1,4 @@
-"""`python -m components.sft`: the SFT stage outside kfp, and `main`, which the component calls too.
+"""`python -m coldstart.sft`: the SFT stage outside kfp, and `main`, which the component calls too.
 
 Inputs and output may be local directories or `s3://` prefixes; the shared stage runner
 (components/common/stage_runner.py) materialises them, relaunches under torchrun on several
@@ -7,9 +7,9 @@ GPUs, opens the MLflow run and uploads the result; `stage.run_sft` trains.
 
 from __future__ import annotations
 
-from components.common.config import PipelineConfig
-from components.common.stage_runner import StageContext, TrainingStage, training_digest
-from components.sft.stage import SFTPaths, run_sft
+from coldstart.common.config import PipelineConfig
+from coldstart.common.stage_runner import StageContext, TrainingStage, training_digest
+from coldstart.sft.stage import SFTPaths, run_sft
 
 
 def _train(cfg: PipelineConfig, ctx: StageContext) -> dict[str, float]:

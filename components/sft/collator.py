@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from components.common.errors import InputError
-from components.common.prompts import sft_messages
+from coldstart.common.errors import InputError
+from coldstart.common.prompts import sft_messages
 
 IGNORE_INDEX = -100
 # Every per-token tensor the processor returns; they are truncated together.

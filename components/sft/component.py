@@ -2,13 +2,13 @@
 
 The body imports inside the function: kfp ships the function's source to the pod (and to the
 kfp.local subprocess), where only the installed `components` package is available. Several GPUs
-in the pod are used through torchrun, started by `components.sft.cli.main` itself.
+in the pod are used through torchrun, started by `coldstart.sft.cli.main` itself.
 """
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.common.images import stage_image
+from coldstart.common.images import stage_image
 
 
 @dsl.component(base_image=stage_image("sft"), install_kfp_package=False)
@@ -21,8 +21,8 @@ def sft_op(
     metrics: Output[Metrics],
 ) -> None:
     """Fine-tune the base model on the SFT set; write the model dir and the final metrics."""
-    from components.common.config import config_from_json
-    from components.sft.cli import main
+    from coldstart.common.config import config_from_json
+    from coldstart.sft.cli import main
 
     cfg = config_from_json(config_json)
     results = main(cfg, base_model.path, sft_data.path, model.path, pipeline_run_id)

@@ -23,10 +23,10 @@ from typing import Any
 import datasets
 from PIL import Image
 
-from components.common.config import SFTConfig
-from components.common.errors import InputError
-from components.common.prompts import prompt_messages, sft_messages
-from components.common.saved_datasets import load_splits, require_columns
+from coldstart.common.config import SFTConfig
+from coldstart.common.errors import InputError
+from coldstart.common.prompts import prompt_messages, sft_messages
+from coldstart.common.saved_datasets import load_splits, require_columns
 
 log = logging.getLogger(__name__)
 

@@ -19,24 +19,24 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from components.common import storage
-from components.common.config import PipelineConfig, SFTConfig
-from components.common.models import load_model, load_processor
-from components.common.stage_runner import StageContext
-from components.common.tracking import StageTracker
-from components.common.trainable import parameter_counts, prepare_trainable
-from components.common.zero import trainer_config_file
-from components.sft.checkpointing import (
+from coldstart.common import storage
+from coldstart.common.config import PipelineConfig, SFTConfig
+from coldstart.common.models import load_model, load_processor
+from coldstart.common.stage_runner import StageContext
+from coldstart.common.tracking import StageTracker
+from coldstart.common.trainable import parameter_counts, prepare_trainable
+from coldstart.common.zero import trainer_config_file
+from coldstart.sft.checkpointing import (
     CONFIG_FILE,
     PublishCheckpointCallback,
     SaveConfigCallback,
     checkpoint_step,
     resume_point,
 )
-from components.sft.collator import SFTCollator
-from components.sft.data import check_split, load_sft_splits
-from components.sft.monitor import TrackerCallback, loss_curve, loss_points
-from components.sft.trainer import SFTTrainer, check_global_batch, training_arguments
+from coldstart.sft.collator import SFTCollator
+from coldstart.sft.data import check_split, load_sft_splits
+from coldstart.sft.monitor import TrackerCallback, loss_curve, loss_points
+from coldstart.sft.trainer import SFTTrainer, check_global_batch, training_arguments
 
 log = logging.getLogger(__name__)
 

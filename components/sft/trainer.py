@@ -19,7 +19,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from components.common.config import ConfigError, SFTConfig
+from coldstart.common.config import ConfigError, SFTConfig
 
 
 def check_global_batch(cfg: SFTConfig, world: int) -> None:

@@ -114,7 +114,7 @@ def test_the_report_renders_failed_and_skipped_parts(tmp_path):
 def test_the_3b_shape_is_qwen25_vl_3b_and_the_flops_count_its_language_model():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from components.common.tiny_model import build_tokenizer
+    from coldstart.common.tiny_model import build_tokenizer
 
     config = model_config(PAPER_3B, build_tokenizer(1024))
     with torch.device("meta"):

@@ -8,7 +8,7 @@ import pytest
 import sympy
 from math_verify import parse
 
-from components.common.answer_bounds import too_big_reason
+from coldstart.common.answer_bounds import too_big_reason
 
 pytestmark = pytest.mark.timeout(120)
 logging.getLogger("math_verify").setLevel(logging.ERROR)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common import verifier
-from components.common.answers import (
+from coldstart.common import verifier
+from coldstart.common.answers import (
     choice_letter,
     extract_answer,
     extract_boxed,
@@ -244,7 +244,7 @@ def test_unguarded_script_in_a_subprocess_scores_and_exits(tmp_path: Path) -> No
     script.write_text(
         textwrap.dedent(
             r"""
-            from components.common.answers import is_equivalent
+            from coldstart.common.answers import is_equivalent
             print(is_equivalent(r"\frac{1}{2}", "0.5"), is_equivalent(r"10^{10^{100}}", "1"))
             """
         )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common import checkpoints, storage
-from components.common.checkpoints import MARKER
+from coldstart.common import checkpoints, storage
+from coldstart.common.checkpoints import MARKER
 from tests.servers import S3Env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_wrongly_named_directory_is_refused(tmp_path: Path) -> None:
 # deterministically (the same upload code runs; only the pace changes).
 _PUBLISHER = """
 import sys, time
-from components.common import checkpoints, storage
+from coldstart.common import checkpoints, storage
 _upload = storage.upload_file
 def _slow_upload(*args, **kwargs):
     _upload(*args, **kwargs)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import (
+from coldstart.common.config import (
     PAPER_SYSTEM_PROMPT,
     ConfigError,
     flatten,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import load_config
-from components.common.models import ModelLoadError, check_attn_implementation, load_model
+from coldstart.common.config import load_config
+from coldstart.common.models import ModelLoadError, check_attn_implementation, load_model
 from tests.deploy.manifests import DOCKER, arg_defaults, dockerfile, parse_dockerfile
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

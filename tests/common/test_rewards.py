@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from components.common.answers import warm_up
-from components.common.rewards import (
+from coldstart.common.answers import warm_up
+from coldstart.common.rewards import (
     REWARD_FUNCS,
     accuracy_reward,
     bounded_reward_funcs,
@@ -17,7 +17,7 @@ from components.common.rewards import (
     format_reward,
     get_reward_func,
 )
-from components.common.verifier import counts
+from coldstart.common.verifier import counts
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import load_config
-from components.common.errors import InputError
-from components.common.run_id import require_run_id
-from components.common.stage_runner import StageRequest, checkpoint_root, training_digest
+from coldstart.common.config import load_config
+from coldstart.common.errors import InputError
+from coldstart.common.run_id import require_run_id
+from coldstart.common.stage_runner import StageRequest, checkpoint_root, training_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 

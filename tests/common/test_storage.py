@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common import storage
-from components.common.storage import StorageError
+from coldstart.common import storage
+from coldstart.common.storage import StorageError
 from tests.servers import MlflowServer, S3Env, S3IamEnv, free_port
 
 MIB = 1024 * 1024

@@ -6,11 +6,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from components.common.config import TinyModelConfig
-from components.common.generation import HFBackend, PromptInput, SamplingConfig
-from components.common.models import ModelLoadError, check_model_dir, load_model, load_processor
-from components.common.prompts import prompt_messages
-from components.common.tiny_model import build_tiny_model
+from coldstart.common.config import TinyModelConfig
+from coldstart.common.generation import HFBackend, PromptInput, SamplingConfig
+from coldstart.common.models import ModelLoadError, check_model_dir, load_model, load_processor
+from coldstart.common.prompts import prompt_messages
+from coldstart.common.tiny_model import build_tiny_model
 
 
 def test_model_dir_has_the_files_of_a_real_checkpoint(tiny_model_dir):

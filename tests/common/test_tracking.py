@@ -23,8 +23,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components.common import storage
-from components.common.tracking import (
+from coldstart.common import storage
+from coldstart.common.tracking import (
     CONFIG_ARTIFACT,
     TAG_CONFIG_HASH,
     TAG_PIPELINE_RUN,
@@ -153,7 +153,7 @@ def test_a_rejected_call_is_dropped_with_an_error_and_the_rest_arrives(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A param changed to another value is refused by MLflow: an error, no outage, no retry loop."""
-    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    caplog.set_level(logging.WARNING, logger="coldstart.common.tracking")
     cfg = _cfg(tmp_path)
     with stage_run(cfg, "sft", "kfp-reject") as tracker:
         tracker.log_params({"sft.seed": 1})
@@ -251,7 +251,7 @@ def test_outage_mid_stage_loses_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stop the server mid-stage, keep logging, start it again: every step arrives, one warning."""
-    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    caplog.set_level(logging.WARNING, logger="coldstart.common.tracking")
     cfg = _cfg(tmp_path, server_back.url)
     blocked: list[float] = []
 
@@ -293,7 +293,7 @@ def test_server_down_at_start_spills_then_next_stage_replays(
     server_back: MlflowServer, s3_env: S3Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A whole stage without a server: it runs, spills; the next stage sends it all."""
-    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    caplog.set_level(logging.WARNING, logger="coldstart.common.tracking")
     cfg = _cfg(tmp_path, server_back.url, flush_timeout_s=0.5)
     server_back.stop()
     start, start_ms = time.monotonic(), int(time.time() * 1000)
@@ -367,7 +367,7 @@ def test_spill_cap_drops_the_oldest_with_a_counted_warning(
 ) -> None:
     """A long outage: the spill keeps the newest `spill_max_entries` log calls and says how many
     it dropped; what it kept is written for replay."""
-    caplog.set_level(logging.WARNING, logger="components.common.tracking")
+    caplog.set_level(logging.WARNING, logger="coldstart.common.tracking")
     nobody = f"http://127.0.0.1:{free_port()}"
     cfg = _cfg(tmp_path, nobody, spill_max_entries=5, start_timeout_s=0.2, flush_timeout_s=0.2)
     with stage_run(cfg, "grpo", "kfp-cap") as tracker:
@@ -389,8 +389,8 @@ def test_sigterm_ends_the_stage_run_killed_with_its_logs(tmp_path: Path) -> None
     cfg = _cfg(tmp_path)
     script = textwrap.dedent(f"""
         import time
-        from components.common.config import config_from_json
-        from components.common.tracking import stage_run
+        from coldstart.common.config import config_from_json
+        from coldstart.common.tracking import stage_run
         cfg = config_from_json({cfg.to_json()!r})
         with stage_run(cfg, "sft", "kfp-term") as tracker:
             for step in range(5):

@@ -3,9 +3,9 @@ GRPO's), the merger optional, LoRA on the language model only."""
 
 import pytest
 
-from components.common.config import GRPOConfig, SFTConfig
-from components.common.models import load_model
-from components.common.trainable import prepare_trainable, trainable_groups
+from coldstart.common.config import GRPOConfig, SFTConfig
+from coldstart.common.models import load_model
+from coldstart.common.trainable import prepare_trainable, trainable_groups
 
 
 @pytest.fixture

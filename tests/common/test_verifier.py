@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from components.common import answer_bounds, rewards, verifier
-from components.common.rewards import accuracy_reward, check_metrics_since
-from components.common.verifier import Verdict, map_within_deadline, math_verdict
-from components.common.worker_pool import WorkerError
+from coldstart.common import answer_bounds, rewards, verifier
+from coldstart.common.rewards import accuracy_reward, check_metrics_since
+from coldstart.common.verifier import Verdict, map_within_deadline, math_verdict
+from coldstart.common.worker_pool import WorkerError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from components.common.config import PipelineConfig, config_from_dict
+from coldstart.common.config import PipelineConfig, config_from_dict
 
 REFERENCE = Path(__file__).parent / "reference" / "outputs.json"
 COLS = {"problem": "q", "answer": "a", "images": "img"}

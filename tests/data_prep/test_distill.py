@@ -5,12 +5,12 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from components.common.answers import warm_up
-from components.common.config import DistillConfig
-from components.common.generation import Completion
-from components.data_prep.distill import distill_records, gold_answer, select_verified
-from components.data_prep.records import DataError
-from components.data_prep.stage import DataPrepOutputs, run_data_prep
+from coldstart.common.answers import warm_up
+from coldstart.common.config import DistillConfig
+from coldstart.common.generation import Completion
+from coldstart.data_prep.distill import distill_records, gold_answer, select_verified
+from coldstart.data_prep.records import DataError
+from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(300)

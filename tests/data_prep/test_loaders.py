@@ -7,12 +7,12 @@ import datasets
 import pytest
 from PIL import Image
 
-from components.common.config import DataConfig, config_from_dict
-from components.common.image_io import decode_image
-from components.data_prep.arrow_files import part_path, read_rows
-from components.data_prep.records import DataError, fit_pixels
-from components.data_prep.shard import prepare_shard
-from components.data_prep.stage import DataPrepOutputs, run_data_prep
+from coldstart.common.config import DataConfig, config_from_dict
+from coldstart.common.image_io import decode_image
+from coldstart.data_prep.arrow_files import part_path, read_rows
+from coldstart.data_prep.records import DataError, fit_pixels
+from coldstart.data_prep.shard import prepare_shard
+from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
 
 def png(color: str, size=(40, 30)) -> bytes:

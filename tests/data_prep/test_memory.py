@@ -21,8 +21,8 @@ CHILD = textwrap.dedent(
     """
     import json, re, sys
     from pathlib import Path
-    from components.common.config import config_from_dict
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.common.config import config_from_dict
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     cfg, root = config_from_dict(json.loads(sys.argv[1])), Path(sys.argv[2])
     run_data_prep(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root / "cache")

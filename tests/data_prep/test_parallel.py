@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from components.data_prep.parallel import available_cpus, cgroup_quota, ordered_map, worker_pool
+from coldstart.data_prep.parallel import available_cpus, cgroup_quota, ordered_map, worker_pool
 
 
 @pytest.mark.parametrize(

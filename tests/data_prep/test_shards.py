@@ -8,10 +8,10 @@ import pytest
 import yaml
 from kfp import compiler, dsl
 
-from components.common.errors import InputError
-from components.data_prep.shard import prepare_shard
-from components.data_prep.stage import DataPrepOutputs, merge_shards, run_data_prep
-from pipelines.data_shards import sharded_data_prep
+from coldstart.common.errors import InputError
+from coldstart.data_prep.shard import prepare_shard
+from coldstart.data_prep.stage import DataPrepOutputs, merge_shards, run_data_prep
+from coldstart.pipelines.data_shards import sharded_data_prep
 from tests.conftest import tiny_config
 from tests.data_prep.reference_inputs import digest_outputs, encoded, gradient
 
@@ -96,7 +96,7 @@ def test_sharded_dag_compiles_with_parallel_for(tmp_path):
 
 @pytest.mark.slow
 def test_sharded_dag_runs_through_kfp_local(tmp_path):
-    from pipelines.caching import run_local_pipeline
+    from coldstart.pipelines.caching import run_local_pipeline
 
     cfg = folder_config(tmp_path, shards=2)
     cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "out")})
@@ -119,7 +119,7 @@ def test_sharded_dag_runs_through_kfp_local(tmp_path):
 
 
 def test_full_pipeline_with_shards_feeds_sft_from_the_merge(tmp_path):
-    from pipelines.pipeline import build_pipeline
+    from coldstart.pipelines.pipeline import build_pipeline
 
     cfg = folder_config(tmp_path, shards=2)
     compiler.Compiler().compile(build_pipeline(cfg), str(tmp_path / "p.yaml"))

@@ -5,7 +5,7 @@ import json
 import datasets
 import pytest
 
-from components.data_prep.stage import DataPrepOutputs, run_data_prep
+from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 from tests.conftest import tiny_config
 from tests.data_prep.reference_inputs import REFERENCE, build_inputs, digest_outputs
 

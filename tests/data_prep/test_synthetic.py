@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from components.common.config import SYNTHETIC_FAMILIES
-from components.data_prep.synthetic import COLOR_VALUES, COLORS, FAMILIES, generate, structured_cot
+from coldstart.common.config import SYNTHETIC_FAMILIES
+from coldstart.data_prep.synthetic import COLOR_VALUES, COLORS, FAMILIES, generate, structured_cot
 
 
 def _mask(image, rgb):

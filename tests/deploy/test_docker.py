@@ -17,7 +17,7 @@ import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from components.common.images import IMAGE_KINDS, STAGE_IMAGES, image_ref
+from coldstart.common.images import IMAGE_KINDS, STAGE_IMAGES, image_ref
 from tests.deploy.manifests import (
     DOCKER,
     ROOT,
@@ -129,7 +129,7 @@ def test_default_tag_is_the_git_sha():
 @pytest.fixture(scope="module")
 def compiled_images(tmp_path_factory) -> dict[str, dict[str, str]]:
     """{config file: {executor: image}} of the pipeline compiled from every configs/*.yaml."""
-    from pipelines.cli import main
+    from coldstart.pipelines.cli import main
 
     out, result = tmp_path_factory.mktemp("compiled"), {}
     with pytest.MonkeyPatch.context() as mp:
@@ -155,7 +155,7 @@ def test_compiled_pipelines_pull_only_images_the_build_pushes(plan, compiled_ima
 
 
 def _stage_needs_vllm(config: Path, stage: str) -> bool:
-    from components.common.config import load_config
+    from coldstart.common.config import load_config
 
     cfg = load_config(config)
     return {

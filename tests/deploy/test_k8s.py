@@ -16,8 +16,8 @@ import kubernetes_validate.utils as kv_utils
 import pytest
 import yaml
 
-from components.common.images import DEFAULT_REGISTRY, IMAGE_KINDS
-from pipelines.cluster_config import ClusterConfig
+from coldstart.common.images import DEFAULT_REGISTRY, IMAGE_KINDS
+from coldstart.pipelines.cluster_config import ClusterConfig
 from tests.deploy.crds.schema import validation_errors as crd_validation_errors
 from tests.deploy.manifests import (
     K8S,

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from components.common.config import load_config
-from pipelines.trainjob import TrainJobInputs, render_trainjob
+from coldstart.common.config import load_config
+from coldstart.pipelines.trainjob import TrainJobInputs, render_trainjob
 from tests.deploy.crds.schema import HERE, TRAINER_RELEASE, crd, validation_errors
 from tests.deploy.manifests import K8S, ROOT, find, needs_kubectl, render
 

@@ -9,7 +9,7 @@ from kfp import compiler, dsl, local
 from kfp.dsl import Dataset, Model
 from PIL import Image
 
-from components.eval.component import eval_op
+from coldstart.eval.component import eval_op
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(600)

@@ -4,9 +4,9 @@ import doctest
 
 import pytest
 
-from components.data_prep import distill
-from components.eval import benchmarks, reflection
-from components.eval.official import mathverse, mathvision, mathvista, wemath
+from coldstart.data_prep import distill
+from coldstart.eval import benchmarks, reflection
+from coldstart.eval.official import mathverse, mathvision, mathvista, wemath
 
 MODULES = [benchmarks, reflection, mathvista, mathverse, mathvision, wemath, distill]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import ExtractorConfig
-from components.common.errors import InputError
-from components.eval.extractor import ChatClient, ExtractorError
+from coldstart.common.config import ExtractorConfig
+from coldstart.common.errors import InputError
+from coldstart.eval.extractor import ChatClient, ExtractorError
 from tests.eval.chat_server import ChatServer
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.answers import extract_answer, warm_up
-from components.common.config import ExtractorConfig
-from components.eval.benchmarks import LAYOUTS, EvalSample
-from components.eval.extractor import ChatClient
-from components.eval.official import mathvision as official_mathvision
-from components.eval.official import mathvista as official_mathvista
-from components.eval.official import wemath as official_wemath
-from components.eval.scoring import Judgement, ScoringContext, score
+from coldstart.common.answers import extract_answer, warm_up
+from coldstart.common.config import ExtractorConfig
+from coldstart.eval.benchmarks import LAYOUTS, EvalSample
+from coldstart.eval.extractor import ChatClient
+from coldstart.eval.official import mathvision as official_mathvision
+from coldstart.eval.official import mathvista as official_mathvista
+from coldstart.eval.official import wemath as official_wemath
+from coldstart.eval.scoring import Judgement, ScoringContext, score
 from tests.eval.chat_server import ChatServer
 from tests.eval.test_scoring import judge, samples_of
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import BenchmarkSpec, ExtractorConfig
-from components.eval.benchmarks import load_benchmark
-from components.eval.extractor import ChatClient
-from components.eval.scoring import ScoringContext, score
+from coldstart.common.config import BenchmarkSpec, ExtractorConfig
+from coldstart.eval.benchmarks import load_benchmark
+from coldstart.eval.extractor import ChatClient
+from coldstart.eval.scoring import ScoringContext, score
 from tests.eval import reference
 from tests.eval.chat_server import ChatServer
 

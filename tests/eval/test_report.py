@@ -7,7 +7,7 @@ import math
 import pytest
 from PIL import Image
 
-from components.eval.report import (
+from coldstart.eval.report import (
     ReportInputs,
     bar_chart,
     markdown_report,

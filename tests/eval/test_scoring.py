@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.answers import warm_up
-from components.common.config import BenchmarkSpec
-from components.common.generation import Completion
-from components.common.rewards import accuracy_reward
-from components.eval.benchmarks import EvalSample, load_benchmark
-from components.eval.scoring import (
+from coldstart.common.answers import warm_up
+from coldstart.common.config import BenchmarkSpec
+from coldstart.common.generation import Completion
+from coldstart.common.rewards import accuracy_reward
+from coldstart.eval.benchmarks import EvalSample, load_benchmark
+from coldstart.eval.scoring import (
     Judgement,
     ScoringContext,
     get_scorer,
     register_scorer,
     score,
 )
-from components.eval.stage import score_responses
+from coldstart.eval.stage import score_responses
 from tests.eval.fixtures import URIS
 
 pytestmark = pytest.mark.timeout(120)
@@ -215,7 +215,7 @@ def test_mathvision_breakdowns_and_a_failed_generation(tmp_path):
 
 
 def test_mathvision_reads_relative_image_paths(tmp_path):
-    from components.eval.benchmarks import load_images
+    from coldstart.eval.benchmarks import load_images
 
     sample = samples_of("mathvision", tmp_path)["1"]
     (image,) = load_images(sample)

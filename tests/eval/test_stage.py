@@ -10,12 +10,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from components.common.config import BenchmarkSpec
-from components.common.errors import InputError
-from components.common.generation import SamplingConfig
-from components.eval.benchmarks import BenchmarkError, EvalSample, load_benchmark
-from components.eval.cli import main, parse_models
-from components.eval.stage import generate_responses, make_eval_backend, score_responses
+from coldstart.common.config import BenchmarkSpec
+from coldstart.common.errors import InputError
+from coldstart.common.generation import SamplingConfig
+from coldstart.eval.benchmarks import BenchmarkError, EvalSample, load_benchmark
+from coldstart.eval.cli import main, parse_models
+from coldstart.eval.stage import generate_responses, make_eval_backend, score_responses
 from tests.conftest import tiny_config
 from tests.eval.fixtures import URIS
 
@@ -198,7 +198,7 @@ class _BatchFailsBackend:
     def generate(self, prompts, sampling):
         if any(p.problem == "poison" for p in prompts):
             raise RuntimeError("engine error")
-        from components.common.generation import Completion
+        from coldstart.common.generation import Completion
 
         return [[Completion(rf"\boxed{{{p.problem}}}", [1], "stop")] for p in prompts]
 
@@ -218,8 +218,8 @@ def test_a_failing_batch_is_retried_prompt_by_prompt():
 
 
 def test_model_from_s3(tmp_path, s3_env, tiny_model_dir, synthetic_data_dir):
-    from components.common.storage import sync_up
-    from components.eval.stage import EvalPaths, run_eval
+    from coldstart.common.storage import sync_up
+    from coldstart.eval.stage import EvalPaths, run_eval
 
     sync_up(tiny_model_dir, s3_env.uri("models/base"))
     cfg = eval_config(tmp_path, benchmarks=[{"name": "synthetic", "limit": 2}])

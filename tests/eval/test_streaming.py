@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, PngImagePlugin
 
-from components.eval.cli import main
+from coldstart.eval.cli import main
 from tests.conftest import tiny_config
 from tests.eval.fixtures import URIS
 
@@ -136,7 +136,7 @@ def write_benchmark(path: Path, rows: int) -> Path:
 PROBE = """
 import json, resource, sys
 from pathlib import Path
-from components.eval.stage import EvalPaths, run_eval
+from coldstart.eval.stage import EvalPaths, run_eval
 from tests.conftest import tiny_config
 tmp, bench, model = map(Path, sys.argv[1:4])
 cfg = tiny_config(tmp, eval={"max_new_tokens": 1, "batch_size": 16, "scoring": ["strict"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.common.config import GRPOConfig, PipelineConfig, load_config
+from coldstart.common.config import GRPOConfig, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
@@ -23,8 +23,8 @@ def tiny_config(*overrides: str) -> PipelineConfig:
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     """{'model': tiny Qwen2.5-VL dir, 'rl': RL dataset dir} from the tiny config (32 rows per family)."""
-    from components.common.tiny_model import build_tiny_model
-    from components.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.common.tiny_model import build_tiny_model
+    from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     root = tmp_path_factory.mktemp("grpo_assets")
     cfg = tiny_config("data.synthetic.train_per_family=32", "data.synthetic.test_per_family=4")
@@ -35,7 +35,7 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def tiny_policy(tiny_assets):
-    from components.common.models import load_model, load_processor
+    from coldstart.common.models import load_model, load_processor
 
     torch.manual_seed(0)
     cfg = GRPOConfig()

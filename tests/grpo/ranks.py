@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from components.grpo.distributed import World
+from coldstart.grpo.distributed import World
 
 
 def skip_deepspeed_shm_kernel() -> None:

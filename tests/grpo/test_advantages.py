@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from components.grpo.advantages import group_advantages
+from coldstart.grpo.advantages import group_advantages
 
 
 def loop_advantages(rewards: list[float], G: int, scale: bool, eps: float) -> list[float]:

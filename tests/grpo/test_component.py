@@ -10,7 +10,7 @@ import yaml
 from kfp import compiler, dsl, local
 from kfp.dsl import Dataset, Model
 
-from components.grpo.component import grpo_op
+from coldstart.grpo.component import grpo_op
 from tests.grpo.conftest import tiny_config
 
 

@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from components.common.models import load_model
-from components.grpo.distributed import World
-from components.grpo.engine_plain import PlainEngine
-from components.grpo.trainer import update_policy
+from coldstart.common.models import load_model
+from coldstart.grpo.distributed import World
+from coldstart.grpo.engine_plain import PlainEngine
+from coldstart.grpo.trainer import update_policy
 from tests.grpo.conftest import ROOT, TINY_CONFIG, tiny_config
 from tests.grpo.test_logprobs import sampled_batch
 
@@ -40,7 +40,7 @@ def make_problem(tiny_assets, tiny_policy):
     gen = torch.Generator().manual_seed(0)
     batch.advantages = torch.randn(len(batch), generator=gen)
     with torch.no_grad():
-        from components.grpo.logprobs import completion_logprobs
+        from coldstart.grpo.logprobs import completion_logprobs
 
         logps, _ = completion_logprobs(model, batch)
     batch.old_logps = logps + 0.05 * torch.randn(logps.shape, generator=gen)
@@ -105,13 +105,13 @@ ZERO3_ON_CPU = ("grpo.deepspeed=zero3", "grpo.shard_optimizer_state=false")
     "zero", [pytest.param((), id="plain"), pytest.param(ZERO3_ON_CPU, id="deepspeed-zero3")]
 )
 def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
-    """`torchrun --nproc_per_node 2 -m components.grpo` (gloo): both ranks train, rank 0 logs and
+    """`torchrun --nproc_per_node 2 -m coldstart.grpo` (gloo): both ranks train, rank 0 logs and
     saves, and a rerun resumes from the checkpoint with both ranks' RNG streams. With ZeRO-3 on
     DeepSpeed's CPU accelerator (its first use compiles a CPU kernel once, ~70 s)."""
     out = tmp_path / "model"
     sets = [a for s in (*SETTINGS, *zero, "grpo.total_steps=2", "grpo.save_steps=1", "grpo.max_completion_length=8",
                         f"output_dir={tmp_path / 'runs'}") for a in ("--set", s)]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "components.grpo",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "coldstart.grpo",
            "--config", str(TINY_CONFIG), *sets, "--init-model", str(tiny_assets["model"]), "--data", str(tiny_assets["rl"]),
            "--output", str(out), "--run-id", "ddp", "--result-json", str(tmp_path / "summary.json")]  # fmt: skip
     env = {
@@ -147,11 +147,11 @@ AGREE = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=4", "grpo.num_gene
 
 def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int, ...]) -> dict:
     """One GRPO step on 2 ranks where the prompts of `long_ranks` are all longer than max_prompt_length."""
-    from components.common.generation import HFBackend
-    from components.common.models import load_model, load_processor
-    from components.grpo.data import PromptOrder, load_rl_dataset
-    from components.grpo.stage import build_engine, prepare_policy
-    from components.grpo.trainer import grpo_step, setup_run
+    from coldstart.common.generation import HFBackend
+    from coldstart.common.models import load_model, load_processor
+    from coldstart.grpo.data import PromptOrder, load_rl_dataset
+    from coldstart.grpo.stage import build_engine, prepare_policy
+    from coldstart.grpo.trainer import grpo_step, setup_run
     from tests.grpo.ranks import skip_deepspeed_shm_kernel
     from tests.grpo.test_trainer import DENSE
 
@@ -225,9 +225,9 @@ def _no_image_worker(world, tmp) -> None:
 
     from PIL import Image
 
-    from components.common.generation import PromptInput
-    from components.grpo.rollout import PromptFit
-    from components.grpo.trainer import agree_on_prompts
+    from coldstart.common.generation import PromptInput
+    from coldstart.grpo.rollout import PromptFit
+    from coldstart.grpo.trainer import agree_on_prompts
 
     images = [] if world.rank == 1 else [Image.new("RGB", (56, 56))]
     run = SimpleNamespace(engine=SimpleNamespace(lockstep_forward=True), world=world,

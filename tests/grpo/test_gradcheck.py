@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
-from components.grpo.logprobs import completion_logprobs
-from components.grpo.trainer import micro_batch_loss
+from coldstart.grpo.logprobs import completion_logprobs
+from coldstart.grpo.trainer import micro_batch_loss
 from tests.grpo.test_logprobs import sampled_batch
 
 PARAMS = (

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.grpo.stage import GRPOPaths, run_grpo
+from coldstart.grpo.stage import GRPOPaths, run_grpo
 from tests.grpo.conftest import tiny_config
 
 # Every setting pinned here (not taken from tiny.yaml, which is tuned for the pipeline).

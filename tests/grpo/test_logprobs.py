@@ -6,9 +6,9 @@ import datasets
 import pytest
 import torch
 
-from components.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
-from components.grpo.logprobs import completion_logprobs, shares_vision_features
-from components.grpo.rollout import build_rollout_batch, encode_prompts, trainable_length
+from coldstart.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
+from coldstart.grpo.logprobs import completion_logprobs, shares_vision_features
+from coldstart.grpo.rollout import build_rollout_batch, encode_prompts, trainable_length
 
 SYSTEM = "Please reason step by step."
 

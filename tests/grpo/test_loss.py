@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from components.grpo.loss import (
+from coldstart.grpo.loss import (
     AGG_MODES,
     KL_ESTIMATORS,
     agg_loss,

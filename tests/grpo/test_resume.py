@@ -16,7 +16,7 @@ import time
 import pytest
 import safetensors.torch
 
-from components.grpo.stage import GRPOPaths, run_grpo
+from coldstart.grpo.stage import GRPOPaths, run_grpo
 from tests.grpo.conftest import ROOT, TINY_CONFIG, tiny_config
 
 SETTINGS = ("grpo.total_steps=8", "grpo.save_steps=2", "grpo.save_total_limit=2", "grpo.max_completion_length=10",
@@ -26,7 +26,7 @@ SETTINGS = ("grpo.total_steps=8", "grpo.save_steps=2", "grpo.save_total_limit=2"
 
 def cli_command(tiny_assets, out, tmp_path) -> list[str]:
     sets = [arg for s in (*SETTINGS, f"output_dir={tmp_path / 'runs'}") for arg in ("--set", s)]
-    return [sys.executable, "-m", "components.grpo", "--config", str(TINY_CONFIG), *sets, "--run-id", "resume-test",
+    return [sys.executable, "-m", "coldstart.grpo", "--config", str(TINY_CONFIG), *sets, "--run-id", "resume-test",
             "--init-model", str(tiny_assets["model"]), "--data", str(tiny_assets["rl"]), "--output", str(out)]  # fmt: skip
 
 

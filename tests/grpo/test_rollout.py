@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
-from components.grpo.rollout import (
+from coldstart.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
+from coldstart.grpo.rollout import (
     PromptsTooLongError,
     build_rollout_batch,
     encode_prompts,

@@ -8,12 +8,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from components.common.errors import InputError
-from components.common.models import load_model
-from components.common.tracking import resolve_tracking_uri
-from components.grpo.cli import main
-from components.grpo.optimizer import updates_per_rollout
-from components.grpo.stage import GRPOPaths, run_grpo
+from coldstart.common.errors import InputError
+from coldstart.common.models import load_model
+from coldstart.common.tracking import resolve_tracking_uri
+from coldstart.grpo.cli import main
+from coldstart.grpo.optimizer import updates_per_rollout
+from coldstart.grpo.stage import GRPOPaths, run_grpo
 from tests.grpo.conftest import tiny_config
 
 FAST = ("grpo.total_steps=2", "grpo.max_completion_length=12", "grpo.rollout_batch_size=4",

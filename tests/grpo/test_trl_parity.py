@@ -26,7 +26,7 @@ import torch
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
 
-from components.grpo.loss import agg_loss, grpo_token_loss  # noqa: E402
+from coldstart.grpo.loss import agg_loss, grpo_token_loss  # noqa: E402
 
 TRL_TO_OURS = {
     "grpo": "seq-mean-token-mean",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.common.generation import HFBackend, PromptInput, SamplingConfig, make_backend
-from components.common.models import load_model, load_processor
+from coldstart.common.generation import HFBackend, PromptInput, SamplingConfig, make_backend
+from coldstart.common.models import load_model, load_processor
 from tests.grpo.test_logprobs import SYSTEM, prompts_from
 
 pytestmark = [
@@ -69,7 +69,7 @@ def test_vllm_samples_groups_and_follows_pushed_weights(peaky_model_dir, tiny_as
 
 
 def test_grpo_runs_with_vllm_rollouts(tiny_assets, tmp_path):
-    from components.grpo.stage import GRPOPaths, run_grpo
+    from coldstart.grpo.stage import GRPOPaths, run_grpo
     from tests.grpo.conftest import tiny_config
 
     cfg = tiny_config("grpo.rollout_backend=vllm", "grpo.total_steps=2", "grpo.max_completion_length=16",

@@ -17,14 +17,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from components.common.config import GRPOConfig, config_from_dict
-from components.common.models import load_model, load_processor
-from components.common.zero import CONFIG_FILES, resolve_auto
-from components.grpo.engine_plain import PlainEngine
-from components.grpo.engine_zero import deepspeed_config, micro_batches_per_update, reference_config
-from components.grpo.rollout import stand_in_batch
-from components.grpo.stage import build_engine
-from components.grpo.trainer import update_policy
+from coldstart.common.config import GRPOConfig, config_from_dict
+from coldstart.common.models import load_model, load_processor
+from coldstart.common.zero import CONFIG_FILES, resolve_auto
+from coldstart.grpo.engine_plain import PlainEngine
+from coldstart.grpo.engine_zero import deepspeed_config, micro_batches_per_update, reference_config
+from coldstart.grpo.rollout import stand_in_batch
+from coldstart.grpo.stage import build_engine
+from coldstart.grpo.trainer import update_policy
 from tests.grpo.conftest import tiny_config
 from tests.grpo.ranks import errors_of, run_ranks, skip_deepspeed_shm_kernel
 from tests.grpo.test_distributed import make_problem, rank_rows
@@ -70,8 +70,8 @@ def test_grpo_config_fills_every_auto_from_grpo_settings():
 
 def test_sft_and_grpo_share_the_zero_files(tiny_model_dir, tmp_path):
     """The same file, filled by transformers for SFT and by us for GRPO, gives the same ZeRO section."""
-    from components.common.config import SFTConfig
-    from components.sft.trainer import training_arguments
+    from coldstart.common.config import SFTConfig
+    from coldstart.sft.trainer import training_arguments
 
     model = load_model(tiny_model_dir)
     for stage in ("zero2", "zero3"):
@@ -119,7 +119,7 @@ def test_config_errors_name_the_fields():
 
 
 def test_deepspeed_runs_only_where_there_is_a_device_for_it(monkeypatch):
-    from components.grpo.stage import deepspeed_stage
+    from coldstart.grpo.stage import deepspeed_stage
 
     cfg = GRPOConfig(deepspeed="zero3", shard_optimizer_state=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -217,9 +217,9 @@ STEPS = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=2", "grpo.num_gene
 
 
 def grpo_run(world, tmp: Path, name: str, assets: dict, *settings: str) -> list[dict]:
-    """The stage on this rank, as `python -m components.grpo` runs it under torchrun (run_grpo: policy,
+    """The stage on this rank, as `python -m coldstart.grpo` runs it under torchrun (run_grpo: policy,
     engine, reference, HF rollouts, checkpoints, final model), with a dense reward; returns the history."""
-    from components.grpo.stage import GRPOPaths, run_grpo
+    from coldstart.grpo.stage import GRPOPaths, run_grpo
     from tests.grpo.test_trainer import DENSE
 
     out = tmp / name
@@ -293,9 +293,9 @@ def test_zero_steps_checkpoint_and_resume(tiny_assets, tmp_path, stage):
 
 def test_zero_checkpoint_does_not_resume_into_another_layout(tiny_assets, tmp_path):
     """A ZeRO checkpoint met by a plain run (or another stage / GPU count): an error naming grpo.deepspeed, nothing loaded."""
-    from components.common.errors import InputError
-    from components.grpo.checkpointing import Checkpointer
-    from components.grpo.data import PromptOrder
+    from coldstart.common.errors import InputError
+    from coldstart.grpo.checkpointing import Checkpointer
+    from coldstart.grpo.data import PromptOrder
 
     cfg = tiny_config(*STEPS).grpo
     model = load_model(tiny_assets["model"])

@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import load_config
-from components.common.stage_cli import DEFAULT_CONFIG
-from pipelines.preflight import preflight
+from coldstart.common.config import load_config
+from coldstart.common.stage_cli import DEFAULT_CONFIG
+from coldstart.pipelines.preflight import preflight
 from tests.servers import S3Env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def coldstart(*args: str, cwd: Path, env: dict[str, str] | None = None, module="pipelines.cli"):
+def coldstart(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, module="coldstart.pipelines.cli"
+):
     """`coldstart ARGS` (or `python -m MODULE ARGS`) from `cwd`, with this checkout's code."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
@@ -102,11 +104,11 @@ def test_rerun_eval_needs_a_model_and_runs_needs_a_store(tmp_path):
 @pytest.mark.slow  # imports torch and transformers in the stage's process
 def test_stage_cli_with_a_missing_model_dir_is_an_input_error(tmp_path):
     args = ["--base-model", "nomodel", "--data", "nodata", "--output", "out"]
-    done = coldstart(*args, cwd=tmp_path, module="components.sft")
+    done = coldstart(*args, cwd=tmp_path, module="coldstart.sft")
     assert done.returncode == 2
     line = error_line(done.stderr)
     assert line.startswith("error: sft: nomodel: no such") and "StorageError" not in line
-    done = coldstart(*args, "--verbose", cwd=tmp_path, module="components.sft")
+    done = coldstart(*args, "--verbose", cwd=tmp_path, module="coldstart.sft")
     assert done.returncode == 2 and "Traceback" in done.stderr
 
 
@@ -153,7 +155,7 @@ def test_preflight_checks_benchmarks_and_warns_about_an_unreachable_tracking_ser
 
 
 def test_without_config_every_command_uses_configs_tiny_yaml(tmp_path):
-    from pipelines.cli import main
+    from coldstart.pipelines.cli import main
 
     out = tmp_path / "p.yaml"
     assert main(["compile", "--output", str(out)]) == 0
@@ -165,7 +167,7 @@ def test_without_config_every_command_uses_configs_tiny_yaml(tmp_path):
 def test_rerun_eval_evaluates_only_the_models_it_is_given(tmp_path):
     from kfp import compiler
 
-    from pipelines.stage_pipeline import build_stage_pipeline
+    from coldstart.pipelines.stage_pipeline import build_stage_pipeline
 
     cfg = load_config(DEFAULT_CONFIG)
     uris = {"eval_data": "s3://b/eval", "sft_model": "s3://b/sft"}
@@ -177,8 +179,8 @@ def test_rerun_eval_evaluates_only_the_models_it_is_given(tmp_path):
 
 
 def test_the_python_api_runs_the_same_preflight(tmp_path):
-    from components.common.errors import InputError
-    from pipelines.api import run_pipeline
+    from coldstart.common.errors import InputError
+    from coldstart.pipelines.api import run_pipeline
 
     overrides = [f"output_dir={tmp_path / 'out'}", f"model.name_or_path={tmp_path / 'nomodel'}"]
     with pytest.raises(InputError, match=r"model.name_or_path=.*no such directory"):

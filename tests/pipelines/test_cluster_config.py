@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import ConfigError, config_from_dict, load_config
-from pipelines.cluster_config import cluster_config
-from pipelines.pipeline import build_pipeline
+from coldstart.common.config import ConfigError, config_from_dict, load_config
+from coldstart.pipelines.cluster_config import cluster_config
+from coldstart.pipelines.pipeline import build_pipeline
 from tests.pipelines.test_cluster_resources import compile_docs, container
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

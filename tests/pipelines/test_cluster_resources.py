@@ -7,11 +7,11 @@ import pytest
 import yaml
 from kfp import compiler
 
-from components.common.config import load_config
-from components.common.images import image_ref
-from pipelines.cluster_config import cluster_config, image_kind
-from pipelines.pipeline import build_pipeline
-from pipelines.stage_pipeline import build_stage_pipeline
+from coldstart.common.config import load_config
+from coldstart.common.images import image_ref
+from coldstart.pipelines.cluster_config import cluster_config, image_kind
+from coldstart.pipelines.pipeline import build_pipeline
+from coldstart.pipelines.stage_pipeline import build_stage_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GPU_OVERRIDES = [
@@ -173,10 +173,10 @@ def test_paper_dag_schedules_every_gpu_task_on_gpu_nodes(tmp_path):
 
 
 @pytest.mark.parametrize(("stage", "module", "uris", "executor", "gpus", "image"), [
-    ("sft", "components.sft.component", {"sft_data": "s3://b/sft"}, "exec-sft-op", 8, "train"),
-    ("grpo", "components.grpo.component", {"init_model": "s3://b/m", "rl_data": "s3://b/rl"}, "exec-grpo-op", 8,
+    ("sft", "coldstart.sft.component", {"sft_data": "s3://b/sft"}, "exec-sft-op", 8, "train"),
+    ("grpo", "coldstart.grpo.component", {"init_model": "s3://b/m", "rl_data": "s3://b/rl"}, "exec-grpo-op", 8,
      "rollout"),
-    ("eval", "components.eval.component", {"eval_data": "s3://b/ev", "sft_model": "s3://b/m"}, "exec-eval-op", 1,
+    ("eval", "coldstart.eval.component", {"eval_data": "s3://b/ev", "sft_model": "s3://b/m"}, "exec-eval-op", 1,
      "rollout"),
 ])  # fmt: skip
 def test_paper_config_gpu_stages_on_gpu_nodes(tmp_path, stage, module, uris, executor, gpus, image):
@@ -222,9 +222,9 @@ def test_trainjob_option_with_the_in_pod_sft_component_is_refused():
     from kfp import dsl
     from kfp.dsl import Dataset, Model
 
-    from pipelines.resources import configure_task
+    from coldstart.pipelines.resources import configure_task
 
-    sft = pytest.importorskip("components.sft.component")
+    sft = pytest.importorskip("coldstart.sft.component")
     cfg = load_config(CONFIGS / "tiny.yaml", ["cluster.sft_launcher=trainjob"])
     with pytest.raises(ValueError, match="select_sft_op"):
 

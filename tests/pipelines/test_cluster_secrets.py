@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import load_config
-from pipelines.cli import main
-from pipelines.stage_pipeline import build_stage_pipeline
+from coldstart.common.config import load_config
+from coldstart.pipelines.cli import main
+from coldstart.pipelines.stage_pipeline import build_stage_pipeline
 from tests.pipelines.test_cluster_resources import compile_docs
 from tests.pipelines.test_submit import fake_kfp  # noqa: F401 (a fixture)
 
@@ -72,3 +72,32 @@ def test_submitted_run_holds_no_credential(fake_kfp, sentinels):  # noqa: F811 (
     assert fake_kfp.bodies("POST", "/runs")
     assert_clean(json.dumps([body for *_, body in fake_kfp.requests]), sentinels)
     assert_clean(json.dumps([query for _, _, query, _ in fake_kfp.requests]), sentinels)
+
+
+def test_extractor_key_reaches_only_the_eval_task_by_secret_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_API_KEY", "SENTINEL-judge-key")
+    out = tmp_path / "p.yaml"
+    judge = [
+        "eval.extractor.base_url=http://judge:8000/v1",
+        "eval.extractor.model=judge",
+        "eval.extractor.api_key_env=JUDGE_API_KEY",
+        "eval.extractor.api_key_secret=coldstart-judge",
+    ]
+    args = ["compile", "--config", str(CONFIGS / "tiny.yaml"), "--output", str(out)]
+    assert main([*args, *(x for kv in judge for x in ("--set", kv))]) == 0
+    text = out.read_text()
+    assert "SENTINEL-judge-key" not in text
+    _, platform = yaml.safe_load_all(text)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_key = {
+        name
+        for name, ex in executors.items()
+        for s in ex["secretAsEnv"]
+        if s["secretName"] == "coldstart-judge"
+    }
+    assert with_key and all("eval" in name for name in with_key), with_key
+    for name in with_key:
+        (entry,) = [
+            s for s in executors[name]["secretAsEnv"] if s["secretName"] == "coldstart-judge"
+        ]
+        assert entry["keyToEnv"] == [{"secretKey": "JUDGE_API_KEY", "envVar": "JUDGE_API_KEY"}]

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from components.common.config import load_config
-from components.common.errors import InputError
-from components.common.images import image_ref
-from pipelines.cluster_config import TrainJobConfig
-from pipelines.trainjob import (
+from coldstart.common.config import load_config
+from coldstart.common.errors import InputError
+from coldstart.common.images import image_ref
+from coldstart.pipelines.cluster_config import TrainJobConfig
+from coldstart.pipelines.trainjob import (
     TrainJobClient,
     TrainJobInputs,
     create_or_attach,
@@ -80,7 +80,7 @@ def test_rendered_trainjob_fits_the_crd_schema_and_core_types():
     }
     assert trainer["image"] == image_ref("train")
     assert job["spec"]["activeDeadlineSeconds"] == 86400
-    assert "components.sft" in " ".join(trainer["command"])
+    assert "coldstart.sft" in " ".join(trainer["command"])
 
 
 def test_trainjob_env_has_config_and_uris_and_credentials_only_by_reference(monkeypatch):

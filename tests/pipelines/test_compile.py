@@ -4,9 +4,9 @@ from pathlib import Path
 
 import yaml
 
-from components.common.config import load_config
-from components.common.images import stage_image
-from pipelines.cli import main
+from coldstart.common.config import load_config
+from coldstart.common.images import stage_image
+from coldstart.pipelines.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.compile import image_tag, mutable_images
+from coldstart.pipelines.cli import main
+from coldstart.pipelines.compile import image_tag, mutable_images
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 import pytest
 
-from components.common.config import load_config
-from pipelines.cli import main
-from pipelines.doctor import (
+from coldstart.common.config import load_config
+from coldstart.pipelines.cli import main
+from coldstart.pipelines.doctor import (
     check_bucket,
     check_gpu_nodes,
     check_kfp,
@@ -211,7 +211,7 @@ def test_doctor_command_prints_one_line_per_check(
 
 
 def test_gpus_needed_comes_from_the_cluster_section():
-    from pipelines.doctor import gpus_needed
+    from coldstart.pipelines.doctor import gpus_needed
 
     assert gpus_needed(load_config(CONFIGS / "qwen2.5-vl-7b.yaml")) == 8
     assert gpus_needed(load_config(CONFIGS / "tiny.yaml")) == 0

@@ -23,7 +23,7 @@ def coldstart(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env.pop("MLFLOW_TRACKING_URI", None)
     assert command[0] == "coldstart"
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *command[1:]],
+        [sys.executable, "-m", "coldstart.pipelines.cli", *command[1:]],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -11,9 +11,9 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.common.errors import one_line
-from pipelines.caching import run_local_pipeline
-from pipelines.local_tasks import TaskFailed, last_error, supervise
+from coldstart.common.errors import one_line
+from coldstart.pipelines.caching import run_local_pipeline
+from coldstart.pipelines.local_tasks import TaskFailed, last_error, supervise
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -31,7 +31,7 @@ def noisy_op(marker: str, data: Output[Dataset]) -> None:
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
 def validate_rows_op(where: str) -> None:
-    from components.common.errors import InputError
+    from coldstart.common.errors import InputError
 
     raise InputError(f"{where}: row 3: image is not a PNG: fix or drop the row")
 
@@ -123,7 +123,7 @@ Traceback (most recent call last):
   File "/x/ephemeral_component.py", line 9, in data_prep_op
     cfg = config_from_json(config_json)
           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
-components.common.config.ConfigError: invalid config (pipeline parameter config_json):
+coldstart.common.config.ConfigError: invalid config (pipeline parameter config_json):
   sft.learning_rate: Input should be greater than 0 (got -1.0)
   grpo.total_steps: Input should be a valid integer (got 'x')
 
@@ -132,7 +132,7 @@ components.common.config.ConfigError: invalid config (pipeline parameter config_
 
 def test_last_error_keeps_a_multi_line_message():
     cls, message = last_error(CONFIG_ERROR_LOG)
-    assert cls == "components.common.config.ConfigError"
+    assert cls == "coldstart.common.config.ConfigError"
     assert one_line(message) == (
         "invalid config (pipeline parameter config_json): "
         "sft.learning_rate: Input should be greater than 0 (got -1.0); "

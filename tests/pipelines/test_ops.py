@@ -3,7 +3,7 @@ run parameters reach every stage through the resolved config.
 
 In a pod kfp runs with `_KFP_RUNTIME=true`, where `kfp.dsl` has no `component` (nor
 PipelineTask): a module that defines components, or imports one that does, fails to import
-there. The launcher of a TrainJob once imported pipelines.trainjob, which defined its component.
+there. The launcher of a TrainJob once imported coldstart.pipelines.trainjob, which defined its component.
 """
 
 import json
@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import ConfigError, load_config
-from pipelines.cli import main
-from pipelines.run_params import KNOBS, apply_knobs
+from coldstart.common.config import ConfigError, load_config
+from coldstart.pipelines.cli import main
+from coldstart.pipelines.run_params import KNOBS, apply_knobs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 
 RUNTIME_CHECK = """
-from pipelines.cluster_config import cluster_config
-from pipelines.run_params import apply_knobs
-from pipelines.trainjob import TrainJobInputs, render_trainjob
-from components.common.config import load_config
+from coldstart.pipelines.cluster_config import cluster_config
+from coldstart.pipelines.run_params import apply_knobs
+from coldstart.pipelines.trainjob import TrainJobInputs, render_trainjob
+from coldstart.common.config import load_config
 cfg = load_config("configs/qwen2.5-vl-7b.yaml", ["cluster.sft_launcher=trainjob"])
 job = render_trainjob(cfg, TrainJobInputs("r", "s3://b/m", "s3://b/d", "s3://b/o"), "ns")
 print(job["kind"], apply_knobs(cfg.to_json(), {"grpo_total_steps": 3})[:1])

@@ -12,9 +12,9 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.common.config import config_from_json, load_config
-from pipelines.cli import main
-from pipelines.stage_pipeline import STAGES, StageSpec, build_stage_pipeline
+from coldstart.common.config import config_from_json, load_config
+from coldstart.pipelines.cli import main
+from coldstart.pipelines.stage_pipeline import STAGES, StageSpec, build_stage_pipeline
 from tests.pipelines.test_cluster_resources import compile_docs
 from tests.pipelines.test_submit import fake_kfp  # noqa: F401 (a fixture)
 
@@ -111,10 +111,10 @@ def test_one_stage_pipeline_imports_each_input_and_builds_a_missing_base_model(t
 
 
 @pytest.mark.parametrize(("stage", "module", "uris"), [
-    ("grpo", "components.grpo.component", {"init_model": "s3://b/sft/model", "rl_data": "s3://b/rl"}),
-    ("eval", "components.eval.component",
+    ("grpo", "coldstart.grpo.component", {"init_model": "s3://b/sft/model", "rl_data": "s3://b/rl"}),
+    ("eval", "coldstart.eval.component",
      {"eval_data": "s3://b/ev", "sft_model": "s3://b/s", "rl_model": "s3://b/r", "sft_rl_model": "s3://b/sr"}),
-    ("sft", "components.sft.component", {"sft_data": "s3://b/sft", "base_model": "s3://b/base"}),
+    ("sft", "coldstart.sft.component", {"sft_data": "s3://b/sft", "base_model": "s3://b/base"}),
 ])  # fmt: skip
 def test_real_stages_compile_as_one_stage_pipelines(tmp_path, stage, module, uris):
     pytest.importorskip(module, reason=f"{module} not written yet")

@@ -3,9 +3,9 @@ the run's store (the end-to-end check is tests/pipelines/test_local_run.py)."""
 
 from pathlib import Path
 
-from components.common.stage_cli import resolve_config
-from pipelines.run_summary import Invocation, runs_flags, score_table
-from pipelines.runs import config_tracking_uri
+from coldstart.common.stage_cli import resolve_config
+from coldstart.pipelines.run_summary import Invocation, runs_flags, score_table
+from coldstart.pipelines.runs import config_tracking_uri
 
 
 def test_score_table_is_the_reports_first_table_without_bold(tmp_path):

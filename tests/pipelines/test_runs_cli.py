@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.common.tracking import stage_run
-from pipelines.cli import main
+from coldstart.common.tracking import stage_run
+from coldstart.pipelines.cli import main
 from tests.conftest import tiny_config
 from tests.servers import MlflowServer, S3Env
 
@@ -70,8 +70,8 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 
 
 def test_tag_names_agree_with_the_tracker() -> None:
-    from components.common import tracking
-    from pipelines import runs
+    from coldstart.common import tracking
+    from coldstart.pipelines import runs
 
     assert (
         runs.ROLE,

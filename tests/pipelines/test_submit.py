@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from components.common.config import config_from_json, load_config
-from pipelines.caching import spec_tasks
-from pipelines.cli import main
+from coldstart.common.config import config_from_json, load_config
+from coldstart.pipelines.caching import spec_tasks
+from coldstart.pipelines.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 API = "/apis/v2beta1"

@@ -5,7 +5,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from components.common.models import load_processor
+from coldstart.common.models import load_processor
 
 
 @pytest.fixture(scope="session")

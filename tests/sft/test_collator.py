@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from components.common.config import PAPER_SYSTEM_PROMPT
-from components.common.errors import InputError
-from components.common.models import load_model
-from components.sft.collator import IGNORE_INDEX, SFTCollator
+from coldstart.common.config import PAPER_SYSTEM_PROMPT
+from coldstart.common.errors import InputError
+from coldstart.common.models import load_model
+from coldstart.sft.collator import IGNORE_INDEX, SFTCollator
 
 
 def _batch(processor, rows, max_length=512):

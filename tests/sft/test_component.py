@@ -7,8 +7,8 @@ import yaml
 from kfp import compiler, dsl, local
 from kfp.dsl import Dataset, Model
 
-from components.common.models import load_model
-from components.sft.component import sft_op
+from coldstart.common.models import load_model
+from coldstart.sft.component import sft_op
 from tests.conftest import tiny_config
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from components.common.config import SFTConfig
-from components.sft.collator import SFTCollator
-from components.sft.data import SFTDataError, check_split, load_sft_splits, row_lengths
+from coldstart.common.config import SFTConfig
+from coldstart.sft.collator import SFTCollator
+from coldstart.sft.data import SFTDataError, check_split, load_sft_splits, row_lengths
 
 
 def _edit(rows: datasets.Dataset, index: int, **values) -> datasets.Dataset:

@@ -10,11 +10,11 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from components.common import launcher, stage_runner
-from components.common.launcher import processes_to_launch, torchrun_command
-from components.common.stage_runner import RESULT_FLAG, StageRequest
-from components.common.tracking import local_tracking_uri
-from components.sft import cli
+from coldstart.common import launcher, stage_runner
+from coldstart.common.launcher import processes_to_launch, torchrun_command
+from coldstart.common.stage_runner import RESULT_FLAG, StageRequest
+from coldstart.common.tracking import local_tracking_uri
+from coldstart.sft import cli
 from tests.conftest import tiny_config
 
 
@@ -26,7 +26,7 @@ def stage_args(base_model: str, data: str, output: str, run_id: str) -> dict[str
 
 def run_under_torchrun(cfg, base_model: str, data: str, output: str, run_id: str, nproc: int):
     args = stage_args(base_model, data, output, run_id)
-    return launcher.run_under_torchrun("components.sft", cfg, args, nproc, RESULT_FLAG)
+    return launcher.run_under_torchrun("coldstart.sft", cfg, args, nproc, RESULT_FLAG)
 
 
 def test_torchrun_command_reruns_the_stage_once_per_device(tmp_path):
@@ -35,7 +35,7 @@ def test_torchrun_command_reruns_the_stage_once_per_device(tmp_path):
         **stage_args("/m", "/d", "s3://b/out", "run-1"),
         "--result-json": str(tmp_path / "m.json"),
     }
-    cmd = torchrun_command("components.sft", 8, args)
+    cmd = torchrun_command("coldstart.sft", 8, args)
     assert cmd[:5] == [
         sys.executable,
         "-m",
@@ -43,7 +43,7 @@ def test_torchrun_command_reruns_the_stage_once_per_device(tmp_path):
         "--standalone",
         "--nproc_per_node=8",
     ]
-    assert cmd[5:7] == ["-m", "components.sft"]
+    assert cmd[5:7] == ["-m", "coldstart.sft"]
     args = dict(zip(cmd[7::2], cmd[8::2], strict=False))
     assert args == {
         "--config": str(tmp_path / "c.json"),
@@ -75,7 +75,7 @@ def test_main_hands_multi_gpu_runs_to_torchrun(monkeypatch, tmp_path):
     cfg = tiny_config(tmp_path)
     assert cli.main(cfg, "/m", "/d", str(tmp_path / "out"), "r") == {"sft/global_step": 1.0}
     args = stage_args("/m", "/d", str(tmp_path / "out"), "r")
-    assert calls == [("components.sft", cfg, args, 4, RESULT_FLAG)]
+    assert calls == [("coldstart.sft", cfg, args, 4, RESULT_FLAG)]
 
 
 @pytest.mark.slow

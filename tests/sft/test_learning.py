@@ -7,11 +7,11 @@ The floors below leave a wide margin for other machines and library versions.
 
 import pytest
 
-from components.common.config import load_config
-from components.common.generation import HFBackend, PromptInput, SamplingConfig
-from components.common.models import load_model, load_processor
-from components.data_prep.stage import DataPrepOutputs, run_data_prep
-from components.sft.cli import main
+from coldstart.common.config import load_config
+from coldstart.common.generation import HFBackend, PromptInput, SamplingConfig
+from coldstart.common.models import load_model, load_processor
+from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
+from coldstart.sft.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

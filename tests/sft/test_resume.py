@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components.sft.checkpointing import last_local_checkpoint
+from coldstart.sft.checkpointing import last_local_checkpoint
 from tests.conftest import tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -33,7 +33,7 @@ def _command(config: Path, model: Path, data: Path, out: Path, metrics: Path) ->
     return [
         sys.executable,
         "-m",
-        "components.sft",
+        "coldstart.sft",
         "--config",
         str(config),
         "--base-model",

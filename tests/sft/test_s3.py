@@ -5,10 +5,10 @@ import uuid
 
 import pytest
 
-from components.common import checkpoints, storage
-from components.common.models import load_model
-from components.common.stage_runner import RESULT_FILE
-from components.sft.cli import main
+from coldstart.common import checkpoints, storage
+from coldstart.common.models import load_model
+from coldstart.common.stage_runner import RESULT_FILE
+from coldstart.sft.cli import main
 from tests.conftest import tiny_config
 from tests.servers import S3Env
 

@@ -10,10 +10,10 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from components.common.config import ConfigError
-from components.common.models import ModelLoadError, load_model, load_processor
-from components.common.tracking import local_tracking_uri
-from components.sft.cli import main
+from coldstart.common.config import ConfigError
+from coldstart.common.models import ModelLoadError, load_model, load_processor
+from coldstart.common.tracking import local_tracking_uri
+from coldstart.sft.cli import main
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(600)

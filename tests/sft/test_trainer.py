@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.sft.cli import main
+from coldstart.sft.cli import main
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(600)

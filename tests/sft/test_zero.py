@@ -5,10 +5,10 @@ import json
 import pytest
 from transformers import TrainingArguments
 
-from components.common.config import ConfigError, SFTConfig, config_from_dict
-from components.common.models import load_model
-from components.common.zero import CONFIG_FILES, trainer_config_file
-from components.sft.trainer import training_arguments
+from coldstart.common.config import ConfigError, SFTConfig, config_from_dict
+from coldstart.common.models import load_model
+from coldstart.common.zero import CONFIG_FILES, trainer_config_file
+from coldstart.sft.trainer import training_arguments
 
 
 def _autos(node, path=""):

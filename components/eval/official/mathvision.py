@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from components.common.answers import is_equivalent
+from coldstart.common.answers import is_equivalent
 
 _FLAGS = ("the final answer is", "the answer is", "the correct answer is", "the answer should be")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from components.common.answers import extract_boxed
+from coldstart.common.answers import extract_boxed
 
 _DROP_RE = re.compile(r"[><:.]")
 
