@@ -236,9 +236,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, args.overrides)
     opts = server_options(args)
+    pipeline = build_pipeline(cfg)
+    with tempfile.TemporaryDirectory() as tmp:  # mutable image tags refused before any server call
+        compile_package(pipeline, Path(tmp) / "pipeline.yaml")
     check_host(opts.host)
     preflight(cfg, local=False)
-    return exit_code(submit_pipeline(build_pipeline(cfg), cfg, opts))
+    return exit_code(submit_pipeline(pipeline, cfg, opts))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
