@@ -2,7 +2,7 @@
 
 Bad input (config, data files, model directories, URIs) raises `InputError`: its message names
 the field, file or row and what to do. Every command -- `coldstart ...` and each
-`python -m components.<stage>` -- ends a failure the same way (`report_failure`): one line on
+`python -m coldstart.<stage>` -- ends a failure the same way (`report_failure`): one line on
 stderr naming where it failed and the message, the path of a file holding the full traceback,
 exit code 2 for bad input and 1 for anything else. The traceback reaches the terminal only with
 `--verbose`: a user fixing a typo in a path does not need 40 lines of stack.

@@ -1,8 +1,8 @@
 """Several GPUs in one pod: a stage re-runs itself under torchrun, one process per GPU.
 
-The kfp component and `python -m components.<stage>` both arrive in the stage's `cli.main`.
+The kfp component and `python -m coldstart.<stage>` both arrive in the stage's `cli.main`.
 With more than one CUDA device and no torchrun around us yet, the stage re-executes itself as
-`torchrun --nproc_per_node=N -m components.<stage> ...` with the same config (written to a
+`torchrun --nproc_per_node=N -m coldstart.<stage> ...` with the same config (written to a
 file) and paths; every worker trains, and rank 0 writes the result JSON that this parent
 returns. Workers are recognised by LOCAL_RANK, which torchrun sets. On CPU, on one GPU and
 inside a worker, the stage trains in-process. Shared by SFT and GRPO.

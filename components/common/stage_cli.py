@@ -1,4 +1,4 @@
-"""What every stage's `python -m components.<stage>` shares: config file, `--set`, logging, errors.
+"""What every stage's `python -m coldstart.<stage>` shares: config file, `--set`, logging, errors.
 
 One source of defaults: without `--config`, every command (the stages' and `coldstart`'s) reads
 `configs/tiny.yaml` of the checkout the code comes from -- the file the docs describe -- never

@@ -47,7 +47,7 @@ RESULT_FLAG = "--result-json"
 class StageRequest:
     """What one training stage is asked to do; every rank of a torchrun group gets the same."""
 
-    stage: str  # "sft" / "grpo": the package (components.<stage>) and the config section
+    stage: str  # "sft" / "grpo": the package (coldstart.<stage>) and the config section
     inputs: Mapping[str, str]  # CLI flag name (e.g. "base-model") -> local path or s3:// URI
     output_dir: str  # local folder or s3:// prefix for the trained model
     run_id: str  # the pipeline run: keys the checkpoints and the MLflow runs
@@ -238,7 +238,7 @@ class TrainingStage:
         return run_stage(cfg, request, lambda ctx: self.train(cfg, ctx))
 
     def cli(self) -> int:
-        """`python -m components.<stage>`: the inputs, --output, --run-name, --result-json; prints
+        """`python -m coldstart.<stage>`: the inputs, --output, --run-name, --result-json; prints
         rank 0's metrics."""
         parser = stage_parser(self.name, self.description)
         for flag, help_text in self.inputs.items():
