@@ -212,7 +212,7 @@ class TrainingStage:
     """A training stage as the runner and its command line see it: what it reads, what decides
     its weights, and how it trains from local paths."""
 
-    name: str  # "sft" / "grpo": the package components.<name> and the config section
+    name: str  # "sft" / "grpo": the package coldstart.<name> and the config section
     description: str  # the command's help
     inputs: Mapping[str, str]  # CLI flag name -> help
     digest: Callable[[PipelineConfig], str]  # see `training_digest`
