@@ -27,14 +27,16 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coldstart.common import storage
 from coldstart.common.config import PipelineConfig, flatten
 from coldstart.common.launcher import is_rank_zero, processes_to_launch, run_under_torchrun
 from coldstart.common.run_id import require_run_id
 from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
-from coldstart.common.tracking import StageTracker, log_final_model, stage_run
+
+if TYPE_CHECKING:  # tracking imports mlflow: imported when a tracked run starts
+    from coldstart.common.tracking import StageTracker
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,8 @@ def rank_zero_tracking(cfg: PipelineConfig, request: StageRequest) -> Iterator[S
     if not is_rank_zero():
         yield None
         return
+    from coldstart.common.tracking import stage_run
+
     with stage_run(cfg, request.run_name, request.run_id) as tracker:
         params = {
             k: v for k, v in flatten(cfg).items() if k.startswith((f"{request.stage}.", "model."))
@@ -196,6 +200,8 @@ def run_stage(
             tracker.log_params({f"{request.stage}.checkpoint_root": ctx.checkpoint_root})
         metrics = train(ctx)
         if tracker is not None:
+            from coldstart.common.tracking import log_final_model
+
             log_final_model(tracker, cfg, ctx.output)
     if is_rank_zero():
         write_result(ctx.output, request.digest, metrics)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,7 +22,6 @@ from coldstart.common.generation import GenerationBackend, make_backend
 from coldstart.common.models import load_model, load_processor
 from coldstart.common.rewards import bounded_reward_funcs
 from coldstart.common.stage_runner import StageContext
-from coldstart.common.tracking import StageTracker
 from coldstart.common.trainable import prepare_trainable
 from coldstart.common.zero import zero_wanted
 from coldstart.grpo.checkpointing import Checkpointer
@@ -31,6 +30,9 @@ from coldstart.grpo.distributed import World, barrier, init_from_env
 from coldstart.grpo.engine import PolicyEngine
 from coldstart.grpo.engine_plain import PlainEngine
 from coldstart.grpo.trainer import MetricsFn, RewardFunc, setup_run, train
+
+if TYPE_CHECKING:  # tracking imports mlflow, which a bare GPU check machine lacks
+    from coldstart.common.tracking import StageTracker
 
 log = logging.getLogger(__name__)
 

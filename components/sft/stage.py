@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import set_seed
@@ -23,7 +23,6 @@ from coldstart.common import storage
 from coldstart.common.config import PipelineConfig, SFTConfig
 from coldstart.common.models import load_model, load_processor
 from coldstart.common.stage_runner import StageContext
-from coldstart.common.tracking import StageTracker
 from coldstart.common.trainable import parameter_counts, prepare_trainable
 from coldstart.common.zero import trainer_config_file
 from coldstart.sft.checkpointing import (
@@ -37,6 +36,9 @@ from coldstart.sft.collator import SFTCollator
 from coldstart.sft.data import check_split, load_sft_splits
 from coldstart.sft.monitor import TrackerCallback, loss_curve, loss_points
 from coldstart.sft.trainer import SFTTrainer, check_global_batch, training_arguments
+
+if TYPE_CHECKING:  # tracking imports mlflow, which a bare GPU check machine lacks
+    from coldstart.common.tracking import StageTracker
 
 log = logging.getLogger(__name__)
 
