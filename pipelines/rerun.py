@@ -141,11 +141,14 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return 0
     uris = cluster_uris(uris)
     opts = server_options(args)
-    check_host(opts.host)
-    preflight(cfg, local=False, inputs=uris)
+
+    def checks() -> None:
+        check_host(opts.host)
+        preflight(cfg, local=False, inputs=uris)
+
     run_id = None if args.no_cache else rerun_run_id(cfg, args.stage, uris)
     pipeline = build_stage_pipeline(cfg, args.stage, uris, run_id)
-    return exit_code(submit_pipeline(pipeline, cfg, opts))
+    return exit_code(submit_pipeline(pipeline, cfg, opts, before_server=checks))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

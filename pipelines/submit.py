@@ -167,8 +167,12 @@ def submit_pipeline(
     cfg: PipelineConfig,
     opts: ServerOptions,
     client_factory: Callable[[ServerOptions], Any] = make_client,
+    before_server: Callable[[], None] = lambda: None,
 ) -> SubmitResult:
-    """Compile `pipeline_func`, create the run, print its URL; with `opts.watch`, follow it to the end."""
+    """Compile `pipeline_func`, create the run, print its URL; with `opts.watch`, follow it to the end.
+
+    `before_server` (host and preflight checks) runs after the compile has refused mutable images
+    and before the first server call, so the cheapest refusal comes first."""
     for note in cluster_warnings(cfg):
         print(f"warning: {note}", file=sys.stderr)
     experiment = opts.experiment or cfg.tracking.experiment
@@ -176,6 +180,7 @@ def submit_pipeline(
     with tempfile.TemporaryDirectory() as tmp:
         package = str(Path(tmp) / "pipeline.yaml")
         compile_package(pipeline_func, package)  # refuses mutable images before any server call
+        before_server()
         client = client_factory(opts)
         if opts.no_cache:
             disable_caching_in_package(package)
@@ -236,12 +241,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, args.overrides)
     opts = server_options(args)
-    pipeline = build_pipeline(cfg)
-    with tempfile.TemporaryDirectory() as tmp:  # mutable image tags refused before any server call
-        compile_package(pipeline, Path(tmp) / "pipeline.yaml")
-    check_host(opts.host)
-    preflight(cfg, local=False)
-    return exit_code(submit_pipeline(pipeline, cfg, opts))
+
+    def checks() -> None:
+        check_host(opts.host)
+        preflight(cfg, local=False)
+
+    return exit_code(submit_pipeline(build_pipeline(cfg), cfg, opts, before_server=checks))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
