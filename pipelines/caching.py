@@ -18,6 +18,7 @@ writes such an artifact's metadata as JSON at its URI, which keeps the entry val
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -43,11 +44,18 @@ def init_local(pipeline_root: Path, cache: bool) -> None:
 def run_local_pipeline(
     pipeline_func: Callable[..., Any], pipeline_root: Path, cache: bool, **arguments: Any
 ) -> Any:
-    """Call a pipeline under kfp.local with or without the cache, leaving the cache usable."""
+    """Call a pipeline under kfp.local with or without the cache, leaving the cache usable.
+
+    kfp.local indents its tasks' output by swapping ``builtins.print`` for each task and
+    putting back what it found; tasks that run in threads (ParallelFor) put back each other's
+    swaps, so the indenting print can outlive the run. It is put back here.
+    """
     init_local(pipeline_root, cache)
+    original_print = builtins.print
     try:
         return pipeline_func(**arguments)
     finally:
+        builtins.print = original_print
         if cache:
             settle_metadata_artifacts(pipeline_root / ".kfp_cache")
 

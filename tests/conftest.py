@@ -1,5 +1,6 @@
 """Shared fixtures: offline hub, a tiny model and a small synthetic data set built once per session."""
 
+import builtins
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +15,16 @@ import yaml
 from coldstart.common.config import PipelineConfig, config_from_dict
 
 pytest_plugins = ["tests.servers"]
+
+
+@pytest.fixture(autouse=True)
+def print_is_left_alone():
+    """A test that leaves ``builtins.print`` swapped (kfp.local's indenting print, see
+    caching.run_local_pipeline) would indent every later test's output: fail it instead."""
+    original = builtins.print
+    yield
+    swapped, builtins.print = builtins.print is not original, original
+    assert not swapped, "builtins.print was left swapped (by kfp.local?)"
 
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

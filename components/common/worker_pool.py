@@ -180,9 +180,13 @@ class WorkerPool:
         return outcome, None
 
     def warm_up(self) -> None:
-        """Block until every worker is up (or raise why they cannot start)."""
+        """Block until every worker is up (or raise why they cannot start); idle workers that
+        died (killed from outside) are replaced first."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         with self._cond:
+            for worker in [w for w in self._idle if w.conn.poll(0)]:  # readable when idle: EOF
+                self._idle.remove(worker)
+                self._drop(worker)
             failures = self._request_workers()
             while self._live < self.size:
                 self._wait(failures, deadline)

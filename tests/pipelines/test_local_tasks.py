@@ -5,6 +5,7 @@ The components are small stand-ins (a few seconds each) so the hooks into kfp.lo
 exercised for real. (No `from __future__ import annotations`: this module defines components.)
 """
 
+import builtins
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,14 @@ def test_last_error_keeps_a_multi_line_message():
         "grpo.total_steps: Input should be a valid integer (got 'x')"
     )
     assert last_error("no traceback here\n") is None
+
+
+def test_a_print_swapped_during_the_run_is_put_back(tmp_path):
+    """kfp.local's per-task indenting print leaks when threaded tasks restore each other's."""
+    original = builtins.print
+
+    def pipeline() -> None:
+        builtins.print = lambda *args, **kwargs: original("    ", *args, **kwargs)
+
+    run_local_pipeline(pipeline, tmp_path / "root", False)
+    assert builtins.print is original
