@@ -537,6 +537,13 @@ class ExtractorConfig(_Strict):
         return self
 
 
+ScoringMode = Literal["official", "strict"]
+
+
+def _every_scoring_mode() -> list[ScoringMode]:
+    return ["official", "strict"]
+
+
 class EvalConfig(_Strict):
     """Greedy evaluation of one or more models on the benchmarks, scored as each benchmark does."""
 
@@ -564,8 +571,8 @@ class EvalConfig(_Strict):
     max_model_len: int | None = Field(
         None, ge=64, description="vLLM backend: context length (None = the model's)"
     )
-    scoring: list[Literal["official", "strict"]] = Field(
-        default_factory=lambda: ["official", "strict"],
+    scoring: list[ScoringMode] = Field(
+        default_factory=_every_scoring_mode,
         min_length=1,
         description="scoring modes, each reported: 'official' = each benchmark's official scorer "
         "and rules, 'strict' = the last \\boxed{} as the GRPO reward checks it; the first one "
