@@ -22,11 +22,12 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/coldstart run --config $(CONFIG)
 
+# -n auto: one pytest worker per CPU (pytest-xdist); PYTEST_ARGS="-n 0" runs in one process.
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n auto $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -n auto -m "not slow" $(PYTEST_ARGS)
 
 # ruff (lint + format) on everything; mypy on the modules listed in pyproject's [tool.mypy] files.
 lint: install

@@ -105,6 +105,11 @@ def _cpu_seconds() -> dict[str, float]:
     return out
 
 
+def _own_cpu_seconds() -> float:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
 def _measure_pool(jobs: list[tuple]) -> dict:
     """The reward's path: ``score_response`` mapped over the pool (what ``accuracy_reward`` runs)."""
     from coldstart.common import verifier
@@ -120,14 +125,17 @@ def _measure_pool(jobs: list[tuple]) -> dict:
         return reward
 
     before, spawns_before = verifier.counts(), verifier.pool_stats()
+    cpu_before = _own_cpu_seconds() + verifier.pool_cpu_seconds()
     start = time.perf_counter()
     scores = verifier.map_within_deadline(
         timed, list(enumerate(jobs)), timeout_s=TIME_BOUND_S, deadline_s=None, default=0.0
     )
     total = time.perf_counter() - start
+    cpu = _own_cpu_seconds() + verifier.pool_cpu_seconds() - cpu_before
     after, spawns_after = verifier.counts(), verifier.pool_stats()
     return {
         "total_s": total,
+        "cpu_s": cpu,
         "latencies": latencies,
         "rewards": scores,
         "counts": {k: after[k] - before[k] for k in after},
@@ -246,8 +254,10 @@ def markdown(report: dict) -> str:
             )
     lines += [
         "",
-        "CPU s: seconds of CPU of the baseline's process and its worker (the pool's workers are "
-        "not its children: not measured). Over bound: completions whose own wall time passed the "
+        "CPU s: seconds of CPU the scoring used, this process and its answer-checking "
+        "processes together (the pool's zygote, its workers, those it reaped); unlike the batch "
+        "time, the load of a shared machine hardly changes it, and CPU s / CPUs is the batch "
+        "time on idle cores with perfect parallelism. Over bound: completions whose own wall time passed the "
         "bound (its check plus waiting for a CPU on a loaded machine). Timeouts: checks cut off "
         "at the bound, scored 0, their worker replaced by a fork.",
     ]

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+from pathlib import Path
 from typing import TypeVar
 
 from coldstart.common.worker_pool import WorkerPool, default_size
@@ -383,3 +384,24 @@ def pool_stats() -> dict[str, int]:
 def worker_pids() -> list[int]:
     """Process ids of the idle workers (for tests and debugging)."""
     return _POOL.worker_pids()
+
+
+def pool_cpu_seconds() -> float:
+    """CPU seconds the answer-checking processes have used so far: the zygote, the workers it
+    reaped and the idle ones (Linux /proc). The pool's workers are not our children, so
+    ``getrusage`` cannot see them; benchmarks need this to give a number the load cannot skew."""
+    zygote = _POOL.zygote_pid()
+    if zygote is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def ticks(pid: int, with_children: bool) -> int:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # it has just exited: its time is the zygote's now
+            return 0
+        used = int(fields[11]) + int(fields[12])  # utime, stime
+        return used + (int(fields[13]) + int(fields[14]) if with_children else 0)  # + reaped
+
+    total = ticks(zygote, True) + sum(ticks(pid, False) for pid in worker_pids())
+    return total / tick

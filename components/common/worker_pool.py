@@ -195,6 +195,11 @@ class WorkerPool:
         with self._cond:
             return [w.pid for w in self._idle]
 
+    def zygote_pid(self) -> int | None:
+        """The zygote's pid (its reaped children are the workers that ended), None before start."""
+        zygote = self._zygote
+        return None if zygote is None else zygote.pid
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
