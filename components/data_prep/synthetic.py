@@ -219,41 +219,44 @@ def triangle_angle(rng: random.Random, difficulty: int, size: int) -> Scene:
 
 
 COLOR_VALUES = {"red": 1, "blue": 2, "green": 3, "yellow": 4}
-_QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+SQUARE_SIDE = (0.2, 0.8)  # color_sum: a square's side as a fraction of its slot's shorter side
 
 
 def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
     """Add the values of coloured squares (red 1, blue 2, green 3, yellow 4): read, look up, add.
 
-    Built for the miniature ablation: the tiny model reads a large uniform colour region reliably
-    (small shapes and counts it does not learn in minutes on CPU), yet answering in one step means
-    reading every square, mapping each colour to its value and adding, all in one forward pass,
-    which it does not learn; the structured CoT splits that into steps it can take one at a time.
-    Two squares (left / right) at difficulty 1, three and four in the quadrants above that.
+    Built for the miniature ablation: the tiny model reads a uniform colour region, yet answering
+    in one step means reading every square, mapping each colour to its value and adding in one
+    forward pass; the structured CoT splits that into steps it can take one at a time.
+    Two squares (one per half) at difficulty 1, three and four in the quadrants above that.
+
+    The observation lists the squares by value, not by place: the answer does not depend on where
+    a square is, and naming places ("on the left") made SFT learn to tell left from right, which the
+    tiny model did only after a seed-dependent number of steps (an answer that reads one colour
+    twice until then). Sides from 0.2 to 0.8 of the slot leave small squares that are harder to
+    read than large ones: a graded difficulty that a short SFT does not fully learn and GRPO
+    keeps improving (bench/configs/ablation.yaml; docs/benchmarks.md).
     """
     k = 1 + difficulty
     if k == 2:
-        slots, names = (
-            [(0, 0, size // 2, size), (size // 2, 0, size // 2, size)],
-            ["on the left", "on the right"],
-        )
+        slots = [(0, 0, size // 2, size), (size // 2, 0, size // 2, size)]
     else:
         half = size // 2
         chosen = sorted(rng.sample(range(4), k))
         slots = [((q % 2) * half, (q // 2) * half, half, half) for q in chosen]
-        names = [f"at the {_QUADRANTS[q]}" for q in chosen]
     image, draw = _canvas(size)
     colors, boxes = [], []
     for x, y, w, h in slots:
-        side = int(min(w, h) * rng.uniform(0.6, 0.8))
+        side = max(3, int(min(w, h) * rng.uniform(*SQUARE_SIDE)))
         x0, y0 = x + rng.randint(1, w - side - 1), y + rng.randint(1, h - side - 1)
         color = rng.choice(list(COLOR_VALUES))
         draw.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=COLORS[color])
         colors.append(color)
         boxes.append((x0, y0, side))
-    values = [COLOR_VALUES[c] for c in colors]
+    named = sorted(colors, key=COLOR_VALUES.__getitem__)
+    values = [COLOR_VALUES[c] for c in named]
     total = sum(values)
-    worth = ", ".join(f"{c} is worth {v}" for c, v in zip(colors, values, strict=False))
+    worth = ", ".join(f"{c} is worth {v}" for c, v in zip(named, values, strict=True))
     expr = " + ".join(map(str, values))
     return Scene(
         family="color_sum",
@@ -265,13 +268,11 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
         ),
         answer=str(total),
         observations=[
-            f"The image shows {k} squares: "
-            + ", ".join(f"a {c} square {n}" for c, n in zip(colors, names, strict=False))
-            + "."
+            f"The image shows {k} squares: " + ", ".join(f"a {c} square" for c in named) + "."
         ],
         steps=[f"The values: {worth}.", f"{expr} = {total}."],
         check=f"{total} - {values[-1]} = {total - values[-1]}, the value of the other squares, so {total} is right.",
-        key=(tuple(zip(colors, boxes, strict=False)),),
+        key=(tuple(zip(colors, boxes, strict=True)),),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,9 @@ def run_bench(script: str, *args: str, timeout: int = 900) -> subprocess.Complet
 def test_ablation_quick_writes_the_table(tmp_path):
     out = tmp_path / "ablation.json"
     done = run_bench("ablation.py", "--quick", "--output", str(out))
-    report = json.loads(out.read_text())
+    results = json.loads(out.read_text())
+    assert set(results["sets"]) == {"quick"}
+    report = results["sets"]["quick"]
     assert {
         "config",
         "config_digest",
@@ -64,7 +67,10 @@ def test_ablation_quick_writes_the_table(tmp_path):
     } <= set(report)
     assert report["quick"] is True and len(report["seeds"]) == 1
     assert set(report["summary"]["table"]) >= VARIANTS  # + the answer-prior reference row
-    assert all({"mean", "std"} == set(row) for row in report["summary"]["table"].values())
+    table = report["summary"]["table"]
+    assert all({"mean", "std", "over_prior"} == set(table[m]) for m in VARIANTS)
+    assert all(len(c["ci95"]) == 2 for c in report["summary"]["claims"])
+    assert report["summary"]["checks"] and report["seed_set"] == "quick"
     assert [c["claim"] for c in report["summary"]["claims"]] == [
         "SFT+RL > SFT",
         "SFT+RL > RL",
@@ -79,7 +85,7 @@ def test_ablation_quick_writes_the_table(tmp_path):
     )
     assert set(seed["grpo_reward"]) == {"SFT+RL", "RL"}
     assert set(seed["gain_over_constant"]) == VARIANTS and set(seed["top_answers"]) == VARIANTS
-    assert 0.0 <= seed["prior_accuracy"] <= 1.0
+    assert 0.0 <= seed["prior_accuracy"] <= 1.0 and seed["sft_rows"] >= 1
     assert out.with_suffix(".md").read_text().startswith("# Ablation in miniature")
     assert "| SFT+RL |" in done.stdout
 
@@ -140,24 +146,59 @@ def test_wallclock_names_kfp_tasks_from_their_command_line():
     assert bench.describe_task(shell) is None  # the sh wrapper is not the task's process
 
 
-def test_ablation_claims_need_every_seed_and_the_margin():
+def test_ablation_claims_need_the_margin_in_every_seed():
     bench = load_bench("ablation")
+    criteria = bench.Criteria(min_margin=0.03, max_std=0.10, min_over_prior=0.20)
 
-    def seed(base, sft, rl, sft_rl):
-        return {"accuracy": {"base": base, "SFT": sft, "RL": rl, "SFT+RL": sft_rl}}
+    def seed(base, sft, rl, sft_rl, prior=0.25):
+        return {
+            "accuracy": {"base": base, "SFT": sft, "RL": rl, "SFT+RL": sft_rl},
+            "prior_accuracy": prior,
+        }
 
-    holds = bench.summarize(
-        [seed(0.1, 0.4, 0.3, 0.5), seed(0.0, 0.45, 0.35, 0.55)], min_margin=0.03
+    holds = bench.summarize([seed(0.1, 0.6, 0.3, 0.7), seed(0.0, 0.65, 0.35, 0.75)], criteria)
+    assert holds["ordering_holds"] and holds["all_criteria_hold"]
+    assert holds["table"]["SFT+RL"]["mean"] == pytest.approx(0.725)
+    assert holds["table"]["SFT+RL"]["over_prior"] == pytest.approx(0.475)
+    one_seed_short = bench.summarize(
+        [seed(0.1, 0.6, 0.3, 0.7), seed(0.0, 0.65, 0.35, 0.67)], criteria
     )
-    assert holds["ordering_holds"] and holds["table"]["SFT+RL"]["mean"] == pytest.approx(0.525)
-    one_seed_fails = bench.summarize(
-        [seed(0.1, 0.4, 0.3, 0.5), seed(0.0, 0.45, 0.35, 0.44)], min_margin=0.03
-    )
-    assert [c["holds"] for c in one_seed_fails["claims"]] == [False, True, True]
-    too_small = bench.summarize(
-        [seed(0.1, 0.4, 0.3, 0.41), seed(0.1, 0.4, 0.3, 0.41)], min_margin=0.03
-    )
-    assert not too_small["claims"][0]["holds"] and not too_small["ordering_holds"]
+    assert [c["holds"] for c in one_seed_short["claims"]] == [False, True, True]  # +2 < 3 points
+    assert not one_seed_short["ordering_holds"]
+    near_prior = bench.summarize([seed(0.1, 0.3, 0.2, 0.4), seed(0.1, 0.3, 0.2, 0.4)], criteria)
+    assert (
+        near_prior["ordering_holds"] and not near_prior["all_criteria_hold"]
+    )  # 15 points over prior
+    spread = bench.summarize([seed(0.0, 0.4, 0.2, 0.5), seed(0.0, 0.8, 0.2, 0.9)], criteria)
+    assert spread["ordering_holds"] and not spread["all_criteria_hold"]  # std 28 points
+
+
+def test_ablation_paired_interval_is_the_t_interval():
+    bench = load_bench("ablation")
+    diffs = [0.05, 0.07, 0.04, 0.08, 0.06]
+    lo, hi = bench.paired_interval(diffs)
+    half = 2.776 * statistics.stdev(diffs) / 5**0.5  # t(0.975, 4)
+    assert (lo, hi) == pytest.approx((0.06 - half, 0.06 + half))
+    assert bench.t_quantile(11) == 2.228  # rounded down to a tabulated df: wider, never narrower
+    assert bench.t_quantile(100) == 1.96
+
+
+def test_ablation_seed_sets_and_results_merge(tmp_path):
+    bench = load_bench("ablation")
+    cfg = bench.DEFAULT_CONFIG
+    tuning = bench.load_bench_config(cfg, quick=False, overrides=[], seeds=None)
+    held = bench.load_bench_config(cfg, quick=False, overrides=[], seeds=None, heldout=True)
+    assert tuning.seed_set == "tuning" and held.seed_set == "held_out"
+    assert not set(tuning.seeds) & set(held.seeds)
+    assert tuning.digest == held.digest  # one configuration, two seed sets
+    out = tmp_path / "ablation.json"
+    first = bench.merge_results(out, {"config_digest": "a", "seed_set": "tuning"})
+    out.write_text(json.dumps(first))
+    both = bench.merge_results(out, {"config_digest": "a", "seed_set": "held_out"})
+    assert set(both["sets"]) == {"tuning", "held_out"}
+    out.write_text(json.dumps(both))
+    other = bench.merge_results(out, {"config_digest": "b", "seed_set": "held_out"})
+    assert set(other["sets"]) == {"held_out"}  # a set of another configuration is not kept
 
 
 def test_ablation_config_validates_and_quick_changes_the_digest():
