@@ -198,9 +198,13 @@ class TreeSampler:
 
     def _maybe_register(self, proc: psutil.Process, now: float) -> None:
         described = describe_task(proc.cmdline())
-        if described is not None:
+        # A process forked by a task (data_prep's workers, the reward zygote's) keeps the task's
+        # command line: it is part of that task's tree, not a task of its own.
+        if described is not None and not any(p.pid in self.tasks for p in proc.parents()):
             label, component, task_dir = described
             self.tasks[proc.pid] = TaskStats(label, component, task_dir, proc.pid, now, now)
+            for child in proc.children(recursive=True):  # seen before their parent this sample
+                self.tasks.pop(child.pid, None)
 
 
 # --------------------------------------------------------------------------- MLflow stage runs

@@ -323,28 +323,34 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not parents:
         out.print(f"no pipeline runs in experiment {store.experiment_name!r} at {store.uri}")
         return 0
-    table = Table(title=f"{store.experiment_name} @ {store.uri}", title_justify="left")
-    for column in ("run", "id", "status", "started", "duration", "key metrics"):
-        table.add_column(column, overflow="fold")
+    rows: list[tuple[str, str, str, str, str, str]] = []
     for parent in parents:
         stages = store.children(parent)
-        table.add_row(
-            f"[bold]{parent.info.run_name}[/]",
+        rows.append((
+            parent.info.run_name,
             parent.info.run_id[:12],
             styled(pipeline_status(parent, stages)),
             fmt_time(parent.info.start_time),
             duration(parent, stages),
             key_metrics(merged_metrics(stages)),
-        )
+        ))  # fmt: skip
         for stage in stages:
-            table.add_row(
+            rows.append((
                 f"  └ {stage.data.tags.get(STAGE, stage.info.run_name)}",
                 stage.info.run_id[:12],
                 styled(stage.info.status),
                 fmt_time(stage.info.start_time),
                 duration(stage),
                 key_metrics(stage.data.metrics),
-            )
+            ))  # fmt: skip
+    table = Table(title=f"{store.experiment_name} @ {store.uri}", title_justify="left")
+    for index, column in enumerate(("run", "id")):  # whole on any terminal: users copy them
+        table.add_column(column, no_wrap=True, min_width=max(len(row[index]) for row in rows))
+    for column in ("status", "started", "duration"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("key metrics", overflow="fold")  # the first to give way
+    for name, *rest in rows:
+        table.add_row(f"[bold]{name}[/]" if not name.startswith(" ") else name, *rest)
     out.print(table)
     return 0
 

@@ -104,6 +104,18 @@ def test_list_shows_pipelines_with_stages_status_and_key_metrics(local_store: Pa
     assert "grpo/rewards/accuracy/mean=0.5" in out and "data/rl_rows=48" in out
 
 
+def test_list_on_a_narrow_terminal_keeps_names_and_ids_whole(
+    local_store: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run names and ids are what users copy into the next command: never folded."""
+    monkeypatch.setenv("COLUMNS", "70")
+    code, out, _ = run_cli(capsys, "list", "--output-dir", str(local_store))
+    assert code == 0
+    assert "kfp-a" in out and "kfp-b" in out
+    ids = [line.split("│")[2].strip() for line in out.splitlines() if "kfp-a" in line]
+    assert len(ids) == 1 and len(ids[0]) == 12, out
+
+
 def test_show_params_metrics_artifacts(local_store: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "show", "kfp-a", "--output-dir", str(local_store))
     assert code == 0
