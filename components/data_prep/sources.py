@@ -1,5 +1,6 @@
-"""Users' datasets as a stream of raw rows: parquet row group by row group, jsonl line by line,
-`save_to_disk` folders batch by batch; local or s3://.
+"""Users' datasets as a stream of raw rows: parquet row group by row group, jsonl line by line
+(a `.json` file holding one array element by element), `save_to_disk` folders batch by batch;
+local or s3://.
 
 A source (one `DatasetSource`) is cut into units, one per file (a `save_to_disk` folder is one
 unit): the unit is what a shard of a sharded run takes, what a download prefetches while the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -214,16 +216,118 @@ def _jsonl_values(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str 
             yield number, values, None
 
 
+JSON_CHUNK_CHARS = 1 << 20
+MAX_JSON_ELEMENT_CHARS = 64 << 20
+_JSON_SPACE = re.compile(
+    r"[ \t\n\r]*"
+)  # what JSON allows between tokens (always matches)  # one array element larger than this is an error, not a read
+
+
+def _is_json_array(path: Path) -> bool:
+    """True if the file's first non-blank character is `[` (a JSON array, not JSON lines)."""
+    with path.open("rb") as raw:
+        while chunk := raw.read(4096):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1] == b"["
+    return False
+
+
+def _json_array_values(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(element number, the element or None, why not) for a file holding one JSON array,
+    decoded element by element from a bounded buffer: memory holds one element, not the file.
+
+    After an element that is not valid JSON the rest of the array cannot be found again, so
+    that error ends the stream (with `skip_invalid` too: the rows before it are kept).
+    """
+    read = 0
+    try:
+        for item in _decode_json_array(path):
+            read = item[0] + 1
+            yield item
+    except UnicodeDecodeError as exc:  # the stream cannot go on past text it cannot decode
+        yield read, None, f"element {read} is not valid UTF-8 ({exc.reason})"
+
+
+def _decode_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    decoder = json.JSONDecoder()
+    with path.open("r", encoding="utf-8") as text:
+        buffer, pos, eof = "", 0, False
+
+        def fill(need_more: bool) -> bool:
+            """Read on when the buffer has nothing unread (or `need_more`); False at the end."""
+            nonlocal buffer, pos, eof
+            if eof or (pos < len(buffer) and not need_more):
+                return pos < len(buffer)
+            chunk = text.read(max(JSON_CHUNK_CHARS, len(buffer) - pos))
+            eof = not chunk
+            buffer, pos = buffer[pos:] + chunk, 0
+            return pos < len(buffer)
+
+        def next_char() -> str:
+            nonlocal pos
+            while fill(False):
+                space = _JSON_SPACE.match(buffer, pos)
+                pos = space.end() if space else pos
+                if pos < len(buffer):
+                    return buffer[pos]
+            return ""
+
+        if next_char() != "[":
+            yield 0, None, "the file is not a JSON array"
+            return
+        pos += 1
+        number = 0
+        while True:
+            char = next_char()
+            if char == "]":
+                return
+            if number and char == ",":
+                pos += 1
+                char = next_char()
+            elif number or not char:
+                yield (
+                    number,
+                    None,
+                    f"element {number}: expected ',' or ']' ({char or 'end of file'})",
+                )
+                return
+            while True:
+                try:
+                    values, end = decoder.raw_decode(buffer, pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    if eof or len(buffer) - pos > MAX_JSON_ELEMENT_CHARS:
+                        yield number, None, f"element {number} is not valid JSON ({exc.msg})"
+                        return
+                    fill(True)
+            pos = end
+            if isinstance(values, dict):
+                yield number, values, None
+            else:
+                yield (
+                    number,
+                    None,
+                    f"element {number} is a JSON {type(values).__name__}, not an object",
+                )
+            number += 1
+
+
+def _json_values(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """A `.json`/`.jsonl` file's objects: one JSON array, or one object per line."""
+    return _json_array_values(path) if _is_json_array(path) else _jsonl_values(path)
+
+
 def _jsonl_columns(path: Path) -> list[str]:
-    """Every key any line has (a first pass over the text: the lines hold image paths, not pixels)."""
+    """Every key any row has (a first pass over the text: the rows hold image paths, not pixels)."""
     names: dict[str, None] = {}
-    for _, values, _ in _jsonl_values(path):
+    for _, values, _ in _json_values(path):
         names.update(dict.fromkeys(values or ()))
     return list(names)
 
 
 def _jsonl_rows(path: Path) -> Iterator[RawRow]:
-    for index, (_, values, error) in enumerate(_jsonl_values(path)):
+    for index, (_, values, error) in enumerate(_json_values(path)):
         yield RawRow(index, values, error)
 
 

@@ -254,3 +254,28 @@ def test_parquet_folder_from_s3_names_the_file(tmp_path, s3_env):
     assert stats.skipped == 1
     with pytest.raises(DataError, match=rf"{uri}/part-1.parquet: row 1: image bytes cannot be"):
         load(uri, tmp=tmp_path / "fail")
+
+
+def test_json_array_file_reads_like_jsonl_and_names_a_bad_element(tmp_path, monkeypatch):
+    """A `.json` file holding one array (as many datasets ship) gives the same rows as JSON
+    lines, read element by element (a tiny chunk size makes elements straddle the reads)."""
+    from coldstart.data_prep import sources
+
+    monkeypatch.setattr(sources, "JSON_CHUNK_CHARS", 7)
+    Image.new("RGB", (60, 60), "red").save(tmp_path / "ok.png")
+    rows = [{"problem": f"p{i}?", "answer": str(i), "images": ["ok.png"]} for i in range(3)]
+    rows[1]["note"] = 'a [bracket], a {brace} and a "quote"'
+    (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "array.json").write_text("\n  " + json.dumps(rows, indent=2) + "\n")
+    as_lines = load(tmp_path / "lines.jsonl", columns={}, tmp=tmp_path / "l")
+    as_array = load(tmp_path / "array.json", columns={}, tmp=tmp_path / "a")
+    assert [r["problem"] for r in as_array] == ["p0?", "p1?", "p2?"]
+    assert [r["id"].split("-")[-1] for r in as_array] == [r["id"].split("-")[-1] for r in as_lines]
+
+    text = json.dumps(rows[:2])[:-1] + ', {"problem": oops}, ' + json.dumps(rows[2]) + "]"
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(DataError, match=r"bad.json: row 2: element 2 is not valid JSON"):
+        load(tmp_path / "bad.json", columns={}, tmp=tmp_path / "b")
+    stats = Stats()
+    kept = load(tmp_path / "bad.json", columns={}, skip=True, stats=stats, tmp=tmp_path / "s")
+    assert [r["problem"] for r in kept] == ["p0?", "p1?"] and stats.skipped == 1
