@@ -6,6 +6,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests pick their own store
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per pytest worker (and per process it starts): with one worker per CPU,
+    # torch's default of one thread per CPU in every worker made OpenMP threads spin against
+    # each other (a 30 s learning test took 370 s).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
@@ -15,6 +20,13 @@ import yaml
 from coldstart.common.config import PipelineConfig, config_from_dict
 
 pytest_plugins = ["tests.servers"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (in their order, then the rest in theirs): spread over pytest-xdist's
+    workers, the minutes-long runs start at once and the short tests fill the gaps, instead of
+    one worker finishing a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

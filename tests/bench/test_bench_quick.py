@@ -108,9 +108,12 @@ def test_pipeline_wallclock_quick_times_every_stage(tmp_path):
     } <= set(report)
     stages = {s["task"]: s for s in report["stages"]}
     assert {"data_prep", "base_model", "sft", "grpo", "eval"} <= set(stages)
-    for stage in stages.values():
+    for name, stage in stages.items():
         assert {"wall_s", "mlflow_stage_s", "peak_rss_mb", "cpu_s", "task_dir"} <= set(stage)
-        assert stage["wall_s"] > 0 and stage["peak_rss_mb"] > 0
+        assert stage["wall_s"] >= 0 and stage["peak_rss_mb"] > 0, name
+    for name in ("data_prep", "base_model", "sft", "grpo", "eval"):
+        # (resolve_config may end within one sampling interval: seen once, 0 s)
+        assert stages[name]["wall_s"] > 0, name
     assert all(
         stages[s]["mlflow_stage_s"] is not None for s in ("data_prep", "sft", "grpo", "eval")
     )
