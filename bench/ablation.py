@@ -549,7 +549,7 @@ def claim_lines(report: dict[str, Any]) -> list[str]:
 
 def check_lines(report: dict[str, Any]) -> list[str]:
     return [
-        f"- {'holds' if c['holds'] else 'FAILS'}: {c['check']} (measured {100 * c['value']:+.1f})"
+        f"- {'holds' if c['holds'] else 'FAILS'}: {c['check']} (measured {100 * c['value']:.1f})"
         for c in report["summary"]["checks"]
     ]
 
