@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from coldstart.common import storage
 from coldstart.common.config import DataConfig, DatasetSource
+from coldstart.common.parquet_batches import iter_parquet_batches
 from coldstart.data_prep.records import DataError, RowError
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def open_unit(unit: Unit, path: Path) -> tuple[list[str], int | None, Iterator[R
 
 def _parquet_rows(parquet: pq.ParquetFile) -> Iterator[RawRow]:
     index = 0
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+    for batch in iter_parquet_batches(parquet, BATCH_ROWS):
         for values in batch.to_pylist():
             yield RawRow(index, values)
             index += 1

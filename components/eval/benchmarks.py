@@ -287,6 +287,8 @@ def _parquet_files(path: Path, split: str | None) -> list[Path]:
 def _read_parquet(path: Path, split: str | None, needed: list[str]) -> Table:
     import pyarrow.parquet as pq
 
+    from coldstart.common.parquet_batches import iter_parquet_batches
+
     files = _parquet_files(path, split)
     columns: list[str] = []
     for file in files:
@@ -298,7 +300,7 @@ def _read_parquet(path: Path, split: str | None, needed: list[str]) -> Table:
 
     def batches() -> Iterator[list[dict[str, Any]]]:
         for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=ROW_BATCH):
+            for batch in iter_parquet_batches(pq.ParquetFile(file), ROW_BATCH):
                 yield batch.to_pylist()
 
     return Table(columns, str(path), path if path.is_dir() else path.parent, batches)
