@@ -556,7 +556,7 @@ def check_lines(report: dict[str, Any]) -> list[str]:
 
 SET_TITLES = {
     "tuning": "Tuning seeds (the configuration was chosen on these)",
-    "held_out": "Held-out seeds (never used for tuning; run once with the final configuration)",
+    "held_out": "Held-out seeds (not used to choose the configuration; run once with it)",
     "quick": "Quick smoke run (few steps; no claim is checked)",
     "custom": "Other seeds",
 }
@@ -634,9 +634,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"config digest `{results['config_digest']}`; base: `{first['base_kind']}`. Accuracy on the synthetic "
         "held-out split (greedy decoding, the eval stage's scoring). Protocol: every configuration tried "
         f"was run on the tuning seeds {first.get('tuning_seeds')} only; the held-out seeds "
-        f"{first.get('heldout_seeds')} were run once, with the final configuration, after tuning ended. "
-        "How the configuration was found, and what did not work: docs/benchmarks.md and "
-        "bench/results/ablation_tuning_log.md.",
+        f"{first.get('heldout_seeds')} ran once with this configuration, which was not chosen on them. "
+        "How the configuration was found, what did not work, and every earlier run of the held-out "
+        "seeds: docs/benchmarks.md and bench/results/ablation_tuning_log.md.",
         "",
     ]
     for report in sets:

@@ -91,6 +91,13 @@ class SyntheticConfig(_Strict):
     image_format: Literal["png", "jpeg"] = Field(
         "png", description="how data_prep stores the images (jpeg: as photos and scans come)"
     )
+    teacher_slip: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of SFT problems in a family's blind spot whose cold-start CoT is the "
+        "teacher's wrong one (color_sum: yellow taken as 3); RL and eval keep the true answers",
+    )
 
     @model_validator(mode="after")
     def _known_families(self) -> SyntheticConfig:

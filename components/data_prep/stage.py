@@ -32,7 +32,7 @@ from coldstart.data_prep.arrow_files import (
 )
 from coldstart.data_prep.records import DataError, content_key, encode_image, fit_pixels
 from coldstart.data_prep.shard import COUNTS_FILE, prepare_shard, shard_counts
-from coldstart.data_prep.synthetic import generate, structured_cot
+from coldstart.data_prep.synthetic import Scene, generate, structured_cot
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +68,26 @@ def synthetic_splits(data: DataConfig) -> Splits:
         )
         for scenes, bucket in ((test, splits.eval), (train, splits.sft)):
             for scene in scenes:
+                slipped = bucket is splits.sft and teacher_slips(scene, syn.teacher_slip, data.seed)
                 bucket.append(
                     {
                         "id": f"{family}-{scene.uid}",
                         "images": [fit_pixels(scene.image, data.min_pixels, data.max_pixels)],
                         "problem": scene.problem,
                         "answer": scene.answer,
-                        "solution": structured_cot(scene),
+                        "solution": structured_cot(scene, slipped),
                         "category": f"{family}/d{scene.difficulty}",
                     }
                 )
     splits.rl = [dict(r, solution="") for r in splits.sft]
     return splits
+
+
+def teacher_slips(scene: Scene, rate: float, seed: int) -> bool:
+    """Whether the teacher's CoT for this SFT problem is its wrong one: a draw of its own per
+    problem (seeded by the problem, not the draw order), so the same problems slip whatever else
+    the split holds. The answer column keeps the truth: only the imitated reasoning is wrong."""
+    return scene.slip is not None and random.Random(f"slip:{seed}:{scene.uid}").random() < rate
 
 
 def write_synthetic_shard(data: DataConfig, shard_dir: Path) -> None:

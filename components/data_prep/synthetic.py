@@ -25,6 +25,20 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle")
 
 
+@dataclass(frozen=True)
+class Slip:
+    """The reasoning an imperfect teacher writes for a problem in its blind spot, and its answer.
+
+    Cold-start CoTs are distilled from a teacher, and a teacher is wrong in ways of its own; the
+    verifiable reward of RL knows the true answer. A family with a blind spot gives its scenes a
+    slip, and `data.synthetic.teacher_slip` says how often the SFT split carries it.
+    """
+
+    steps: list[str]
+    check: str
+    answer: str
+
+
 @dataclass
 class Scene:
     """What a family generates: the picture, the question and the facts the reasoning uses."""
@@ -38,18 +52,25 @@ class Scene:
     steps: list[str]
     check: str
     key: tuple = field(default_factory=tuple)  # what makes two problems the same problem
+    slip: Slip | None = None  # the teacher's wrong reasoning, where the family has a blind spot
 
     @property
     def uid(self) -> str:
         return hashlib.sha1(repr((self.family, self.key)).encode()).hexdigest()[:16]
 
 
-def structured_cot(scene: Scene) -> str:
-    """The cold-start response format: observation, numbered reasoning, reflection, boxed answer."""
+def structured_cot(scene: Scene, slipped: bool = False) -> str:
+    """The cold-start response format: observation, numbered reasoning, reflection, boxed answer.
+
+    `slipped`: the teacher's wrong version (`scene.slip`) where the scene has one.
+    """
+    steps, check, answer = scene.steps, scene.check, scene.answer
+    if slipped and scene.slip is not None:
+        steps, check, answer = scene.slip.steps, scene.slip.check, scene.slip.answer
     lines = ["Observation: " + " ".join(scene.observations), "Reasoning:"]
-    lines += [f"Step {i}: {s}" for i, s in enumerate(scene.steps, 1)]
-    lines.append(f"Reflection: {scene.check}")
-    lines.append(f"The final answer is \\boxed{{{scene.answer}}}.")
+    lines += [f"Step {i}: {s}" for i, s in enumerate(steps, 1)]
+    lines.append(f"Reflection: {check}")
+    lines.append(f"The final answer is \\boxed{{{answer}}}.")
     return "\n".join(lines)
 
 
@@ -219,6 +240,7 @@ def triangle_angle(rng: random.Random, difficulty: int, size: int) -> Scene:
 
 
 COLOR_VALUES = {"red": 1, "blue": 2, "green": 3, "yellow": 4}
+SLIPPED_COLOR_VALUES = {**COLOR_VALUES, "yellow": 3}  # the teacher's blind spot (`_color_sum_slip`)
 SQUARE_SIDE = (0.2, 0.8)  # color_sum: a square's side as a fraction of its slot's shorter side
 
 
@@ -255,9 +277,7 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
         boxes.append((x0, y0, side))
     named = sorted(colors, key=COLOR_VALUES.__getitem__)
     values = [COLOR_VALUES[c] for c in named]
-    total = sum(values)
-    worth = ", ".join(f"{c} is worth {v}" for c, v in zip(named, values, strict=True))
-    expr = " + ".join(map(str, values))
+    steps, check = _color_sum_reasoning(named, COLOR_VALUES)
     return Scene(
         family="color_sum",
         difficulty=difficulty,
@@ -266,14 +286,38 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
             "A red square is worth 1, blue 2, green 3 and yellow 4. "
             "What is the total value of the squares in the image?"
         ),
-        answer=str(total),
+        answer=str(sum(values)),
         observations=[
             f"The image shows {k} squares: " + ", ".join(f"a {c} square" for c in named) + "."
         ],
-        steps=[f"The values: {worth}.", f"{expr} = {total}."],
-        check=f"{total} - {values[-1]} = {total - values[-1]}, the value of the other squares, so {total} is right.",
+        steps=steps,
+        check=check,
         key=(tuple(zip(colors, boxes, strict=True)),),
+        slip=_color_sum_slip(named),
     )
+
+
+def _color_sum_reasoning(named: list[str], worth_of: dict[str, int]) -> tuple[list[str], str]:
+    """Look up each square's value, add, and check the sum by taking the last value back off."""
+    values = [worth_of[c] for c in named]
+    total = sum(values)
+    worth = ", ".join(f"{c} is worth {v}" for c, v in zip(named, values, strict=True))
+    steps = [f"The values: {worth}.", f"{' + '.join(map(str, values))} = {total}."]
+    rest = total - values[-1]
+    return (
+        steps,
+        f"{total} - {values[-1]} = {rest}, the value of the other squares, so {total} is right.",
+    )
+
+
+def _color_sum_slip(named: list[str]) -> Slip | None:
+    """The teacher's blind spot: it takes a yellow square for green's 3 (a consistent CoT, a wrong
+    sum). The problem text states yellow's value, so a policy rewarded on the true answer can
+    unlearn what SFT imitated."""
+    if "yellow" not in named:
+        return None
+    steps, check = _color_sum_reasoning(named, SLIPPED_COLOR_VALUES)
+    return Slip(steps, check, str(sum(SLIPPED_COLOR_VALUES[c] for c in named)))
 
 
 FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {

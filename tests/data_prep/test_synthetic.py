@@ -96,3 +96,65 @@ def test_splits_are_disjoint_seeded_and_distinct():
 def test_too_many_problems_is_an_error_not_duplicates():
     with pytest.raises(ValueError, match="distinct problems"):
         list(generate("triangle_angle", 500, [1], 56, seed=0))
+
+
+def _boxed(cot: str) -> str:
+    return re.search(r"\\boxed\{([^}]*)\}", cot).group(1)
+
+
+def test_color_sum_slip_is_a_consistent_wrong_cot_only_where_yellow_is():
+    scenes = list(generate("color_sum", 80, [1, 2], 56, seed=3))
+    with_yellow = [s for s in scenes if "yellow square" in s.observations[0]]
+    assert with_yellow and len(with_yellow) < len(scenes)
+    for scene in scenes:
+        slipped = structured_cot(scene, slipped=True)
+        if scene.slip is None:
+            assert scene not in with_yellow
+            assert slipped == structured_cot(scene)
+            continue
+        yellows = scene.observations[0].count("yellow square")
+        assert int(_boxed(slipped)) == int(scene.answer) - yellows  # yellow read as 3, not 4
+        assert "yellow is worth 3" in slipped and f"= {_boxed(slipped)}." in slipped
+        assert _boxed(structured_cot(scene)) == scene.answer
+
+
+def _slip_data(rate: float, train_per_family: int = 120):
+    from coldstart.common.config import DataConfig
+
+    return DataConfig.model_validate(
+        {
+            "source": "synthetic",
+            "seed": 4,
+            "synthetic": {
+                "families": ["color_sum", "digit_arithmetic"],
+                "difficulties": [1, 2],
+                "train_per_family": train_per_family,
+                "test_per_family": 30,
+                "image_size": 56,
+                "teacher_slip": rate,
+            },
+        }
+    )
+
+
+def test_teacher_slip_changes_only_the_sft_reasoning_and_follows_the_problem():
+    from coldstart.data_prep.stage import synthetic_splits
+
+    def slipped_ids(splits):
+        return {r["id"] for r in splits.sft if _boxed(r["solution"]) != r["answer"]}
+
+    clean, always, some = (synthetic_splits(_slip_data(r)) for r in (0.0, 1.0, 0.5))
+    yellow = {r["id"] for r in clean.sft if "yellow square" in r["solution"]}
+    assert not slipped_ids(clean)
+    assert slipped_ids(always) == yellow  # every problem in the blind spot, no other
+    assert 0.25 * len(yellow) < len(slipped_ids(some)) < 0.75 * len(yellow)
+    for splits in (always, some):
+        assert [r["answer"] for r in splits.sft] == [r["answer"] for r in clean.sft]
+        assert splits.eval == clean.eval or [r["solution"] for r in splits.eval] == [
+            r["solution"] for r in clean.eval
+        ]
+        assert [(r["id"], r["answer"], r["solution"]) for r in splits.rl] == [
+            (r["id"], r["answer"], "") for r in clean.rl
+        ]
+    fewer = synthetic_splits(_slip_data(0.5, train_per_family=60))
+    assert slipped_ids(fewer) == slipped_ids(some) & {r["id"] for r in fewer.sft}
