@@ -452,10 +452,17 @@ class StageTracker:
         self._tried.wait(wait_s)
         return self._online
 
-    def close(self, status: str | None = "FINISHED", outage_timeout_s: float = 60.0) -> bool:
+    def close(
+        self,
+        status: str | None = "FINISHED",
+        outage_timeout_s: float = 60.0,
+        deadline_s: float | None = None,
+    ) -> bool:
         """End the runs with ``status`` (None: no end marks); spill if the server stays down.
 
-        Returns True when everything reached the server.
+        ``deadline_s`` bounds the whole flush, even while the server answers, only slowly (a
+        pod has a fixed grace period after SIGTERM); what is not sent by then is spilled for
+        replay. Returns True when everything reached the server.
         """
         if self._closed:
             return True
@@ -465,7 +472,7 @@ class StageTracker:
             end = _now_ms()
             for target in ("stage", "parent"):
                 self._add({"kind": "end", "target": target, "status": status, "end_ms": end})
-        drained = self._wait_drained(outage_timeout_s)
+        drained = self._wait_drained(outage_timeout_s, deadline_s)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -477,11 +484,18 @@ class StageTracker:
         shutil.rmtree(self._spool, ignore_errors=True)
         return drained
 
-    def _wait_drained(self, outage_timeout_s: float) -> bool:
+    def _wait_drained(self, outage_timeout_s: float, deadline_s: float | None = None) -> bool:
         began = time.monotonic()
         with self._cond:
             while len(self.spill):
                 if not self._thread.is_alive():
+                    return False
+                if deadline_s is not None and time.monotonic() - began >= deadline_s:
+                    log.warning(
+                        "MLflow: %d entries not sent within %.0f s; spilled for replay",
+                        len(self.spill),
+                        deadline_s,
+                    )
                     return False
                 if self._outage_since is not None:
                     waited = time.monotonic() - max(began, self._outage_since)
@@ -548,6 +562,7 @@ class StageTracker:
     # ---- the background thread: confirm, send files, probe and resend after an outage
 
     def _watch(self) -> None:
+        _leave_stop_signals_to_the_main_thread()
         self._recover()
         self._tried.set()
         while True:
@@ -879,6 +894,19 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None unsets the variable
 
 
+def _leave_stop_signals_to_the_main_thread() -> None:
+    """Block SIGTERM and SIGINT in this thread and in the threads it starts (MLflow's async
+    logging and its pools start from here): the kernel gives a process-wide signal to any thread
+    that does not block it, and one caught by another thread leaves the main thread in a blocking
+    call (a sleep, a wait) until that call returns, so the stage would not unwind (seen: a stage
+    that went on sleeping after SIGTERM)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+KILLED_FLUSH_S = 20.0  # Kubernetes' default grace period after SIGTERM is 30 s
+
+
 class StageTerminated(SystemExit):
     """SIGTERM (pod deleted or preempted) during a stage: unwinds it so its run ends KILLED."""
 
@@ -906,7 +934,8 @@ def _sigterm_unwinds() -> Iterator[None]:
 @contextmanager
 def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator[StageTracker]:
     """The stage's nested run under the pipeline's parent run; ended FAILED on error, KILLED on
-    Ctrl-C or SIGTERM (Kubernetes gives a pod 30 s after SIGTERM: the flush then waits at most 20 s).
+    Ctrl-C or SIGTERM (Kubernetes gives a pod 30 s after SIGTERM: the flush then takes at most
+    20 s in all, however slowly the server answers; the rest is spilled for replay).
 
     Never fails the stage because of MLflow: an unreachable server at start costs at most
     ``tracking.start_timeout_s``, and the runs are created once it answers.
@@ -914,7 +943,7 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
     limit_client_retries()
     spec = RunSpec.for_stage(cfg, stage, resolve_run_id(pipeline_run_id))
     tracking = cfg.tracking
-    status, timeout = "FAILED", tracking.flush_timeout_s
+    status, timeout, deadline = "FAILED", tracking.flush_timeout_s, None
     with (
         tempfile.TemporaryDirectory(prefix="coldstart-parent-") as tmp,
         _fluent_tracking_uri(spec.tracking_uri),
@@ -935,10 +964,11 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
                 yield tracker
             status = "FINISHED"
         except (KeyboardInterrupt, StageTerminated):
-            status, timeout = "KILLED", min(timeout, 20.0)
+            status, timeout = "KILLED", min(timeout, KILLED_FLUSH_S)
+            deadline = KILLED_FLUSH_S
             raise
         finally:
-            tracker.close(status, timeout)
+            tracker.close(status, timeout, deadline_s=deadline)
 
 
 def log_final_model(tracker: StageTracker, cfg: PipelineConfig, model_dir: str | Path) -> None:

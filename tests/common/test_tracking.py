@@ -409,6 +409,8 @@ def test_sigterm_ends_the_stage_run_killed_with_its_logs(tmp_path: Path) -> None
     try:
         assert proc.stdout.readline().strip() == "training"
         proc.send_signal(signal.SIGTERM)
+        # The main thread sleeps in one blocking call: it unwinds only if the signal reaches it,
+        # not one of MLflow's logging threads (they block it); the flush is bounded (20 s).
         assert proc.wait(60) == 128 + signal.SIGTERM
     finally:
         if proc.poll() is None:
@@ -425,3 +427,31 @@ def _wait_for(predicate, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.05)
+
+
+def test_a_killed_stage_flushes_for_at_most_its_grace_period_then_spills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that answers, only slowly (no outage to time out on): after Ctrl-C or SIGTERM the
+    stage still ends within its grace period, and what was not sent is spilled for replay."""
+    import threading
+
+    from coldstart.common import tracking
+
+    release = threading.Event()
+    monkeypatch.setattr(tracking.StageTracker, "_recover", lambda self: release.wait(30))
+    monkeypatch.setattr(tracking, "KILLED_FLUSH_S", 0.5)
+    cfg = _cfg(tmp_path, start_timeout_s=0.1)
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt), stage_run(cfg, "sft", "kfp-slow") as tracker:
+            tracker.log_metrics({"sft/train/loss": 1.5}, step=3)
+            raise KeyboardInterrupt
+        took = time.monotonic() - start
+    finally:
+        release.set()
+    assert took < 5.0, f"the killed stage took {took:.1f} s to end"
+    (spill,) = [u for u in storage.list_prefix(spill_root(cfg)) if u.endswith(".json")]
+    doc = json.loads(storage.read_text(spill))
+    assert [e["kind"] for e in doc["entries"]][-3:] == ["metrics", "end", "end"]
+    assert {e["status"] for e in doc["entries"] if e["kind"] == "end"} == {"KILLED"}
