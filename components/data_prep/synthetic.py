@@ -276,8 +276,7 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
         colors.append(color)
         boxes.append((x0, y0, side))
     named = sorted(colors, key=COLOR_VALUES.__getitem__)
-    values = [COLOR_VALUES[c] for c in named]
-    steps, check = _color_sum_reasoning(named, COLOR_VALUES)
+    steps, check, total = _color_sum_reasoning(named, COLOR_VALUES)
     return Scene(
         family="color_sum",
         difficulty=difficulty,
@@ -286,7 +285,7 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
             "A red square is worth 1, blue 2, green 3 and yellow 4. "
             "What is the total value of the squares in the image?"
         ),
-        answer=str(sum(values)),
+        answer=str(total),
         observations=[
             f"The image shows {k} squares: " + ", ".join(f"a {c} square" for c in named) + "."
         ],
@@ -297,17 +296,16 @@ def color_sum(rng: random.Random, difficulty: int, size: int) -> Scene:
     )
 
 
-def _color_sum_reasoning(named: list[str], worth_of: dict[str, int]) -> tuple[list[str], str]:
-    """Look up each square's value, add, and check the sum by taking the last value back off."""
+def _color_sum_reasoning(named: list[str], worth_of: dict[str, int]) -> tuple[list[str], str, int]:
+    """Look up each square's value, add, and check the sum by taking the last value back off;
+    returns the steps, the check and the sum they reach."""
     values = [worth_of[c] for c in named]
     total = sum(values)
     worth = ", ".join(f"{c} is worth {v}" for c, v in zip(named, values, strict=True))
     steps = [f"The values: {worth}.", f"{' + '.join(map(str, values))} = {total}."]
     rest = total - values[-1]
-    return (
-        steps,
-        f"{total} - {values[-1]} = {rest}, the value of the other squares, so {total} is right.",
-    )
+    check = f"{total} - {values[-1]} = {rest}, the value of the other squares, so {total} is right."
+    return steps, check, total
 
 
 def _color_sum_slip(named: list[str]) -> Slip | None:
@@ -316,8 +314,8 @@ def _color_sum_slip(named: list[str]) -> Slip | None:
     unlearn what SFT imitated."""
     if "yellow" not in named:
         return None
-    steps, check = _color_sum_reasoning(named, SLIPPED_COLOR_VALUES)
-    return Slip(steps, check, str(sum(SLIPPED_COLOR_VALUES[c] for c in named)))
+    steps, check, total = _color_sum_reasoning(named, SLIPPED_COLOR_VALUES)
+    return Slip(steps, check, str(total))
 
 
 FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {

@@ -91,6 +91,10 @@ def test_override_applies_and_parses_yaml_scalars():
         ("data.synthetic.families=[dogs]", "unknown families ['dogs']"),
         ("grpo.update_batch_size=100", "must be a multiple of update_batch_size"),
         ("data.min_pixels=99999", "min_pixels (99999) must be <= max_pixels"),
+        (
+            "data.synthetic.teacher_slip=1.5",
+            "data.synthetic.teacher_slip: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_bad_values_name_field_and_range(override, needle):
