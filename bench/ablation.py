@@ -225,11 +225,7 @@ def instruct_data(cfg: PipelineConfig, spec: BaseSpec, work: Path, run_id: str) 
         "data.synthetic.test_per_family=1",
         f"data.seed={cfg.data.seed + spec.seed_offset}",
     ]), "instruct data")  # fmt: skip
-    out = DataPrepOutputs(
-        work / "instruct_data" / "sft",
-        work / "instruct_data" / "rl",
-        work / "instruct_data" / "eval",
-    )
+    out = DataPrepOutputs.under(work / "instruct_data")
     data_prep_main(icfg, out, run_id)
     direct = datasets.load_from_disk(str(out.sft)).map(
         lambda row: {"solution": spec.response.format(answer=row["answer"])}
@@ -254,7 +250,9 @@ def make_base(
     data = instruct_data(cfg, spec, work, run_id)
     sft_keys = [f"sft.{k}={json.dumps(v)}" for k, v in spec.sft.items()]
     icfg = config_from_dict(apply_overrides(cfg.model_dump(mode="json"), sft_keys), "instruct sft")
-    sft_main(icfg, random_base, data, work / "instruct_base", run_id)
+    sft_main(
+        icfg, random_base, data, work / "instruct_base", run_id, work / "instruct_data" / "images"
+    )
     timings["instruct_base"] = time.perf_counter() - start
     return work / "instruct_base"
 
@@ -307,17 +305,17 @@ def run_seed(bench: BenchConfig, seed: int, work: Path) -> dict[str, Any]:
         timings[name] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    data = DataPrepOutputs(work / "data" / "sft", work / "data" / "rl", work / "data" / "eval")
+    data = DataPrepOutputs.under(work / "data")
     data_metrics = data_prep_main(cfg, data, run_id)
     lap("data_prep")
     base = make_base(cfg, bench.base, work, run_id, timings)
     clock = time.perf_counter()
     cold_start = cold_start_subset(data.sft, bench.cold_start_rows, work / "cold_start")
-    sft_metrics = sft_main(cfg, base, cold_start, work / "sft", run_id)
+    sft_metrics = sft_main(cfg, base, cold_start, work / "sft", run_id, data.images)
     lap("sft")
-    rl_sft = grpo_main(cfg, work / "sft", data.rl, work / "sft_rl", run_id, "grpo")
+    rl_sft = grpo_main(cfg, work / "sft", data.rl, work / "sft_rl", run_id, "grpo", data.images)
     lap("grpo")
-    rl_base = grpo_main(cfg, base, data.rl, work / "rl", run_id, "grpo_from_base")
+    rl_base = grpo_main(cfg, base, data.rl, work / "rl", run_id, "grpo_from_base", data.images)
     lap("grpo_from_base")
     models = {
         "base": str(base),
@@ -325,7 +323,7 @@ def run_seed(bench: BenchConfig, seed: int, work: Path) -> dict[str, Any]:
         "RL": str(work / "rl"),
         "SFT+RL": str(work / "sft_rl"),
     }
-    metrics = eval_main(cfg, models, data.eval, work / "eval", run_id)
+    metrics = eval_main(cfg, models, data.eval, work / "eval", run_id, images_dir=data.images)
     lap("eval")
 
     def of(model: str, key: str) -> float:

@@ -14,8 +14,9 @@ whatever else the machine runs), the peak of the summed RSS of the child and its
 (sampled every 0.1 s, shared pages counted once per process: an upper bound), and output
 bytes / input bytes.
 
-The issue's case gives the same 300-row parquet as `sft_files` and `rl_files` (its output holds
-the images twice, once per dataset). The limit is the work a worker cannot avoid per row:
+The issue's case gives the same 300-row parquet as `sft_files` and `rl_files`: both datasets
+point into one image store (images/), so each image is written once. Output bytes count the
+three datasets and the store. The limit is the work a worker cannot avoid per row:
 decode one 1-MP JPEG to RGB, hash its pixels, write its bytes; measured in this process on one
 core, times the cores.
 """
@@ -200,7 +201,9 @@ def run_child(cfg: dict[str, Any], out: Path, env: dict[str, str]) -> dict[str, 
     result["peak_rss_mb"] = round(sampler.peak_rss_mb, 1)
     result["cpu_s"] = round(sum(sampler.cpu_s.values()), 1)
     result["load_avg_1m"] = [round(load, 1), round(os.getloadavg()[0], 1)]
-    result["output_bytes"] = sum(folder_bytes(out / name) for name in ("sft", "rl", "eval"))
+    result["output_bytes"] = sum(
+        folder_bytes(out / name) for name in ("sft", "rl", "eval", "images")
+    )
     return result
 
 
@@ -216,9 +219,7 @@ def child(config_json: str, out: str) -> None:
     start = time.perf_counter()
     prepare_shard(cfg.data, 0, 1, root / "shard", root / "cache")
     prepared = time.perf_counter()
-    metrics = merge_shards(
-        cfg, [root / "shard"], DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root
-    )
+    metrics = merge_shards(cfg, [root / "shard"], DataPrepOutputs.under(root), root)
     end = time.perf_counter()
     shutil.rmtree(root / "shard")
     print(
@@ -304,8 +305,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"CPU-s per row = {limit['rows_per_cpu_s']} rows per CPU-second, i.e. "
         f"{2 * limit['rows_per_cpu_s']:.0f} rows/s on 2 idle cores. data_prep's best run: "
         f"{best} rows per CPU-second ({best / limit['rows_per_cpu_s']:.0%} of the limit).",
-        "The issue's case writes each image twice (once in the SFT set, once in the RL set): "
-        "its output is 2x the input, 1x per dataset.",
+        "The issue's case (the file as SFT and RL set) writes each image once: both datasets "
+        "hold keys into one image store.",
         "",
         f"Goals: >= {GOALS['rows_per_s']} rows/s on 2 cores, peak RSS flat in N and < 2 GB at "
         f"10,000 rows, output <= {GOALS['output_over_input']}x input.",

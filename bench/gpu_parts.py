@@ -322,9 +322,7 @@ def prepare_data(ctx: Context) -> dict[str, float]:
             "data.sft_holdout_fraction=0.01",  # one row
         ],
     )
-    outs = DataPrepOutputs(
-        ctx.dir / "data" / "sft", ctx.dir / "data" / "rl", ctx.dir / "data" / "eval"
-    )
+    outs = DataPrepOutputs.under(ctx.dir / "data")
     return run_data_prep(cfg, outs, ctx.dir / "cache")
 
 
@@ -358,6 +356,7 @@ def sft_config(ctx: Context, deepspeed: str):
 
 def run_sft_timing(ctx: Context, rec: Recorder, deepspeed: str) -> None:
     from bench.sft_throughput import time_sft
+    from coldstart.data_prep.stage import DataPrepOutputs
     from coldstart.sft.stage import SFTPaths
 
     shape = ctx.sizes
@@ -379,7 +378,8 @@ def run_sft_timing(ctx: Context, rec: Recorder, deepspeed: str) -> None:
         },
     )
     out = ctx.dir / f"sft-{deepspeed}"
-    paths = SFTPaths(ctx.dir / "model", ctx.dir / "data" / "sft", out, out / "checkpoints")
+    data = DataPrepOutputs.under(ctx.dir / "data")
+    paths = SFTPaths(ctx.dir / "model", data.sft, out, out / "checkpoints", images=data.images)
     result = timed(rec, "train", lambda: time_sft(cfg, paths, shape.sft_warmup, ctx.peak_tflops))
     rec.put("result", result)
     if cuda() and deepspeed != "none" and not result["deepspeed"]:
@@ -468,6 +468,7 @@ def part_smoke(ctx: Context, rec: Recorder) -> None:
     from coldstart.common.config import load_config
     from coldstart.common.models import resolve_model_dir
     from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
+    from coldstart.eval.benchmarks import EvalData
     from coldstart.eval.stage import EvalOutputs, EvalPaths, run_eval, write_outputs
     from coldstart.grpo.stage import GRPOPaths, run_grpo
     from coldstart.sft.stage import SFTPaths, run_sft
@@ -481,7 +482,7 @@ def part_smoke(ctx: Context, rec: Recorder) -> None:
         "grpo.num_generations=2", "grpo.generation_batch_size=2", "grpo.max_completion_length=16",
         f"grpo.bf16={bf16}", "eval.max_new_tokens=16", *ctx.sizes.smoke_overrides,
     ])  # fmt: skip
-    data = DataPrepOutputs(work / "data" / "sft", work / "data" / "rl", work / "data" / "eval")
+    data = DataPrepOutputs.under(work / "data")
     failed: list[str] = []
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:
@@ -499,14 +500,20 @@ def part_smoke(ctx: Context, rec: Recorder) -> None:
             out
             if stage(
                 name,
-                lambda: run_sft(scfg, SFTPaths(base, data.sft, out, out / "checkpoints"), None),
+                lambda: run_sft(
+                    scfg,
+                    SFTPaths(base, data.sft, out, out / "checkpoints", images=data.images),
+                    None,
+                ),
             )
             else None
         )
 
     def grpo(name: str, deepspeed: str, start: Path) -> Path | None:
         gcfg = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"deepspeed": deepspeed})})
-        paths = GRPOPaths(start, data.rl, work / name, str(work / f"{name}-ckpt"), work / "scratch")
+        paths = GRPOPaths(
+            start, data.rl, work / name, str(work / f"{name}-ckpt"), work / "scratch", data.images
+        )
         return paths.output if stage(name, lambda: run_grpo(gcfg, paths)[0]) else None
 
     def evaluate(models: dict[str, Path]) -> dict[str, float]:
@@ -514,7 +521,7 @@ def part_smoke(ctx: Context, rec: Recorder) -> None:
         run = run_eval(
             cfg,
             {k: str(v) for k, v in models.items()},
-            data.eval,
+            EvalData(data.eval, data.images),
             work / "cache",
             EvalPaths(work / "eval-work"),
             outs.predictions,

@@ -46,9 +46,7 @@ def build_assets(workdir: Path) -> tuple[Path, Path]:
         ROOT / "configs" / "tiny.yaml",
         ["data.synthetic.train_per_family=16", "data.synthetic.test_per_family=2"],
     )
-    run_data_prep(
-        cfg, DataPrepOutputs(workdir / "sft", workdir / "rl", workdir / "eval"), workdir / "cache"
-    )
+    run_data_prep(cfg, DataPrepOutputs.under(workdir), workdir / "cache")
     build_tiny_model(workdir / "model", cfg.model.tiny, cfg.data.min_pixels, cfg.data.max_pixels)
     return workdir / "model", workdir / "rl"
 
@@ -75,20 +73,22 @@ def our_run(args, model_dir: Path, rl_dir: Path):
     backend = make_backend(
         "hf", policy, processor, cfg.system_prompt, batch_size=cfg.generation_batch_size
     )
-    run = setup_run(cfg, build_engine(policy, cfg, reference=ref), processor, load_rl_dataset(rl_dir),
+    run = setup_run(cfg, build_engine(policy, cfg, reference=ref), processor, load_rl_dataset(rl_dir, rl_dir.parent / "images"),
                     backend=backend, reward_funcs=REWARD_FUNCS, reward_weights={"accuracy": 1.0})  # fmt: skip
     return run
 
 
 def trl_dataset(rl_dir: Path, system_prompt: str) -> datasets.Dataset:
     """TRL's multimodal layout: conversational `prompt`, one `image`, extra columns for rewards."""
+    from coldstart.common.image_store import ImageStore
     from coldstart.common.prompts import prompt_messages
 
     ds = datasets.load_from_disk(str(rl_dir))
+    store = ImageStore(rl_dir.parent / "images")  # data_prep's rows hold keys into it
     return ds.map(
         lambda row: {
             "prompt": prompt_messages(row["problem"], system_prompt, 1),
-            "image": row["images"][0],
+            "image": store.decoded(row["images"][0]),
         },
         remove_columns=["images", "solution"],
     )

@@ -124,7 +124,7 @@ def build_inputs(root: Path, preset: str) -> tuple[Path, Path]:
             }
         }
     )
-    run_data_prep(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root / "cache")
+    run_data_prep(cfg, DataPrepOutputs.under(root), root / "cache")
     return model, root / "sft"
 
 
@@ -225,7 +225,10 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
         "bench",
     )
     out = Path(spec["out"])
-    paths = SFTPaths(Path(spec["model"]), Path(spec["data"]), out, out / "checkpoints")
+    data = Path(spec["data"])  # data_prep's sft/, its image store beside it
+    paths = SFTPaths(
+        Path(spec["model"]), data, out, out / "checkpoints", images=data.parent / "images"
+    )
     result = time_sft(cfg, paths, spec["warmup"], spec["peak_tflops"])
     return {k: v for k, v in result.items() if isinstance(v, float)}
 

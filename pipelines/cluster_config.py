@@ -117,7 +117,8 @@ TRAINJOB_SFT_COMMAND = [
     'printf "%s" "$COLDSTART_CONFIG_JSON" > /tmp/coldstart-config.json && '
     "exec python -m torch.distributed.run -m coldstart.sft "
     '--config /tmp/coldstart-config.json --run-id "$COLDSTART_RUN_ID" --base-model "$COLDSTART_BASE_MODEL" '
-    '--data "$COLDSTART_SFT_DATA" --output "$COLDSTART_OUTPUT"',
+    '--data "$COLDSTART_SFT_DATA" ${COLDSTART_IMAGES:+--images "$COLDSTART_IMAGES"} '
+    '--output "$COLDSTART_OUTPUT"',
 ]
 
 

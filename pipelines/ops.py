@@ -55,6 +55,7 @@ def sft_trainjob_op(
     sft_data: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    images: Input[Dataset] = None,
 ) -> None:
     """SFT on several nodes: launch a Kubeflow Trainer TrainJob that writes `model`, and wait for it.
 
@@ -66,8 +67,9 @@ def sft_trainjob_op(
     from coldstart.common.run_id import resolve_run_id
     from coldstart.pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
 
+    store = images.uri if images is not None else ""
     inputs = TrainJobInputs(
-        resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri
+        resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri, store
     )
     cfg = config_from_json(config_json)
     cfg.cluster = json.loads(cluster_json)

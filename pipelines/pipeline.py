@@ -75,6 +75,7 @@ def build_pipeline(cfg: PipelineConfig):
                 pipeline_run_id=run_id,
                 base_model=base_model,
                 sft_data=data.outputs["sft_data"],
+                images=data.outputs["images"],
             ).set_display_name("sft")
             configure_task(sft, cfg, "sft")
             sft_model = sft.outputs["model"]
@@ -86,6 +87,7 @@ def build_pipeline(cfg: PipelineConfig):
                 pipeline_run_id=run_id,
                 init_model=sft_model or base_model,
                 rl_data=data.outputs["rl_data"],
+                images=data.outputs["images"],
                 run_name="grpo",
             ).set_display_name("grpo")
             configure_task(grpo, cfg, "grpo")
@@ -105,6 +107,7 @@ def build_pipeline(cfg: PipelineConfig):
                 config_json=config_json,
                 pipeline_run_id=run_id,
                 eval_data=data.outputs["eval_data"],
+                images=data.outputs["images"],
                 **models,
                 **extra,
             ).set_display_name("eval")
@@ -117,6 +120,7 @@ def build_pipeline(cfg: PipelineConfig):
                     pipeline_run_id=run_id,
                     init_model=base_model,
                     rl_data=data.outputs["rl_data"],
+                    images=data.outputs["images"],
                     run_name="grpo_from_base",
                 )
                 configure_task(rl_only.set_display_name("grpo_from_base"), cfg, "grpo")

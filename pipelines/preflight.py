@@ -9,6 +9,7 @@ within `DEADLINE_S`:
 - the model (`model.name_or_path`, `data.distill.teacher`): a local directory or s3:// prefix
   that exists, `tiny`, or a hub id when the hub may be used;
 - data and benchmark URIs (`data.*_files`, `eval.benchmarks[*].uri`) and rerun inputs exist;
+- a rerun's local dataset that holds image keys comes with data_prep's image store (`--images`);
 - the tracking server answers (a warning only: stages spill their logs and replay them later).
 
 Every problem found is one clause of one InputError. For `submit` the stages run in the
@@ -120,6 +121,31 @@ def check_uri(field_name: str, uri: str, local: bool) -> tuple[list[str], list[s
     return ([] if found else [f"{field_name}: nothing at {uri}: check the bucket and key"]), []
 
 
+def check_image_store(inputs: dict[str, str]) -> tuple[list[str], list[str]]:
+    """A local data_prep dataset (image keys) with neither `--images` nor an images/ folder beside
+    it would fail in the stage: say so now. Remote datasets are not opened here (the stage says
+    the same when it starts)."""
+    import datasets
+
+    from coldstart.common.image_store import STORE_FLAG, store_for
+
+    errors = []
+    for name, uri in inputs.items():
+        path = Path(uri).expanduser()
+        if name == STORE_FLAG or storage.is_s3(uri) or not path.is_dir():
+            continue
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            continue  # not a saved dataset: the stage names that problem
+        split = loaded if isinstance(loaded, datasets.Dataset) else next(iter(loaded.values()))
+        try:
+            store_for(split, inputs.get(STORE_FLAG), path)
+        except InputError as exc:
+            errors.append(f"--{name.replace('_', '-')}: {exc}")
+    return errors, []
+
+
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -180,6 +206,8 @@ def checks(cfg: PipelineConfig, local: bool, inputs: dict[str, str]) -> list[Che
     )
     uris.update({f"--{name.replace('_', '-')}": uri for name, uri in inputs.items()})
     found += [lambda f=f, u=u: check_uri(f, u, local) for f, u in uris.items()]
+    if local and inputs:
+        found.append(lambda: check_image_store(inputs))
     return found
 
 

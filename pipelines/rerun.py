@@ -1,7 +1,9 @@
 """`coldstart rerun STAGE`: one stage alone on existing artifacts, locally or on the cluster.
 
-    coldstart rerun eval --local --model sft=outputs/.../model --data outputs/.../eval_data
-    coldstart rerun grpo --host http://localhost:8888 --init-model s3://b/sft/model --data s3://b/rl
+    coldstart rerun eval --local --model sft=outputs/.../model --data outputs/.../eval_data \
+        --images outputs/.../images
+    coldstart rerun grpo --host http://localhost:8888 --init-model s3://b/sft/model \
+        --data s3://b/rl --images s3://b/images
 
 Both build the same one-stage pipeline (inputs imported with `dsl.importer`, see
 stage_pipeline.py); `--local` runs it through kfp.local, `--host` submits it like `submit`.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from coldstart.common.config import PipelineConfig
 from coldstart.common.errors import InputError
+from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.stage_cli import resolve_config
 from coldstart.pipelines.local_tasks import LocalRun
 from coldstart.pipelines.stage_pipeline import (
@@ -45,7 +48,7 @@ PRIMARY_MODEL = {"sft": "base_model", "grpo": "init_model"}
 
 
 def _dataset_input(spec: StageSpec, stage: str) -> str:
-    names = [i.name for i in spec.inputs if i.kind.__name__ == "Dataset"]
+    names = [i.name for i in spec.inputs if i.kind.__name__ == "Dataset" and i.name != STORE_FLAG]
     if not names:
         raise InputError(f"{stage} takes no dataset (--data)")
     return names[0]
@@ -73,6 +76,10 @@ def input_uris(args: argparse.Namespace) -> dict[str, str]:
         pairs.append(("base_model", args.base_model))
     if args.data:
         pairs.append((_dataset_input(spec, args.stage), args.data))
+    if args.images:
+        if STORE_FLAG not in {i.name for i in spec.inputs}:
+            raise InputError(f"{args.stage} takes no image store (--images)")
+        pairs.append((STORE_FLAG, args.images))
     uris: dict[str, str] = {}
     for name, uri in pairs:
         if name in uris:
@@ -185,6 +192,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         default=None,
         metavar="URI",
         help="the stage's dataset (sft/, rl/ or eval/ folder)",
+    )
+    parser.add_argument(
+        f"--{STORE_FLAG}",
+        default=None,
+        metavar="URI",
+        help="data_prep's image store (images/ folder or artifact) that --data's image keys "
+        "point into; not needed for a dataset with its images inline",
     )
     add_server_args(parser, host_required=False)
     parser.set_defaults(func=cmd_rerun)

@@ -50,10 +50,12 @@ STAGES = {
     "sft": StageSpec("coldstart.sft.component", "sft_op", (
         StageInput("base_model", Model, from_config=True),
         StageInput("sft_data", Dataset, required=True),
+        StageInput("images", Dataset),
     )),
     "grpo": StageSpec("coldstart.grpo.component", "grpo_op", (
         StageInput("init_model", Model, required=True),
         StageInput("rl_data", Dataset, required=True),
+        StageInput("images", Dataset),
     )),
     "eval": StageSpec("coldstart.eval.component", "eval_op", (
         StageInput("eval_data", Dataset, required=True),
@@ -61,6 +63,7 @@ STAGES = {
         StageInput("sft_model", Model),
         StageInput("rl_model", Model),
         StageInput("sft_rl_model", Model),
+        StageInput("images", Dataset),
     ), one_model=True),
 }  # fmt: skip
 

@@ -41,6 +41,7 @@ class TrainJobInputs:
     base_model: str
     sft_data: str
     output: str
+    images: str = ""  # data_prep's image store ("" for a dataset with its images inline)
 
 
 def trainjob_name(inputs: TrainJobInputs) -> str:
@@ -61,6 +62,7 @@ def _env(cfg: PipelineConfig, inputs: TrainJobInputs) -> list:
         {"name": "COLDSTART_BASE_MODEL", "value": inputs.base_model},
         {"name": "COLDSTART_SFT_DATA", "value": inputs.sft_data},
         {"name": "COLDSTART_OUTPUT", "value": inputs.output},
+        {"name": "COLDSTART_IMAGES", "value": inputs.images},
     ]
     refs = []
     if cluster.s3_secret:
@@ -234,7 +236,10 @@ def launch_and_wait(
     cfg: PipelineConfig, inputs: TrainJobInputs, client: TrainJobClient | None = None
 ) -> dict:
     """Run SFT as a TrainJob; returns the launcher's metrics."""
-    local = [u for u in (inputs.base_model, inputs.sft_data, inputs.output) if "://" not in u]
+    given = [inputs.base_model, inputs.sft_data, inputs.output] + [inputs.images] * bool(
+        inputs.images
+    )
+    local = [u for u in given if "://" not in u]
     if local:
         raise InputError(
             f"the TrainJob launcher needs object-store URIs (a cluster with an s3:// pipeline root); "

@@ -71,5 +71,5 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("data")
     cfg = tiny_config(root)
-    run_data_prep(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root / "cache")
+    run_data_prep(cfg, DataPrepOutputs.under(root), root / "cache")
     return root

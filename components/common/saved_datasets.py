@@ -47,3 +47,22 @@ def require_columns(
     missing = [c for c in columns if c not in split.column_names]
     if missing:
         raise error(f"{where}: missing columns {missing} (has {split.column_names})")
+
+
+def load_with_images(
+    path: str | Path, images: str | Path | None = None
+) -> datasets.Dataset | datasets.DatasetDict:
+    """A saved dataset whose rows, when indexed, carry decoded images: data_prep's image keys are
+    looked up in its image store (`images`, else the images/ folder beside `path`), inline images
+    decode as usual. For notebooks and tests that look at data_prep's output; the stages load
+    through `load_splits`."""
+    from coldstart.common.image_store import store_for, with_decoded_images
+
+    loaded = datasets.load_from_disk(str(path))
+    splits = {"train": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
+    store = store_for(next(iter(splits.values())), images, path)
+    if store is None:
+        return loaded
+    if isinstance(loaded, datasets.Dataset):
+        return with_decoded_images(loaded, store)
+    return datasets.DatasetDict({k: with_decoded_images(v, store) for k, v in splits.items()})

@@ -223,11 +223,12 @@ class TrainingStage:
     inputs: Mapping[str, str]  # CLI flag name -> help
     digest: Callable[[PipelineConfig], str]  # see `training_digest`
     train: Callable[[PipelineConfig, StageContext], dict[str, float]]
+    optional: tuple[str, ...] = ()  # flags of `inputs` a run may leave out (given as None)
 
     def run(
         self,
         cfg: PipelineConfig,
-        inputs: Mapping[str, str | os.PathLike[str]],
+        inputs: Mapping[str, str | os.PathLike[str] | None],
         output_dir: str | os.PathLike[str],
         run_id: str,
         run_name: str | None = None,
@@ -235,7 +236,7 @@ class TrainingStage:
         """Run the stage (see `run_stage`); `run_name` defaults to the stage's name."""
         request = StageRequest(
             stage=self.name,
-            inputs={flag: str(uri) for flag, uri in inputs.items()},
+            inputs={flag: str(uri) for flag, uri in inputs.items() if uri is not None},
             output_dir=str(output_dir),
             run_id=run_id,
             run_name=run_name or self.name,
@@ -248,7 +249,7 @@ class TrainingStage:
         rank 0's metrics."""
         parser = stage_parser(self.name, self.description)
         for flag, help_text in self.inputs.items():
-            parser.add_argument(f"--{flag}", required=True, help=help_text)
+            parser.add_argument(f"--{flag}", required=flag not in self.optional, help=help_text)
         parser.add_argument(
             "--output", required=True, help="model output folder or s3:// prefix; rerun to resume"
         )

@@ -1,4 +1,5 @@
-"""Arrow files written and read in bounded batches: a shard's parts and the final datasets.
+"""Arrow files written and read in bounded batches: a shard's parts, the final datasets and
+their image store.
 
 A part (`<split>.arrow` in a shard folder) holds prepared rows with their content key and their
 place in the output order; the merge reads parts as a stream of record batches (plain reads,
@@ -10,6 +11,9 @@ folder's metadata (`state.json`, `dataset_info.json`, `dataset_dict.json`) comes
 datasets' own `save_to_disk` of an empty dataset with the same features, with only the list of
 data files replaced: the layout stays whatever the installed `datasets` writes, without the
 second full copy of the data that `save_to_disk` of a finished dataset would make.
+
+Parts carry their images inline; the final datasets carry keys into the image store
+(components/common/image_store.py), which `ImageStoreWriter` fills with each distinct image once.
 """
 
 from __future__ import annotations
@@ -23,20 +27,23 @@ import datasets
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
-FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "images": datasets.List(datasets.Image()),
-        "problem": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "solution": datasets.Value("string"),
-        "category": datasets.Value("string"),
-    }
+from coldstart.common.image_store import (
+    IMAGE_COLUMN,
+    IMAGE_KEYS,
+    KEY_COLUMN,
+    STORE_FEATURES,
+    image_key,
 )
+
+TEXT_FEATURES = {
+    name: datasets.Value("string") for name in ("id", "problem", "answer", "solution", "category")
+}
+FEATURES = datasets.Features({**TEXT_FEATURES, "images": IMAGE_KEYS})  # the final datasets
 ORDER = ("source_index", "file_index", "row_index")
 PART_FEATURES = datasets.Features(
     {
-        **FEATURES,
+        **TEXT_FEATURES,
+        "images": datasets.List(datasets.Image()),
         "key": datasets.Value("string"),
         "source_index": datasets.Value("int32"),
         "file_index": datasets.Value("int32"),
@@ -69,8 +76,9 @@ def order_of(row: dict[str, Any]) -> tuple[int, int, int]:
 class DatasetWriter:
     """One dataset (a `save_to_disk` folder), written row by row into shards of ~500 MB."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, features: datasets.Features = FEATURES) -> None:
         self.folder = folder
+        self.features = features
         self.rows = 0
         self._files: list[Path] = []
         self._writer: ArrowWriter | None = None
@@ -80,14 +88,14 @@ class DatasetWriter:
         if self._writer is None or self._writer._num_bytes >= MAX_SHARD_BYTES:
             self._next_file()
         assert self._writer is not None
-        self._writer.write({name: row[name] for name in FEATURES})
+        self._writer.write({name: row[name] for name in self.features})
         self.rows += 1
 
     def _next_file(self) -> None:
         if self._writer is not None:
             self._writer.finalize()
         self._files.append(self.folder / f"writing-{len(self._files):05d}.arrow")
-        self._writer = ArrowWriter(features=FEATURES, path=str(self._files[-1]))
+        self._writer = ArrowWriter(features=self.features, path=str(self._files[-1]))
 
     def close(self) -> list[Path]:
         """Finish the data files (still under their working names)."""
@@ -101,8 +109,8 @@ class DatasetWriter:
 def finish_dataset(writer: DatasetWriter) -> None:
     """Make the writer's folder a save_to_disk folder: datasets' own metadata, our data files."""
     files = writer.close()
-    folder = writer.folder
-    empty = datasets.Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES)
+    folder, features = writer.folder, writer.features
+    empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     empty.save_to_disk(str(folder))
     state = json.loads((folder / "state.json").read_text())
     for entry in state["_data_files"]:
@@ -119,3 +127,31 @@ def finish_dataset_dict(folder: Path, writers: dict[str, DatasetWriter]) -> None
     (folder / "dataset_dict.json").write_text(json.dumps({"splits": list(writers)}))
     for writer in writers.values():
         finish_dataset(writer)
+
+
+class ImageStoreWriter:
+    """The image store of one data_prep run: each distinct encoded image written once.
+
+    Only the keys seen stay in memory (64 characters per image), never the images.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._writer = DatasetWriter(folder, STORE_FEATURES)
+        self._keys: set[str] = set()
+
+    def put(self, image: dict[str, Any]) -> str:
+        """Store a `{bytes, path}` image (once) and return its key."""
+        key = image_key(image["bytes"])
+        if key not in self._keys:
+            self._keys.add(key)
+            self._writer.write({KEY_COLUMN: key, IMAGE_COLUMN: image})
+        return key
+
+    def with_keys(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with its inline images stored and replaced by their keys."""
+        return dict(row, images=[self.put(image) for image in row["images"]])
+
+    def finish(self) -> int:
+        """Write the store's metadata; returns how many images it holds."""
+        finish_dataset(self._writer)
+        return self._writer.rows

@@ -52,7 +52,9 @@ def base_model_main(cfg: PipelineConfig, out_dir: Path) -> Path:
 def cli() -> int:
     parser = stage_parser("data_prep", "Build SFT, RL and eval datasets (HF save_to_disk folders).")
     parser.add_argument(
-        "--output", required=True, help="folder that receives sft/, rl/, eval/ (and base_model/)"
+        "--output",
+        required=True,
+        help="folder that receives sft/, rl/, eval/, images/ (and base_model/)",
     )
     parser.add_argument(
         "--with-base-model", action="store_true", help="also write the base model dir"
@@ -70,7 +72,7 @@ def cli() -> int:
         type=Path,
         default=None,
         metavar="DIR",
-        help="merge the given shard folders into sft/, rl/, eval/ under --output",
+        help="merge the given shard folders into sft/, rl/, eval/, images/ under --output",
     )
     args = parser.parse_args()
     cfg = config_from_args(args)
@@ -78,7 +80,7 @@ def cli() -> int:
     if args.shard is not None:
         print(json.dumps(shard_main(cfg, args.shard, root), indent=2))
         return 0
-    out = DataPrepOutputs(root / "sft", root / "rl", root / "eval")
+    out = DataPrepOutputs.under(root)
     run_id = args.run_id or default_run_id()
     if args.merge_shards:
         metrics = merge_main(cfg, args.merge_shards, out, run_id)

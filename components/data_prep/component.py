@@ -17,16 +17,19 @@ def data_prep_op(
     sft_data: Output[Dataset],
     rl_data: Output[Dataset],
     eval_data: Output[Dataset],
+    images: Output[Dataset],
     metrics: Output[Metrics],
 ) -> None:
-    """Build the SFT, RL and eval datasets."""
+    """Build the SFT, RL and eval datasets and the image store their rows point into."""
     from pathlib import Path
 
     from coldstart.common.config import config_from_json
     from coldstart.data_prep.cli import main
     from coldstart.data_prep.stage import DataPrepOutputs
 
-    out = DataPrepOutputs(Path(sft_data.path), Path(rl_data.path), Path(eval_data.path))
+    out = DataPrepOutputs(
+        Path(sft_data.path), Path(rl_data.path), Path(eval_data.path), Path(images.path)
+    )
     for name, value in main(config_from_json(config_json), out, pipeline_run_id).items():
         metrics.log_metric(name.replace("/", "_"), value)
 
@@ -51,16 +54,20 @@ def data_prep_merge_op(
     sft_data: Output[Dataset],
     rl_data: Output[Dataset],
     eval_data: Output[Dataset],
+    images: Output[Dataset],
     metrics: Output[Metrics],
 ) -> None:
-    """Merge the shards: dedup across them, remove eval leaks, write the three datasets."""
+    """Merge the shards: dedup across them, remove eval leaks, write the three datasets and
+    their image store."""
     from pathlib import Path
 
     from coldstart.common.config import config_from_json
     from coldstart.data_prep.cli import merge_main
     from coldstart.data_prep.stage import DataPrepOutputs
 
-    out = DataPrepOutputs(Path(sft_data.path), Path(rl_data.path), Path(eval_data.path))
+    out = DataPrepOutputs(
+        Path(sft_data.path), Path(rl_data.path), Path(eval_data.path), Path(images.path)
+    )
     shard_dirs = [Path(part.path) for part in parts]
     cfg = config_from_json(config_json)
     for name, value in merge_main(cfg, shard_dirs, out, pipeline_run_id).items():

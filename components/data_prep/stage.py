@@ -4,7 +4,8 @@ Sources are the built-in synthetic generator or users' files. Rows stream from t
 through worker processes into per-split parts on disk (`shard.py`), then a merge reads the parts
 in the input's order, drops duplicates and eval leaks by content key, holds out the SFT
 validation rows and writes the final datasets, a record batch at a time: memory stays flat in
-the number of rows. A sharded run (pipelines/data_shards.py) is the same two steps with several
+the number of rows. The three datasets share one image store (images/): an image that several
+rows or splits use is written once, and the datasets hold its key. A sharded run (pipelines/data_shards.py) is the same two steps with several
 shards, one pod each, and the same output.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from coldstart.common.config import DataConfig, PipelineConfig
 from coldstart.data_prep.arrow_files import (
     DatasetWriter,
+    ImageStoreWriter,
     finish_dataset,
     finish_dataset_dict,
     order_of,
@@ -42,6 +44,12 @@ class DataPrepOutputs:
     sft: Path
     rl: Path
     eval: Path
+    images: Path  # the image store the three datasets' keys point into
+
+    @classmethod
+    def under(cls, root: Path) -> DataPrepOutputs:
+        """The usual layout: sft/, rl/, eval/ and images/ in one folder."""
+        return cls(root / "sft", root / "rl", root / "eval", root / "images")
 
 
 @dataclass
@@ -141,10 +149,10 @@ def deduped(
             yield row
 
 
-def write_all(rows: Iterable[dict[str, Any]], folder: Path) -> int:
+def write_all(rows: Iterable[dict[str, Any]], folder: Path, store: ImageStoreWriter) -> int:
     writer = DatasetWriter(folder)
     for row in rows:
-        writer.write(row)
+        writer.write(store.with_keys(row))
     finish_dataset(writer)
     return writer.rows
 
@@ -162,7 +170,11 @@ def split_holdout(records: list[dict[str, Any]], fraction: float, seed: int) -> 
 
 
 def write_sft(
-    rows: Callable[[], Iterable[dict[str, Any]]], n_rows: int, data: DataConfig, folder: Path
+    rows: Callable[[], Iterable[dict[str, Any]]],
+    n_rows: int,
+    data: DataConfig,
+    folder: Path,
+    store: ImageStoreWriter,
 ) -> tuple[int, int]:
     """Train and validation splits from two passes over `rows()` (the held-out rows are chosen
     from the row count, as `split_holdout` does on a list); returns both sizes."""
@@ -173,7 +185,7 @@ def write_sft(
         "validation": DatasetWriter(folder / "validation"),
     }
     for index, row in enumerate(rows()):
-        writers["validation" if index in held else "train"].write(row)
+        writers["validation" if index in held else "train"].write(store.with_keys(row))
     finish_dataset_dict(folder, writers)
     return writers["train"].rows, writers["validation"].rows
 
@@ -196,11 +208,15 @@ def distilled(
 def merge_shards(
     cfg: PipelineConfig, shard_dirs: Sequence[Path], out: DataPrepOutputs, cache_dir: Path
 ) -> dict[str, float]:
-    """Dedup across shards, drop eval leaks, hold out SFT validation rows, write the datasets."""
+    """Dedup across shards, drop eval leaks, hold out SFT validation rows, write the datasets
+    and their shared image store."""
     data = cfg.data
     counts = DedupCounts()
     eval_keys: set[str] = set()
-    n_eval = write_all(deduped(merged(shard_dirs, "eval"), set(), counts, eval_keys), out.eval)
+    store = ImageStoreWriter(out.images)
+    n_eval = write_all(
+        deduped(merged(shard_dirs, "eval"), set(), counts, eval_keys), out.eval, store
+    )
 
     def sft_rows(tally: DedupCounts) -> Iterator[dict[str, Any]]:
         return deduped(merged(shard_dirs, "sft"), eval_keys, tally)
@@ -222,12 +238,13 @@ def merge_shards(
         raise DataError(
             "data_prep produced no SFT rows; give data.sft_files or disable sft (sft.enabled: false)"
         )
-    n_rl = write_all(deduped(merged(shard_dirs, "rl"), eval_keys, counts), out.rl)
+    n_rl = write_all(deduped(merged(shard_dirs, "rl"), eval_keys, counts), out.rl, store)
     if not n_rl and cfg.grpo.enabled:
         raise DataError(
             "data_prep produced no RL rows; give data.rl_files or disable grpo (grpo.enabled: false)"
         )
-    n_train, n_held = write_sft(replay, n_sft, data, out.sft)
+    n_train, n_held = write_sft(replay, n_sft, data, out.sft, store)
+    n_images = store.finish()
     if data.source == "files":
         metrics["data/skipped_invalid"] = sum(
             shard_counts(d)["skipped_invalid"] for d in shard_dirs
@@ -238,6 +255,7 @@ def merge_shards(
             "data/sft_holdout_rows": n_held,
             "data/rl_rows": n_rl,
             "data/eval_rows": n_eval,
+            "data/images_stored": n_images,
             "data/duplicates_removed": counts.duplicates,
             "data/eval_overlap_removed": counts.leaked,
         }
@@ -247,7 +265,8 @@ def merge_shards(
 
 
 def run_data_prep(cfg: PipelineConfig, out: DataPrepOutputs, cache_dir: Path) -> dict[str, float]:
-    """Build and write the three datasets in one process (one shard); returns the metrics."""
+    """Build and write the three datasets and their image store in one process (one shard);
+    returns the metrics."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="data_prep-", dir=cache_dir))
     try:

@@ -306,9 +306,12 @@ def _read_parquet(path: Path, split: str | None, needed: list[str]) -> Table:
     return Table(columns, str(path), path if path.is_dir() else path.parent, batches)
 
 
-def _read_hf_disk(path: Path, split: str | None) -> Table:
-    """A `save_to_disk` folder: memory-mapped Arrow, read in batches without decoding images."""
+def _read_hf_disk(path: Path, split: str | None, images: Path | None) -> Table:
+    """A `save_to_disk` folder: memory-mapped Arrow, read in batches without decoding images
+    (data_prep's image keys become the store's encoded images, batch by batch)."""
     import datasets
+
+    from coldstart.common.image_store import encoded_images, store_for
 
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
@@ -316,11 +319,16 @@ def _read_hf_disk(path: Path, split: str | None) -> Table:
         if name not in loaded:
             raise BenchmarkError(f"{path}: no split {name!r}; splits: {list(loaded)}")
         loaded = loaded[name]
+    store = store_for(loaded, images, str(path), BenchmarkError)
     arrow = loaded.with_format("arrow")
 
     def batches() -> Iterator[list[dict[str, Any]]]:
         for batch in arrow.iter(batch_size=ROW_BATCH):
-            yield batch.to_pylist()
+            rows = batch.to_pylist()
+            if store is not None:
+                for row in rows:
+                    row["images"] = encoded_images(row["images"], store)
+            yield rows
 
     return Table(list(loaded.column_names), str(path), path, batches)
 
@@ -332,20 +340,38 @@ def _missing(where: str, column: str, present: list[str]) -> BenchmarkError:
     )
 
 
-def read_table(uri: str, spec: BenchmarkSpec, cache_dir: Path) -> Table:
-    """Open a benchmark mirror: a parquet file/folder or a `save_to_disk` folder, local or s3://."""
+@dataclass(frozen=True)
+class EvalData:
+    """data_prep's eval folder (the synthetic benchmark) and the image store its rows' image keys
+    point into (data_prep's images/; None for a folder with its images inline)."""
+
+    folder: str | Path
+    images: str | Path | None = None
+
+
+def _local(uri: str, cache_dir: Path, what: str) -> Path:
+    """`uri` as a local path: s3:// is downloaded into the cache; a local path must exist."""
     if uri.startswith("s3://"):
         from coldstart.common.storage import materialize
 
-        path = Path(materialize(uri, cache_dir / "benchmarks"))
-    else:
-        path = Path(uri).expanduser()
-        if not path.exists():
-            raise BenchmarkError(f"benchmark {spec.name!r}: {uri} does not exist")
+        return Path(materialize(uri, cache_dir / "benchmarks"))
+    path = Path(uri).expanduser()
+    if not path.exists():
+        raise BenchmarkError(f"{what}: {uri} does not exist")
+    return path
+
+
+def read_table(
+    uri: str, spec: BenchmarkSpec, cache_dir: Path, images: str | Path | None = None
+) -> Table:
+    """Open a benchmark mirror: a parquet file/folder or a `save_to_disk` folder, local or s3://
+    (`images`: the image store of a data_prep folder that holds image keys)."""
+    path = _local(uri, cache_dir, f"benchmark {spec.name!r}")
     if path.is_dir() and (
         (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
     ):
-        return _read_hf_disk(path, spec.split)
+        store = _local(str(images), cache_dir, "image store") if images is not None else None
+        return _read_hf_disk(path, spec.split, store)
     if path.suffix != ".parquet" and not path.is_dir():
         raise BenchmarkError(
             f"benchmark {spec.name!r}: {uri} is neither a .parquet file nor a folder"
@@ -374,20 +400,21 @@ def _keep(row: Mapping[str, Any], where: Mapping[str, list[str]]) -> bool:
 
 
 def iter_benchmark(
-    spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_dir: Path
+    spec: BenchmarkSpec, eval_data: EvalData | None, cache_dir: Path
 ) -> Iterator[EvalSample]:
     """The samples of one benchmark in file order, after `where` and `limit`, read lazily.
 
     Only a batch of rows is in memory at a time (plus the ids seen, to refuse duplicates);
     the file is checked for its layout's columns before the first sample.
     """
-    uri = spec.uri or (str(eval_data_dir) if spec.name == "synthetic" and eval_data_dir else None)
+    own = spec.name == "synthetic" and eval_data is not None
+    uri = spec.uri or (str(eval_data.folder) if own and eval_data else None)
     if uri is None:
         raise BenchmarkError(
             "benchmark 'synthetic' without a uri needs the eval data folder from data_prep"
         )
     layout = LAYOUTS[spec.name]
-    table = read_table(uri, spec, cache_dir)
+    table = read_table(uri, spec, cache_dir, eval_data.images if eval_data else None)
     for column in (*layout.required, *spec.where):
         if spec.columns.get(column, column) not in table.columns:
             raise _missing(table.where, spec.columns.get(column, column), table.columns)
@@ -426,10 +453,10 @@ def _samples(
 
 
 def load_benchmark(
-    spec: BenchmarkSpec, eval_data_dir: str | Path | None, cache_dir: Path
+    spec: BenchmarkSpec, eval_data: EvalData | None, cache_dir: Path
 ) -> list[EvalSample]:
     """All samples of one benchmark at once (small benchmarks, tests); `iter_benchmark` streams."""
-    return list(iter_benchmark(spec, eval_data_dir, cache_dir))
+    return list(iter_benchmark(spec, eval_data, cache_dir))
 
 
 def _sample(

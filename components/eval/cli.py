@@ -16,8 +16,10 @@ from pathlib import Path
 from coldstart.common import storage
 from coldstart.common.config import PipelineConfig
 from coldstart.common.errors import InputError
+from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
 from coldstart.common.tracking import stage_run
+from coldstart.eval.benchmarks import EvalData
 from coldstart.eval.predictions import FILES as PREDICTION_FILES
 from coldstart.eval.predictions import TABLE_FILE
 from coldstart.eval.stage import KFP_METRICS, EvalOutputs, EvalPaths, run_eval, write_outputs
@@ -35,11 +37,13 @@ def main(
     output_dir: str | Path,
     run_id: str,
     outputs: EvalOutputs | None = None,
+    images_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """The stage as the component and the shell both call it: evaluate, write outputs, log to MLflow.
 
     `models` maps display names (base, SFT, RL, SFT+RL) to model dirs or s3:// prefixes; the
-    report lists them in this order. Returns the flat metrics (`eval/<model>/<benchmark>/score`).
+    report lists them in this order. `images_dir` is data_prep's image store, which its eval
+    folder's image keys point into. Returns the flat metrics (`eval/<model>/<benchmark>/score`).
     """
     outputs = outputs or EvalOutputs.in_folder(output_dir)
     cache = local_cache(cfg)
@@ -54,9 +58,8 @@ def main(
                 "eval.extractor": cfg.eval.extractor.model if cfg.eval.extractor else "rules",
             }
         )
-        run = run_eval(
-            cfg, models, eval_data_dir, cache, eval_paths(cfg, run_id), outputs.predictions
-        )
+        data = EvalData(eval_data_dir, images_dir) if eval_data_dir is not None else None
+        run = run_eval(cfg, models, data, cache, eval_paths(cfg, run_id), outputs.predictions)
         files = [outputs.predictions / name for name in PREDICTION_FILES]
         files += write_outputs(run, outputs)
         metrics = run.metrics()
@@ -134,15 +137,20 @@ def cli() -> int:
         "--data", default=None, help="data_prep's eval folder (the synthetic benchmark)"
     )
     parser.add_argument(
+        f"--{STORE_FLAG}",
+        default=None,
+        help="data_prep's images/ folder (the image store the eval folder's rows point into)",
+    )
+    parser.add_argument(
         "--output",
         required=True,
         help="folder for report.md, chart.png, predictions/, metrics.json",
     )
     args = parser.parse_args()
     cfg = config_from_args(args)
-    metrics = main(
-        cfg, parse_models(args.models), args.data, args.output, args.run_id or default_run_id()
-    )
+    run_id = args.run_id or default_run_id()
+    models = parse_models(args.models)
+    metrics = main(cfg, models, args.data, args.output, run_id, images_dir=args.images)
     table = json.loads(Path(args.output, "metrics.json").read_text())["table"]
     print(json.dumps(table, indent=2))
     print(f"metrics: {len(metrics)} logged; report: {Path(args.output) / 'report.md'}")

@@ -27,8 +27,10 @@ def eval_op(
     sft_model: Input[Model] = None,
     rl_model: Input[Model] = None,
     sft_rl_model: Input[Model] = None,
+    images: Input[Dataset] = None,
 ) -> None:
-    """Evaluate base (and SFT / RL / SFT+RL when given) on the configured benchmarks."""
+    """Evaluate base (and SFT / RL / SFT+RL when given) on the configured benchmarks
+    (`eval_data`'s image keys read from `images`, data_prep's image store)."""
     import tempfile
     from pathlib import Path
 
@@ -43,9 +45,9 @@ def eval_op(
         Path(predictions.path), Path(report.path), Path(chart.path), embed_chart=True
     )
     with tempfile.TemporaryDirectory() as scratch:
-        values = main(
-            config_from_json(config_json), models, eval_data.path, scratch, pipeline_run_id, outputs
-        )
+        store = images.path if images is not None else None
+        cfg = config_from_json(config_json)
+        values = main(cfg, models, eval_data.path, scratch, pipeline_run_id, outputs, store)
     for name, value in kfp_metrics(values).items():
         metrics.log_metric(name, value)
     chart.metadata["mime_type"] = "image/png"

@@ -32,7 +32,7 @@ from coldstart.common import storage
 from coldstart.common.answers import warm_up
 from coldstart.common.config import BenchmarkSpec, ModelConfig, PipelineConfig
 from coldstart.common.generation import Completion, PromptInput, SamplingConfig
-from coldstart.eval.benchmarks import EvalSample, iter_benchmark, load_images
+from coldstart.eval.benchmarks import EvalData, EvalSample, iter_benchmark, load_images
 from coldstart.eval.extractor import ChatClient
 from coldstart.eval.predictions import PredictionWriter, columns_for
 from coldstart.eval.progress import ResponseLog
@@ -499,14 +499,14 @@ def _close_extractor(client: ChatClient | None, paths: EvalPaths) -> None:
         storage.upload_file(client.cache.path, paths.cache_remote)
 
 
-def _max_images(cfg: PipelineConfig, eval_data_dir: str | Path | None, cache_dir: Path) -> int:
+def _max_images(cfg: PipelineConfig, eval_data: EvalData | None, cache_dir: Path) -> int:
     """Images per prompt the vLLM engine must allow (a pass over the benchmarks, images undecoded)."""
     if cfg.eval.backend != "vllm":
         return 1
     return max(
         len(s.images)
         for spec in cfg.eval.benchmarks
-        for s in iter_benchmark(spec, eval_data_dir, cache_dir)
+        for s in iter_benchmark(spec, eval_data, cache_dir)
     )
 
 
@@ -539,7 +539,7 @@ class LazyBackend:
 def run_eval(
     cfg: PipelineConfig,
     models: Mapping[str, str],
-    eval_data_dir: str | Path | None,
+    eval_data: EvalData | None,
     cache_dir: Path,
     paths: EvalPaths,
     predictions_dir: Path,
@@ -553,8 +553,8 @@ def run_eval(
     specs = ev.benchmarks
     modes = list(ev.scoring)
     for spec in specs:  # layout errors before any model loads
-        next(iter(iter_benchmark(spec, eval_data_dir, cache_dir)))
-    max_images = _max_images(cfg, eval_data_dir, cache_dir)
+        next(iter(iter_benchmark(spec, eval_data, cache_dir)))
+    max_images = _max_images(cfg, eval_data, cache_dir)
     warm_up()  # start the answer-checking worker while the first model loads
     extractor = open_extractor(cfg, paths)
     ctx = ScoringContext(extractor, ev.answer_timeout_s)
@@ -582,7 +582,7 @@ def run_eval(
                         max(1, ev.batch_size * CHUNK_BATCHES),
                         pattern,
                     )
-                    samples = iter_benchmark(spec, eval_data_dir, cache_dir)
+                    samples = iter_benchmark(spec, eval_data, cache_dir)
                     for mode, metrics in evaluate_benchmark(
                         job, samples, backend.generate, tally
                     ).items():

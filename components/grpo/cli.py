@@ -9,6 +9,7 @@ trains.
 from __future__ import annotations
 
 from coldstart.common.config import PipelineConfig
+from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.stage_runner import StageContext, TrainingStage, training_digest
 from coldstart.grpo.stage import GRPOPaths, report, run_grpo
 
@@ -28,7 +29,9 @@ STAGE = TrainingStage(
     inputs={
         "init-model": "model dir (SFT output or base model), local or s3://",
         "data": "RL dataset folder (data_prep's rl/), local or s3://",
+        STORE_FLAG: "data_prep's images/ folder or s3:// prefix (for a dataset of image keys)",
     },
+    optional=(STORE_FLAG,),
     digest=lambda cfg: training_digest(cfg, "grpo"),
     train=_train,
 )
@@ -41,10 +44,12 @@ def main(
     output_dir: str,
     run_id: str,
     run_name: str = "grpo",
+    images_dir: str | None = None,
 ) -> dict[str, float]:
     """GRPO as the component and the shell both call it; `run_name` names the MLflow run:
-    "grpo" after SFT, "grpo_from_base" for the RL-only ablation."""
-    inputs = {"init-model": init_model_dir, "data": data_dir}
+    "grpo" after SFT, "grpo_from_base" for the RL-only ablation. `images_dir` is data_prep's
+    image store (needed when the dataset holds image keys)."""
+    inputs = {"init-model": init_model_dir, "data": data_dir, STORE_FLAG: images_dir}
     return STAGE.run(cfg, inputs, output_dir, run_id, run_name)
 
 

@@ -19,8 +19,10 @@ def grpo_op(
     model: Output[Model],
     metrics: Output[Metrics],
     run_name: str = "grpo",
+    images: Input[Dataset] = None,
 ) -> None:
-    """GRPO from `init_model` (SFT output, or the base model for the RL-only ablation) on `rl_data`."""
+    """GRPO from `init_model` (SFT output, or the base model for the RL-only ablation) on `rl_data`
+    (its image keys read from `images`, data_prep's image store)."""
     from coldstart.common.config import config_from_json
     from coldstart.grpo.cli import main
 
@@ -31,6 +33,7 @@ def grpo_op(
         model.path,
         pipeline_run_id,
         run_name,
+        images.path if images is not None else None,
     )
     for name, value in summary.items():
         metrics.log_metric(name.replace("/", "_"), value)

@@ -5,7 +5,8 @@ and step s takes positions s*B .. s*B + B - 1 of the concatenated epochs. A run 
 step s therefore sees exactly the prompts the uninterrupted run would have seen.
 
 The dataset stays memory-mapped (datasets' Arrow files on disk): a step reads and decodes only
-its own rows' images (`dataset[indices]`), never the whole set.
+its own rows' images (`dataset[indices]`), never the whole set; data_prep's image keys are
+decoded from its image store at that moment (components/common/image_store.py).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ import torch
 
 from coldstart.common.errors import InputError
 from coldstart.common.generation import PromptInput
+from coldstart.common.image_store import store_for, with_decoded_images
 from coldstart.common.saved_datasets import load_splits, require_columns
 
 REQUIRED_COLUMNS = ("images", "problem", "answer")
 
 
-def load_rl_dataset(path: str | Path) -> datasets.Dataset:
-    """A `save_to_disk` folder holding a Dataset (or a DatasetDict with a `train` split)."""
+def load_rl_dataset(path: str | Path, images: str | Path | None = None) -> datasets.Dataset:
+    """A `save_to_disk` folder holding a Dataset (or a DatasetDict with a `train` split);
+    `images` is data_prep's image store, needed when the rows hold image keys."""
     loaded = load_splits(path, "data_prep's rl/ output")["train"]
     require_columns(loaded, REQUIRED_COLUMNS, f"{path}: RL dataset")
     if len(loaded) == 0:
         raise InputError(f"{path}: RL dataset is empty")
-    return loaded
+    return with_decoded_images(loaded, store_for(loaded, images, path))
 
 
 class PromptOrder:

@@ -19,6 +19,7 @@ import torch
 
 from coldstart.common.config import GRPOConfig, PipelineConfig
 from coldstart.common.generation import GenerationBackend, make_backend
+from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.models import load_model, load_processor
 from coldstart.common.rewards import bounded_reward_funcs
 from coldstart.common.stage_runner import StageContext
@@ -44,6 +45,7 @@ class GRPOPaths:
     output: Path  # where the final model is written (local)
     checkpoint_root: str  # this run's checkpoints: local folder or s3:// prefix
     scratch: Path  # staging for checkpoints and downloads
+    images: Path | None = None  # data_prep's image store, for a dataset of image keys
 
     @classmethod
     def of(cls, ctx: StageContext) -> GRPOPaths:
@@ -53,6 +55,7 @@ class GRPOPaths:
             ctx.output,
             ctx.checkpoint_root,
             ctx.scratch,
+            ctx.inputs.get(STORE_FLAG),
         )
 
 
@@ -165,7 +168,7 @@ def run_grpo(
         g,
         engine,
         processor,
-        load_rl_dataset(paths.data),
+        load_rl_dataset(paths.data, paths.images),
         backend=build_backend(g, engine.module, processor, paths.init_model),
         reward_funcs=reward_funcs
         or bounded_reward_funcs(g.reward_timeout_s, g.reward_batch_deadline_s),

@@ -8,6 +8,7 @@ GPUs, opens the MLflow run and uploads the result; `stage.run_sft` trains.
 from __future__ import annotations
 
 from coldstart.common.config import PipelineConfig
+from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.stage_runner import StageContext, TrainingStage, training_digest
 from coldstart.sft.stage import SFTPaths, run_sft
 
@@ -22,7 +23,9 @@ STAGE = TrainingStage(
     inputs={
         "base-model": "model directory or s3:// prefix (weights + processor)",
         "data": "data_prep's sft/ folder (DatasetDict) or s3:// prefix",
+        STORE_FLAG: "data_prep's images/ folder or s3:// prefix (for a dataset of image keys)",
     },
+    optional=(STORE_FLAG,),
     # what decides SFT's weights: sft.*, the model settings and the pixel bounds
     digest=lambda cfg: training_digest(
         cfg, "sft", pixels=[cfg.data.min_pixels, cfg.data.max_pixels]
@@ -32,10 +35,17 @@ STAGE = TrainingStage(
 
 
 def main(
-    cfg: PipelineConfig, base_model_dir: str, data_dir: str, output_dir: str, run_id: str
+    cfg: PipelineConfig,
+    base_model_dir: str,
+    data_dir: str,
+    output_dir: str,
+    run_id: str,
+    images_dir: str | None = None,
 ) -> dict[str, float]:
-    """Run SFT: under torchrun when the pod has several GPUs, else in this process."""
-    return STAGE.run(cfg, {"base-model": base_model_dir, "data": data_dir}, output_dir, run_id)
+    """Run SFT: under torchrun when the pod has several GPUs, else in this process.
+    `images_dir` is data_prep's image store (needed when the dataset holds image keys)."""
+    inputs = {"base-model": base_model_dir, "data": data_dir, STORE_FLAG: images_dir}
+    return STAGE.run(cfg, inputs, output_dir, run_id)
 
 
 def cli() -> int:

@@ -19,13 +19,16 @@ def sft_op(
     sft_data: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    images: Input[Dataset] = None,
 ) -> None:
-    """Fine-tune the base model on the SFT set; write the model dir and the final metrics."""
+    """Fine-tune the base model on the SFT set (its image keys read from `images`, data_prep's
+    image store); write the model dir and the final metrics."""
     from coldstart.common.config import config_from_json
     from coldstart.sft.cli import main
 
     cfg = config_from_json(config_json)
-    results = main(cfg, base_model.path, sft_data.path, model.path, pipeline_run_id)
+    store = images.path if images is not None else None
+    results = main(cfg, base_model.path, sft_data.path, model.path, pipeline_run_id, store)
     for name, value in results.items():
         metrics.log_metric(name.replace("/", "_"), value)
     model.metadata["stage"] = "sft"

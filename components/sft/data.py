@@ -2,6 +2,8 @@
 
 The set stays memory-mapped (datasets' Arrow files on disk): the checks read text columns and
 image headers batch by batch, and the collator decodes a batch's images when it is trained on.
+data_prep's sets hold image keys into its image store (components/common/image_store.py): the
+loaded splits decode them from the store when a row is indexed, as inline images would be.
 
 Checks that need no model run (an empty answer, reserved tokens in the text, sequences longer than
 `sft.max_length`) happen here, with the row ids in the message. Lengths are computed without
@@ -25,6 +27,7 @@ from PIL import Image
 
 from coldstart.common.config import SFTConfig
 from coldstart.common.errors import InputError
+from coldstart.common.image_store import ImageStore, store_for, with_decoded_images
 from coldstart.common.prompts import prompt_messages, sft_messages
 from coldstart.common.saved_datasets import load_splits, require_columns
 
@@ -48,6 +51,15 @@ class RowLength:
 
 
 @dataclass
+class SFTSplits:
+    """The splits to check and train on, and the image store their keys point into (if any)."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    store: ImageStore | None
+
+
+@dataclass
 class CheckedSplit:
     dataset: datasets.Dataset
     truncated: list[str]
@@ -55,8 +67,9 @@ class CheckedSplit:
     max_tokens: int
 
 
-def load_sft_splits(data_dir: str | Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """The `train` split and the (possibly absent or empty) `validation` split of a data_prep SFT set."""
+def load_sft_splits(data_dir: str | Path, images: str | Path | None = None) -> SFTSplits:
+    """The `train` split and the (possibly absent or empty) `validation` split of a data_prep SFT
+    set; `images` is data_prep's image store, needed when the set holds image keys."""
     path = Path(data_dir)
     splits = load_splits(path, "data_prep's sft/ output", SFTDataError)
     train, validation = splits["train"], splits.get("validation")
@@ -65,7 +78,14 @@ def load_sft_splits(data_dir: str | Path) -> tuple[datasets.Dataset, datasets.Da
             require_columns(split, REQUIRED_COLUMNS, f"{path} split {name!r}", SFTDataError)
     if len(train) == 0:
         raise SFTDataError(f"{path}: the train split is empty")
-    return train, (validation if validation is not None and len(validation) else None)
+    store = store_for(train, images, path, SFTDataError)
+    if validation is None or not len(validation):
+        validation = None
+    return SFTSplits(
+        with_decoded_images(train, store),
+        with_decoded_images(validation, store) if validation is not None else None,
+        store,
+    )
 
 
 def _shown(ids: list[str]) -> str:
@@ -102,17 +122,28 @@ def check_text(rows: dict[str, list], processor: Any, split: str) -> None:
         )
 
 
-def image_sizes(ds: datasets.Dataset, batch_size: int = 64) -> list[list[tuple[int, int]]]:
+def image_sizes(
+    ds: datasets.Dataset, store: ImageStore | None = None, batch_size: int = 64
+) -> list[list[tuple[int, int]]]:
     """(width, height) of every image of every row, read from the encoded headers (no decode).
 
     The set is memory-mapped Arrow: the images column is read `batch_size` rows at a time, so
     only one batch's encoded bytes are ever in Python (never every image of the set at once).
+    Keys into the store are looked up once each: a shared image's header is read once.
     """
     images = ds.select_columns(["images"]).with_format("arrow")
     sizes: list[list[tuple[int, int]]] = []
+    stored: dict[str, tuple[int, int]] = {}
+
+    def size(image: Any) -> tuple[int, int]:
+        if store is None:  # {"bytes", "path"} dicts of this batch only, not decoded
+            return _header_size(image)
+        if image not in stored:
+            stored[image] = _header_size(store.encoded(image))
+        return stored[image]
+
     for batch in images.iter(batch_size=batch_size):
-        # {"bytes", "path"} dicts of this batch only, not decoded
-        sizes += [[_header_size(img) for img in row or []] for row in batch["images"].to_pylist()]
+        sizes += [[size(img) for img in row or []] for row in batch["images"].to_pylist()]
     return sizes
 
 
@@ -128,9 +159,11 @@ def image_token_count(processor: Any, width: int, height: int) -> int:
     return ip.get_number_of_image_patches(height, width) // (ip.merge_size**2)
 
 
-def row_lengths(ds: datasets.Dataset, processor: Any, system_prompt: str) -> list[RowLength]:
+def row_lengths(
+    ds: datasets.Dataset, processor: Any, system_prompt: str, store: ImageStore | None = None
+) -> list[RowLength]:
     rows = ds.select_columns(["id", "problem", "solution"]).to_dict()
-    sizes = image_sizes(ds)
+    sizes = image_sizes(ds, store)
     render = processor.apply_chat_template
     full, prompts = [], []
     for problem, solution, imgs in zip(rows["problem"], rows["solution"], sizes, strict=False):
@@ -156,10 +189,17 @@ def row_lengths(ds: datasets.Dataset, processor: Any, system_prompt: str) -> lis
     return out
 
 
-def check_split(ds: datasets.Dataset, processor: Any, cfg: SFTConfig, split: str) -> CheckedSplit:
-    """Validate a split and apply `sft.overlong`; returns the rows to train on and what was done."""
+def check_split(
+    ds: datasets.Dataset,
+    processor: Any,
+    cfg: SFTConfig,
+    split: str,
+    store: ImageStore | None = None,
+) -> CheckedSplit:
+    """Validate a split and apply `sft.overlong`; returns the rows to train on and what was done.
+    `store` is the image store when the split holds image keys."""
     check_text(ds.select_columns(["id", "problem", "solution"]).to_dict(), processor, split)
-    lengths = row_lengths(ds, processor, cfg.system_prompt)
+    lengths = row_lengths(ds, processor, cfg.system_prompt, store)
     limit = cfg.max_length
     overlong = [r for r in lengths if r.total > limit]
     unfit = [

@@ -21,6 +21,7 @@ from transformers import set_seed
 
 from coldstart.common import storage
 from coldstart.common.config import PipelineConfig, SFTConfig
+from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.models import load_model, load_processor
 from coldstart.common.stage_runner import StageContext
 from coldstart.common.trainable import parameter_counts, prepare_trainable
@@ -52,6 +53,7 @@ class SFTPaths:
     output: Path
     checkpoints: Path  # the Trainer's checkpoint-<step>/ folders of this run
     remote_checkpoints: str | None = None
+    images: Path | None = None  # data_prep's image store, for a dataset of image keys
 
     @classmethod
     def of(cls, ctx: StageContext) -> SFTPaths:
@@ -65,6 +67,7 @@ class SFTPaths:
             output=ctx.output,
             checkpoints=local,
             remote_checkpoints=ctx.checkpoint_root if remote else None,
+            images=ctx.inputs.get(STORE_FLAG),
         )
 
 
@@ -82,12 +85,16 @@ def load_dtype(cfg: PipelineConfig, ds_config: str | None) -> str:
 
 
 def prepare_data(
-    data_dir: Path, processor: Any, cfg: SFTConfig
+    data_dir: Path, processor: Any, cfg: SFTConfig, images: Path | None = None
 ) -> tuple[Any, Any, dict[str, float]]:
     """The checked train and validation splits, and what the checks did (rows kept, cut, dropped)."""
-    train_raw, eval_raw = load_sft_splits(data_dir)
-    train = check_split(train_raw, processor, cfg, "train")
-    evalset = check_split(eval_raw, processor, cfg, "validation") if eval_raw is not None else None
+    splits = load_sft_splits(data_dir, images)
+    train = check_split(splits.train, processor, cfg, "train", splits.store)
+    evalset = (
+        check_split(splits.validation, processor, cfg, "validation", splits.store)
+        if splits.validation is not None
+        else None
+    )
     metrics = {
         "sft/data/train_rows": len(train.dataset),
         "sft/data/eval_rows": len(evalset.dataset) if evalset else 0,
@@ -107,7 +114,7 @@ def build_trainer(
     cuda = torch.cuda.is_available()
     check_global_batch(sft, world_size())
     processor = load_processor(paths.base_model, cfg.data.min_pixels, cfg.data.max_pixels)
-    train, evalset, data_metrics = prepare_data(paths.data, processor, sft)
+    train, evalset, data_metrics = prepare_data(paths.data, processor, sft, paths.images)
     ds_config = trainer_config_file("sft", sft.deepspeed, cuda)
     # TrainingArguments before the model: with ZeRO-3 it makes from_pretrained load partitioned.
     args = training_arguments(sft, paths.checkpoints, evalset is not None, ds_config, cuda)

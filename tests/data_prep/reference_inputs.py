@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from coldstart.common.config import PipelineConfig, config_from_dict
+from coldstart.common.saved_datasets import load_with_images
 
 REFERENCE = Path(__file__).parent / "reference" / "outputs.json"
 COLS = {"problem": "q", "answer": "a", "images": "img"}
@@ -131,8 +132,9 @@ def image_digest(image: Image.Image) -> list[Any]:
 
 
 def digest_dataset(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every split, with each image as (mode, size, hash of its RGB pixels)."""
-    loaded = datasets.load_from_disk(str(path))
+    """Every row of every split, with each image as (mode, size, hash of its RGB pixels); image
+    keys are looked up in the image store beside the dataset."""
+    loaded = load_with_images(path)
     parts = loaded if isinstance(loaded, datasets.DatasetDict) else {"": loaded}
     return {
         name: [

@@ -101,7 +101,7 @@ def test_data_prep_with_the_tiny_teacher(tmp_path, tiny_model_dir):
     }
     cfg = tiny_config(tmp_path)
     cfg = tiny_config(tmp_path, data={**cfg.data.model_dump(), "distill": distill})
-    out = DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval")
+    out = DataPrepOutputs.under(tmp_path)
     metrics = run_data_prep(cfg, out, tmp_path / "cache")
 
     problems = metrics["data/distill/problems"]
@@ -141,6 +141,6 @@ def test_data_prep_fails_clearly_when_nothing_verifies(tmp_path, tiny_model_dir)
     with pytest.raises(DataError, match="distillation kept no SFT rows: 0 of 2 samples"):
         run_data_prep(
             cfg,
-            DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval"),
+            DataPrepOutputs.under(tmp_path),
             tmp_path / "cache",
         )

@@ -9,6 +9,8 @@ from PIL import Image
 
 from coldstart.common.config import DataConfig, config_from_dict
 from coldstart.common.image_io import decode_image
+from coldstart.common.image_store import ImageStore
+from coldstart.common.saved_datasets import load_with_images
 from coldstart.data_prep.arrow_files import part_path, read_rows
 from coldstart.data_prep.records import DataError, fit_pixels
 from coldstart.data_prep.shard import prepare_shard
@@ -181,7 +183,7 @@ def test_files_source_dedups_and_removes_eval_overlap(tmp_path):
             },
         }
     )
-    out = DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval")
+    out = DataPrepOutputs.under(tmp_path)
     metrics = run_data_prep(cfg, out, tmp_path / "cache")
     assert (
         metrics["data/sft_rows"] == 1
@@ -194,15 +196,20 @@ def test_files_source_dedups_and_removes_eval_overlap(tmp_path):
 
 
 def test_synthetic_outputs(synthetic_data_dir):
-    sft = datasets.load_from_disk(str(synthetic_data_dir / "sft"))
-    rl = datasets.load_from_disk(str(synthetic_data_dir / "rl"))
-    ev = datasets.load_from_disk(str(synthetic_data_dir / "eval"))
+    sft = load_with_images(synthetic_data_dir / "sft")
+    rl = load_with_images(synthetic_data_dir / "rl")
+    ev = load_with_images(synthetic_data_dir / "eval")
     assert set(sft) == {"train", "validation"} and len(sft["validation"]) >= 1
     assert len(sft["train"]) + len(sft["validation"]) == len(rl) == 48 and len(ev) == 16
     assert not set(ev["problem"]) & set() and not set(ev["id"]) & set(rl["id"])
     row = sft["train"][0]
     assert "\\boxed{" + row["answer"] + "}" in row["solution"] and row["images"][0].size == (56, 56)
     assert rl[0]["solution"] == ""
+    # SFT and RL rows are the same problems: one stored image each, shared by both sets
+    keys = {name: datasets.load_from_disk(str(synthetic_data_dir / name)) for name in ("sft", "rl")}
+    sft_keys = list(keys["sft"]["train"]["images"]) + list(keys["sft"]["validation"]["images"])
+    assert sorted(sft_keys) == sorted(keys["rl"]["images"])
+    assert len(ImageStore(synthetic_data_dir / "images")) == len(rl) + len(ev)
 
 
 def test_parquet_from_s3(tmp_path, s3_env):

@@ -25,7 +25,7 @@ CHILD = textwrap.dedent(
     from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 
     cfg, root = config_from_dict(json.loads(sys.argv[1])), Path(sys.argv[2])
-    run_data_prep(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root / "cache")
+    run_data_prep(cfg, DataPrepOutputs.under(root), root / "cache")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
     print(int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1]) / 1024)
     """

@@ -51,7 +51,7 @@ def folder_config(tmp_path, n_files=4, bad=None, shards=3):
 
 
 def outputs(root):
-    return DataPrepOutputs(root / "sft", root / "rl", root / "eval")
+    return DataPrepOutputs.under(root)
 
 
 def test_sharded_merge_equals_one_pod(tmp_path):
@@ -116,9 +116,15 @@ def test_sharded_dag_runs_through_kfp_local(tmp_path):
     assert (
         len(datasets.load_from_disk(str(merge_dir / "sft_data"))["train"]) == one["data/sft_rows"]
     )
+    # the merge's image store holds what one pod's holds, in the same order
+    stored = [
+        datasets.load_from_disk(str(d))["key"]
+        for d in (merge_dir / "images", tmp_path / "one" / "images")
+    ]
+    assert list(stored[0]) == list(stored[1]) and len(stored[0]) == one["data/images_stored"]
 
 
-def test_full_pipeline_with_shards_feeds_sft_from_the_merge(tmp_path):
+def test_full_pipeline_with_shards_feeds_sft_and_its_image_store_from_the_merge(tmp_path):
     from coldstart.pipelines.pipeline import build_pipeline
 
     cfg = folder_config(tmp_path, shards=2)
@@ -128,3 +134,5 @@ def test_full_pipeline_with_shards_feeds_sft_from_the_merge(tmp_path):
     assert "data-prep-op" not in tasks and "data-prep-merge-op" in tasks
     sft_input = tasks["sft-op"]["inputs"]["artifacts"]["sft_data"]["taskOutputArtifact"]
     assert sft_input["producerTask"] == "data-prep-merge-op"
+    store = tasks["sft-op"]["inputs"]["artifacts"]["images"]["taskOutputArtifact"]
+    assert store == {"outputArtifactKey": "images", "producerTask": "data-prep-merge-op"}

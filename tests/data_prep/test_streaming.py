@@ -5,15 +5,30 @@ import json
 import datasets
 import pytest
 
+from coldstart.common.image_store import ImageStore
 from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 from tests.conftest import tiny_config
 from tests.data_prep.reference_inputs import REFERENCE, build_inputs, digest_outputs
 
 
 def run(cfg, root):
-    out = DataPrepOutputs(root / "sft", root / "rl", root / "eval")
+    """The metrics the in-memory version had, and the outputs' digest; the count of images in
+    the store (new with it) is checked against the rows' distinct images."""
+    out = DataPrepOutputs.under(root)
     metrics = run_data_prep(cfg, out, root / "cache")
+    keys = {
+        key
+        for name in ("sft", "rl", "eval")
+        for split in split_values(datasets.load_from_disk(str(root / name)))
+        for row in split["images"]
+        for key in row
+    }
+    assert metrics.pop("data/images_stored") == len(keys) == len(ImageStore(out.images))
     return metrics, digest_outputs(root)
+
+
+def split_values(loaded):
+    return loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])
@@ -59,10 +74,9 @@ def test_image_inside_bounds_keeps_its_bytes_and_a_resized_jpeg_stays_jpeg(tmp_p
         sft={"enabled": False},
     )
     run(cfg, tmp_path / "out")
-    table = datasets.load_from_disk(str(tmp_path / "out" / "rl")).cast_column(
-        "images", datasets.List(datasets.Image(decode=False))
-    )
-    kept, resized = (row["images"][0]["bytes"] for row in table)
+    store = ImageStore(tmp_path / "out" / "images")
+    table = datasets.load_from_disk(str(tmp_path / "out" / "rl"))
+    kept, resized = (store.encoded(row["images"][0])["bytes"] for row in table)
     assert kept == inside
     with Image.open(__import__("io").BytesIO(resized)) as image:
         assert image.format == "JPEG" and image.size[0] * image.size[1] <= 12544

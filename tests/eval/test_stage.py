@@ -217,16 +217,21 @@ def test_a_failing_batch_is_retried_prompt_by_prompt():
     assert metrics["correct"] == 2 and metrics["errors"] == 1
 
 
-def test_model_from_s3(tmp_path, s3_env, tiny_model_dir, synthetic_data_dir):
+def test_model_data_and_image_store_from_s3(tmp_path, s3_env, tiny_model_dir, synthetic_data_dir):
+    """Model, eval set and image store all downloaded: the set's image keys resolve in the store
+    given (nothing lies beside the downloaded set)."""
     from coldstart.common.storage import sync_up
+    from coldstart.eval.benchmarks import EvalData
     from coldstart.eval.stage import EvalPaths, run_eval
 
     sync_up(tiny_model_dir, s3_env.uri("models/base"))
+    sync_up(synthetic_data_dir / "eval", s3_env.uri("data/eval"))
+    sync_up(synthetic_data_dir / "images", s3_env.uri("data/store"))
     cfg = eval_config(tmp_path, benchmarks=[{"name": "synthetic", "limit": 2}])
     run = run_eval(
         cfg,
         {"base": s3_env.uri("models/base")},
-        synthetic_data_dir / "eval",
+        EvalData(s3_env.uri("data/eval"), s3_env.uri("data/store")),
         tmp_path / "cache",
         EvalPaths(tmp_path / "work"),
         tmp_path / "predictions",

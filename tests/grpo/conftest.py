@@ -28,7 +28,7 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("grpo_assets")
     cfg = tiny_config("data.synthetic.train_per_family=32", "data.synthetic.test_per_family=4")
-    run_data_prep(cfg, DataPrepOutputs(root / "sft", root / "rl", root / "eval"), root / "cache")
+    run_data_prep(cfg, DataPrepOutputs.under(root), root / "cache")
     build_tiny_model(root / "model", cfg.model.tiny, cfg.data.min_pixels, cfg.data.max_pixels)
     return {"model": root / "model", "rl": root / "rl"}
 

@@ -4,6 +4,7 @@ No `from __future__ import annotations` here: kfp reads the pipeline function's 
 """
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -14,22 +15,28 @@ from coldstart.grpo.component import grpo_op
 from tests.grpo.conftest import tiny_config
 
 
-def grpo_pipeline(model_dir: str, data_dir: str, run_name: str = "grpo_from_base"):
+def grpo_pipeline(model_dir: str, data_dir: str, images_dir: str, run_name: str = "grpo_from_base"):
     @dsl.pipeline(name="grpo-component-test")
     def pipeline(config_json: str):
         model = dsl.importer(artifact_uri=model_dir, artifact_class=Model)
         data = dsl.importer(artifact_uri=data_dir, artifact_class=Dataset)
+        images = dsl.importer(artifact_uri=images_dir, artifact_class=Dataset)
         grpo_op(config_json=config_json, pipeline_run_id="grpo-test", init_model=model.output,
-                rl_data=data.output, run_name=run_name)  # fmt: skip
+                rl_data=data.output, images=images.output, run_name=run_name)  # fmt: skip
 
     return pipeline
 
 
 def test_interface_compiles(tmp_path):
     path = tmp_path / "p.yaml"
-    compiler.Compiler().compile(grpo_pipeline("/model", "/data"), str(path))
+    compiler.Compiler().compile(grpo_pipeline("/model", "/data", "/images"), str(path))
     comp = yaml.safe_load(path.read_text())["components"]["comp-grpo-op"]
-    assert set(comp["inputDefinitions"]["artifacts"]) == {"init_model", "rl_data"}
+    inputs = comp["inputDefinitions"]["artifacts"]
+    assert {name: inputs[name].get("isOptional", False) for name in inputs} == {
+        "init_model": False,
+        "rl_data": False,
+        "images": True,
+    }
     assert set(comp["inputDefinitions"]["parameters"]) == {
         "config_json",
         "pipeline_run_id",
@@ -47,7 +54,10 @@ def test_grpo_op_runs_under_kfp_local(tiny_assets, tmp_path):
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
     )
-    grpo_pipeline(str(tiny_assets["model"]), str(tiny_assets["rl"]))(config_json=cfg.to_json())
+    # the set alone in a folder of its own: its image keys resolve in the store the task is given
+    data = shutil.copytree(tiny_assets["rl"], tmp_path / "alone" / "rl")
+    store = tiny_assets["rl"].parent / "images"
+    grpo_pipeline(str(tiny_assets["model"]), str(data), str(store))(config_json=cfg.to_json())
 
     (run_dir,) = root.iterdir()
     task = run_dir / "grpo-op"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import datasets
 import pytest
 import torch
 
 from coldstart.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
+from coldstart.grpo.data import load_rl_dataset
 from coldstart.grpo.logprobs import completion_logprobs, shares_vision_features
 from coldstart.grpo.rollout import build_rollout_batch, encode_prompts, trainable_length
 
@@ -14,7 +14,7 @@ SYSTEM = "Please reason step by step."
 
 
 def prompts_from(rl_dir, rows=(0, 40, 90)):
-    ds = datasets.load_from_disk(str(rl_dir))
+    ds = load_rl_dataset(rl_dir)  # image keys decoded from the images/ store beside rl/
     return [PromptInput(ds[i]["problem"], ds[i]["images"]) for i in rows]
 
 

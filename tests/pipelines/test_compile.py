@@ -75,3 +75,29 @@ def test_image_override_per_stage(tmp_path):
         tmp_path, "tiny.yaml", "cluster.resources.data_prep.image=registry.local/dp:1"
     )
     assert executors(spec)["exec-data-prep-op"]["container"]["image"] == "registry.local/dp:1"
+
+
+def _dag_tasks(spec):
+    """Every task of the pipeline with its component's DAG (root and condition branches)."""
+    yield from spec["root"]["dag"]["tasks"].items()
+    for component in spec["components"].values():
+        yield from component.get("dag", {}).get("tasks", {}).items()
+
+
+def test_every_stage_reading_a_dataset_gets_data_preps_image_store(tmp_path):
+    """sft, both GRPO runs and eval take data_prep's `images` output beside their dataset (inside
+    the ablation's branches it arrives as the branch's input, wired from the same output)."""
+    spec, _ = compile_docs(tmp_path)
+    readers = {}
+    for name, task in _dag_tasks(spec):
+        artifacts = task.get("inputs", {}).get("artifacts", {})
+        if any(k in artifacts for k in ("sft_data", "rl_data", "eval_data")):
+            readers[name] = artifacts
+    assert {"sft-op", "grpo-op", "grpo-op-2", "eval-op"} <= set(readers)
+    from_data_prep = {"outputArtifactKey": "images", "producerTask": "data-prep-op"}
+    for name, artifacts in readers.items():
+        store = artifacts["images"]  # in a branch: kfp's channel named after the producer
+        assert (
+            store.get("taskOutputArtifact") == from_data_prep
+            or store.get("componentInputArtifact") == "pipelinechannel--data-prep-op-images"
+        ), (name, store)

@@ -111,9 +111,11 @@ def test_one_stage_pipeline_imports_each_input_and_builds_a_missing_base_model(t
 
 
 @pytest.mark.parametrize(("stage", "module", "uris"), [
-    ("grpo", "coldstart.grpo.component", {"init_model": "s3://b/sft/model", "rl_data": "s3://b/rl"}),
+    ("grpo", "coldstart.grpo.component",
+     {"init_model": "s3://b/sft/model", "rl_data": "s3://b/rl", "images": "s3://b/images"}),
     ("eval", "coldstart.eval.component",
-     {"eval_data": "s3://b/ev", "sft_model": "s3://b/s", "rl_model": "s3://b/r", "sft_rl_model": "s3://b/sr"}),
+     {"eval_data": "s3://b/ev", "sft_model": "s3://b/s", "rl_model": "s3://b/r", "sft_rl_model": "s3://b/sr",
+      "images": "s3://b/images"}),
     ("sft", "coldstart.sft.component", {"sft_data": "s3://b/sft", "base_model": "s3://b/base"}),
 ])  # fmt: skip
 def test_real_stages_compile_as_one_stage_pipelines(tmp_path, stage, module, uris):
@@ -186,8 +188,32 @@ def test_cluster_rerun_submits_the_one_stage_pipeline(fake_kfp, fake_grpo, capsy
     (["grpo", "--host", "http://127.0.0.1:9", "--init-model", "m", "--data", "s3://b/d"], "object-store URIs"),
     (["grpo", "--init-model", "m", "--data", "d"], "--local"),
     (["data_prep", "--local", "--data", "d"], "takes no dataset"),
+    (["data_prep", "--local", "--images", "d"], "takes no image store"),
 ])  # fmt: skip
 def test_bad_rerun_arguments_fail_with_a_clear_message(capsys, monkeypatch, args, message):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     assert main(["rerun", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_dataset_of_image_keys_without_its_store_is_refused_before_the_stage(
+    tmp_path, synthetic_data_dir, capsys
+):
+    """data_prep's rl/ copied away from its images/: the command names --images; given the
+    store, `input_uris` passes it to the stage as its `images` input."""
+    import shutil
+    from argparse import Namespace
+
+    from coldstart.pipelines.rerun import input_uris
+
+    alone = shutil.copytree(synthetic_data_dir / "rl", tmp_path / "alone" / "rl")
+    model = tmp_path / "model"
+    model.mkdir()
+    args = ["rerun", "grpo", "--local", "--init-model", str(model), "--data", str(alone)]
+    assert main([*args, "--set", f"output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--rl-data: {alone}: its images are keys into data_prep's image store" in err
+    assert "--images" in err
+    given = Namespace(stage="grpo", models=[], init_model=str(model), base_model=None,
+                      data=str(alone), images=str(synthetic_data_dir / "images"))  # fmt: skip
+    assert input_uris(given)["images"] == str(synthetic_data_dir / "images")

@@ -25,7 +25,7 @@ def test_tiny_sft_learns_the_boxed_format(tmp_path, tiny_model_dir):
     cfg = load_config(
         "configs/tiny.yaml", [f"output_dir={tmp_path / 'outputs'}", "tracking.system_metrics=false"]
     )
-    data = DataPrepOutputs(tmp_path / "sft", tmp_path / "rl", tmp_path / "eval")
+    data = DataPrepOutputs.under(tmp_path)
     run_data_prep(cfg, data, tmp_path / "cache")
     metrics = main(cfg, tiny_model_dir, data.sft, tmp_path / "model", "learning")
 
