@@ -9,9 +9,9 @@ and the datasets' `images` column holds keys into it: the sha256 of the image's 
 A stage is given the store with its dataset (the `images` input); without one, it takes the
 `images/` folder beside the dataset's folder when there is one, the layout data_prep writes
 (`--output DIR` gives DIR/sft, DIR/rl, DIR/eval, DIR/images), as datasets resolve an image path
-relative to the data file. Readers open the store memory-mapped, map key -> row once (64 hex characters per image: about
-10 MB for 100,000 images) and read one image's bytes when a batch needs it, so resident memory
-does not grow with the images' size. Datasets users bring themselves (images inline, datasets'
+relative to the data file. Readers open the store memory-mapped, map key -> row once (64 hex
+characters per image: about 10 MB for 100,000 images) and read one image's bytes when a batch
+needs it, so resident memory does not grow with the images' size. Datasets users bring themselves (images inline, datasets'
 usual `Image` feature) need no store: `store_for` tells the two apart by the column's type.
 """
 

@@ -5,8 +5,9 @@ through worker processes into per-split parts on disk (`shard.py`), then a merge
 in the input's order, drops duplicates and eval leaks by content key, holds out the SFT
 validation rows and writes the final datasets, a record batch at a time: memory stays flat in
 the number of rows. The three datasets share one image store (images/): an image that several
-rows or splits use is written once, and the datasets hold its key. A sharded run (pipelines/data_shards.py) is the same two steps with several
-shards, one pod each, and the same output.
+rows or splits use is written once, and the datasets hold its key. A sharded run
+(pipelines/data_shards.py) is the same two steps with several shards, one pod each, and the
+same output.
 """
 
 from __future__ import annotations

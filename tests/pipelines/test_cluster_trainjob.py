@@ -258,3 +258,34 @@ def test_trainer_manifests_validate_and_match_the_config():
     assert rule["apiGroups"] == ["trainer.kubeflow.org"] and rule["resources"] == ["trainjobs"]
     assert {"create", "get", "delete"} <= set(rule["verbs"])
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+@pytest.mark.parametrize("images", ["s3://b/root/images", ""])
+def test_trainer_command_passes_the_image_store_only_when_there_is_one(tmp_path, images):
+    """The rendered command, run by bash with its env, gives `coldstart.sft` `--images URI` for
+    data_prep's store and no flag for a dataset with its images inline (`python` is a stand-in
+    here that prints its arguments)."""
+    import subprocess
+
+    stand_in = tmp_path / "bin" / "python"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stand_in.chmod(0o755)
+    inputs = TrainJobInputs(
+        INPUTS.run_id, INPUTS.base_model, INPUTS.sft_data, INPUTS.output, images
+    )
+    trainer = render_trainjob(paper_cfg(), inputs, "ns")["spec"]["trainer"]
+    env = {e["name"]: e["value"] for e in trainer["env"] if "value" in e}
+    env["PATH"] = f"{stand_in.parent}:/usr/bin:/bin"
+    ran = subprocess.run(trainer["command"], env=env, capture_output=True, text=True, check=True)
+    argv = ran.stdout.splitlines()
+    assert argv[argv.index("--data") + 1] == INPUTS.sft_data
+    assert (argv[argv.index("--images") + 1] if "--images" in argv else "") == images
+
+
+def test_a_local_image_store_is_refused_by_the_launcher():
+    inputs = TrainJobInputs(
+        INPUTS.run_id, INPUTS.base_model, INPUTS.sft_data, INPUTS.output, "/tmp/images"
+    )
+    with pytest.raises(InputError, match=r"local paths \['/tmp/images'\]"):
+        launch_and_wait(paper_cfg(), inputs, client=None)

@@ -10,6 +10,7 @@ import pytest
 from coldstart.common.config import load_config
 from coldstart.common.generation import HFBackend, PromptInput, SamplingConfig
 from coldstart.common.models import load_model, load_processor
+from coldstart.common.saved_datasets import load_with_images
 from coldstart.data_prep.stage import DataPrepOutputs, run_data_prep
 from coldstart.sft.cli import main
 
@@ -20,8 +21,6 @@ MAX_NEW_TOKENS = 192  # the longest synthetic solutions are ~150 tokens
 
 
 def test_tiny_sft_learns_the_boxed_format(tmp_path, tiny_model_dir):
-    import datasets
-
     cfg = load_config(
         "configs/tiny.yaml", [f"output_dir={tmp_path / 'outputs'}", "tracking.system_metrics=false"]
     )
@@ -33,7 +32,7 @@ def test_tiny_sft_learns_the_boxed_format(tmp_path, tiny_model_dir):
     assert metrics["sft/eval/loss"] < metrics["sft/train/loss_first"] / 4
 
     model, processor = load_model(tmp_path / "model"), load_processor(tmp_path / "model")
-    held_out = datasets.load_from_disk(str(data.eval))
+    held_out = load_with_images(data.eval, data.images)
     prompts = [PromptInput(row["problem"], row["images"]) for row in held_out]
     outputs = HFBackend(model, processor, cfg.sft.system_prompt, batch_size=32).generate(
         prompts, SamplingConfig(max_new_tokens=MAX_NEW_TOKENS)
