@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from coldstart.common.errors import InputError
+from coldstart.common.settings import refuse_file_store
 
 PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -623,6 +631,7 @@ class TrackingConfig(_Strict):
     tracking_uri: str | None = Field(
         None, description="default: $MLFLOW_TRACKING_URI, else sqlite under output_dir"
     )
+    _no_file_store = field_validator("tracking_uri")(refuse_file_store)
     run_name: str | None = None
     register_model_name: str | None = Field(
         None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -66,6 +66,20 @@ class S3Settings(_EnvSettings):
     )
 
 
+def refuse_file_store(uri: str | None) -> str | None:
+    """MLflow 3's file store (`file:` URIs, plain paths) takes no new runs: a stage pointed at it
+    would only spill its logs and wait for a server that never comes; refuse it when read."""
+    if uri is None:
+        return None
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme == "file" or (not scheme and uri not in ("databricks", "databricks-uc")):
+        raise ValueError(
+            f"{uri!r} is an MLflow file store, which MLflow 3 no longer writes to; use a "
+            "database (sqlite:///path/to/mlflow.db) or a tracking server (http://host:5000)"
+        )
+    return uri
+
+
 class TrackingSettings(_EnvSettings):
     """Where MLflow runs go when the config names no server, and the code version they record."""
 
@@ -75,6 +89,8 @@ class TrackingSettings(_EnvSettings):
         validation_alias=_env("COLDSTART_GIT_COMMIT"),
         description="set in images (no .git there); else read from the checkout",
     )
+
+    _no_file_store = field_validator("tracking_uri")(refuse_file_store)
 
 
 def read(kind: type[_S]) -> _S:

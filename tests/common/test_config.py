@@ -95,6 +95,8 @@ def test_override_applies_and_parses_yaml_scalars():
             "data.synthetic.teacher_slip=1.5",
             "data.synthetic.teacher_slip: Input should be less than or equal to 1",
         ),
+        ("tracking.tracking_uri=file:///tmp/mlruns", "tracking.tracking_uri: Value error, 'file:"),
+        ("tracking.tracking_uri=./mlruns", "MLflow 3 no longer writes to; use a database (sqlite"),
     ],
 )
 def test_bad_values_name_field_and_range(override, needle):
@@ -125,3 +127,15 @@ def test_flatten_and_digest_are_stable():
     assert (
         flat["sft.learning_rate"] == a.sft.learning_rate and flat["data.synthetic.image_size"] == 56
     )
+
+
+def test_a_file_store_in_the_environment_is_refused_naming_the_variable(monkeypatch):
+    """MLflow 3 takes no new runs in a file store: a stage would only spill and wait."""
+    from coldstart.common import settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI='mlruns'.*sqlite:///"):
+        settings.read(settings.TrackingSettings)
+    for good in ("sqlite:///tmp/mlflow.db", "http://127.0.0.1:5000", "databricks"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", good)
+        assert settings.read(settings.TrackingSettings).tracking_uri == good
