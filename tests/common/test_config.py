@@ -134,7 +134,7 @@ def test_a_file_store_in_the_environment_is_refused_naming_the_variable(monkeypa
     from coldstart.common import settings
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
-    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI='mlruns'.*sqlite:///"):
+    with pytest.raises(ValueError, match=r"MLFLOW_TRACKING_URI='mlruns'.*sqlite:///"):
         settings.read(settings.TrackingSettings)
     for good in ("sqlite:///tmp/mlflow.db", "http://127.0.0.1:5000", "databricks"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", good)
