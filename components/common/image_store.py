@@ -11,8 +11,9 @@ A stage is given the store with its dataset (the `images` input); without one, i
 (`--output DIR` gives DIR/sft, DIR/rl, DIR/eval, DIR/images), as datasets resolve an image path
 relative to the data file. Readers open the store memory-mapped, map key -> row once (64 hex
 characters per image: about 10 MB for 100,000 images) and read one image's bytes when a batch
-needs it, so resident memory does not grow with the images' size. Datasets users bring themselves (images inline, datasets'
-usual `Image` feature) need no store: `store_for` tells the two apart by the column's type.
+needs it, so resident memory does not grow with the images' size. Datasets users bring
+themselves (images inline, datasets' usual `Image` feature) need no store: `store_for` tells the
+two apart by the column's type.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def image_key(encoded: bytes) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def holds_keys(split: datasets.Dataset, column: str = "images") -> bool:
-    """Whether `split`'s image column holds store keys (data_prep's output) rather than images."""
-    feature = split.features.get(column)
+def holds_keys(split: datasets.Dataset) -> bool:
+    """Whether `split`'s images column holds store keys (data_prep's output) rather than images."""
+    feature = split.features.get("images")
     inner = getattr(feature, "feature", None)
     return isinstance(inner, datasets.Value) and inner.dtype == "string"
 
@@ -93,6 +94,14 @@ class ImageStore:
         converts to RGB)."""
         return open_image(self.encoded(key), None).image
 
+    def encoded_row(self, keys: Sequence[str] | None) -> list[dict[str, Any]]:
+        """One row's images still encoded, for readers that decode later (eval)."""
+        return [self.encoded(key) for key in keys or []]
+
+    def decoded_row(self, keys: Sequence[str] | None) -> list[Image.Image]:
+        """One row's images as the processor takes them."""
+        return [self.decoded(key) for key in keys or []]
+
 
 def store_for(
     split: datasets.Dataset,
@@ -125,7 +134,7 @@ class _DecodeFromStore:
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         if "images" in batch:
-            batch["images"] = [decoded_images(keys, self.store) for keys in batch["images"]]
+            batch["images"] = [self.store.decoded_row(keys) for keys in batch["images"]]
         return batch
 
 
@@ -134,18 +143,3 @@ def with_decoded_images(split: datasets.Dataset, store: ImageStore | None) -> da
     them: stages index both kinds of dataset alike. Raw reads (`to_dict`, arrow format) still see
     the keys."""
     return split if store is None else split.with_transform(_DecodeFromStore(store))
-
-
-def decoded_images(values: Sequence[Any] | None, store: ImageStore | None) -> list[Any]:
-    """One row's images as the processor takes them: keys decoded from the store; inline values
-    (what datasets' `Image` feature already decoded) as they are."""
-    if store is None:
-        return list(values or [])
-    return [store.decoded(key) for key in values or []]
-
-
-def encoded_images(values: Sequence[Any] | None, store: ImageStore | None) -> list[Any]:
-    """One row's images still encoded (`{bytes, path}` for keys), for readers that decode later."""
-    if store is None:
-        return list(values or [])
-    return [store.encoded(key) for key in values or []]

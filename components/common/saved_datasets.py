@@ -59,10 +59,7 @@ def load_with_images(
     from coldstart.common.image_store import store_for, with_decoded_images
 
     loaded = datasets.load_from_disk(str(path))
-    splits = {"train": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
-    store = store_for(next(iter(splits.values())), images, path)
-    if store is None:
-        return loaded
     if isinstance(loaded, datasets.Dataset):
-        return with_decoded_images(loaded, store)
-    return datasets.DatasetDict({k: with_decoded_images(v, store) for k, v in splits.items()})
+        return with_decoded_images(loaded, store_for(loaded, images, path))
+    store = store_for(next(iter(loaded.values())), images, path)
+    return datasets.DatasetDict({k: with_decoded_images(v, store) for k, v in loaded.items()})

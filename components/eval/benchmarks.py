@@ -311,7 +311,7 @@ def _read_hf_disk(path: Path, split: str | None, images: Path | None) -> Table:
     (data_prep's image keys become the store's encoded images, batch by batch)."""
     import datasets
 
-    from coldstart.common.image_store import encoded_images, store_for
+    from coldstart.common.image_store import store_for
 
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
@@ -327,7 +327,7 @@ def _read_hf_disk(path: Path, split: str | None, images: Path | None) -> Table:
             rows = batch.to_pylist()
             if store is not None:
                 for row in rows:
-                    row["images"] = encoded_images(row["images"], store)
+                    row["images"] = store.encoded_row(row["images"])
             yield rows
 
     return Table(list(loaded.column_names), str(path), path, batches)
@@ -407,8 +407,7 @@ def iter_benchmark(
     Only a batch of rows is in memory at a time (plus the ids seen, to refuse duplicates);
     the file is checked for its layout's columns before the first sample.
     """
-    own = spec.name == "synthetic" and eval_data is not None
-    uri = spec.uri or (str(eval_data.folder) if own and eval_data else None)
+    uri = spec.uri or (str(eval_data.folder) if spec.name == "synthetic" and eval_data else None)
     if uri is None:
         raise BenchmarkError(
             "benchmark 'synthetic' without a uri needs the eval data folder from data_prep"
