@@ -24,6 +24,20 @@ MINIO = K8S / "overlays" / "minio-local"
 POLICY = json.loads((MINIO / "bucket-policy.json").read_text())
 BUCKET = "coldstart"
 
+# Since 5.2.6 moto's IAM enforcement checks an S3 request against the name of its API operation
+# (BaseResponse._get_action asks the service router), no longer against the IAM action AWS and
+# MinIO check (S3Response._set_action's ListBucket for a listing): ListObjectsV2 wants
+# s3:ListObjectsV2. The user gets the policy's grants under those names too, on the same
+# resources; bucket-policy.json itself stays what AWS and MinIO read. Harmless on older moto.
+MOTO_OPERATION_NAMES = {"s3:ListBucket": ["s3:ListObjectsV2", "s3:ListObjects"]}
+
+
+def _for_moto(policy: dict) -> dict:
+    def actions(st: dict) -> list[str]:
+        return st["Action"] + [n for a in st["Action"] for n in MOTO_OPERATION_NAMES.get(a, [])]
+
+    return {**policy, "Statement": [{**st, "Action": actions(st)} for st in policy["Statement"]]}
+
 
 @pytest.fixture
 def bucket_user(s3_iam_server):
@@ -39,7 +53,9 @@ def bucket_user(s3_iam_server):
     user = unique_bucket("coldstart-user")
     iam.create_user(UserName=user)
     iam.put_user_policy(
-        UserName=user, PolicyName="coldstart-bucket", PolicyDocument=json.dumps(POLICY)
+        UserName=user,
+        PolicyName="coldstart-bucket",
+        PolicyDocument=json.dumps(_for_moto(POLICY)),
     )
     key = iam.create_access_key(UserName=user)["AccessKey"]
     _set_moto_auth(endpoint, "0")
