@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from coldstart.common.config import PipelineConfig
+from coldstart.common.run_id import new_run_id
 from coldstart.common.storage import is_s3
 from coldstart.pipelines.caching import run_local_pipeline
 from coldstart.pipelines.local_tasks import LocalRun, supervise
@@ -41,7 +41,7 @@ def local_root(cfg: PipelineConfig) -> Path:
 def pipeline_run_id() -> Iterator[str]:
     """A `local-<time>` id in KFP_RUN_ID for the stage subprocesses (groups them in MLflow)."""
     previous = os.environ.get("KFP_RUN_ID")
-    run_id = time.strftime("local-%Y%m%d-%H%M%S")
+    run_id = new_run_id()
     os.environ["KFP_RUN_ID"] = run_id
     try:
         yield run_id

@@ -64,12 +64,12 @@ def sft_trainjob_op(
     import json
 
     from coldstart.common.config import config_from_json
-    from coldstart.common.run_id import resolve_run_id
+    from coldstart.common.run_id import require_run_id
     from coldstart.pipelines.trainjob import TrainJobInputs, launch_and_wait, trainjob_name
 
     store = images.uri if images is not None else ""
     inputs = TrainJobInputs(
-        resolve_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri, store
+        require_run_id(pipeline_run_id), base_model.uri, sft_data.uri, model.uri, store
     )
     cfg = config_from_json(config_json)
     cfg.cluster = json.loads(cluster_json)

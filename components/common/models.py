@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -35,12 +36,7 @@ def resolve_model_dir(
     """Return a local directory holding config, weights, tokenizer and processor for `model`."""
     ref = model.name_or_path
     if ref == TINY:
-        from coldstart.common.tiny_model import build_tiny_model
-
-        target = Path(cache_dir) / "tiny-qwen2.5-vl"
-        if not (target / "config.json").exists():
-            build_tiny_model(target, model.tiny, min_pixels, max_pixels)
-        return target
+        return _cached_tiny_model(model, Path(cache_dir), min_pixels, max_pixels)
     if ref.startswith("s3://"):
         from coldstart.common.storage import materialize
 
@@ -55,6 +51,28 @@ def resolve_model_dir(
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(ref, cache_dir=str(Path(cache_dir) / "hub")))
+
+
+def _cached_tiny_model(
+    model: ModelConfig, cache_dir: Path, min_pixels: int, max_pixels: int
+) -> Path:
+    """The tiny preset, built once per settings: the folder is named by the digest of what built it
+    (sizes, seed, pixel bounds), and moved into place only when complete."""
+    from coldstart.common.digests import json_digest
+    from coldstart.common.tiny_model import build_tiny_model
+
+    key = json_digest([model.tiny.model_dump(mode="json"), min_pixels, max_pixels])[:12]
+    target = cache_dir / f"tiny-qwen2.5-vl-{key}"
+    if not target.is_dir():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".building-") as tmp:
+            build_tiny_model(Path(tmp) / "model", model.tiny, min_pixels, max_pixels)
+            try:
+                os.replace(Path(tmp) / "model", target)
+            except OSError:  # another process built it a moment ago (the same bytes)
+                if not target.is_dir():
+                    raise
+    return target
 
 
 def check_model_dir(path: str | Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from coldstart.common.config import ConfigError, PipelineConfig, load_config
 from coldstart.common.errors import report_failure
-from coldstart.common.run_id import resolve_run_id
+from coldstart.common.run_id import new_run_id
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 CONFIG_HELP = "YAML config (default: configs/tiny.yaml, the tiny CPU preset)"
@@ -83,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def default_run_id() -> str:
-    return resolve_run_id(None)
+    """The shell's run when `--run-id` is not given: `KFP_RUN_ID` if set, else a fresh one."""
+    return os.environ.get("KFP_RUN_ID") or new_run_id()
 
 
 def verbose_requested(argv: list[str]) -> bool:

@@ -76,6 +76,14 @@ def is_s3(uri: str | os.PathLike[str]) -> bool:
     return str(uri).startswith("s3://")
 
 
+def local_cache_dir(output_dir: str) -> Path:
+    """Where downloads of a run go: `<output_dir>/cache` for a local output_dir, else the temp dir
+    (content that names itself: s3 mirrors by bucket and key, models and sets by digest)."""
+    if is_s3(output_dir):
+        return Path(tempfile.gettempdir()) / "coldstart-cache"
+    return Path(output_dir).resolve() / "cache"
+
+
 def parse_s3(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/key/parts`` into ``("bucket", "key/parts")``; the key may be empty."""
     if not is_s3(uri):
@@ -346,6 +354,7 @@ class ObjectInfo:
     relpath: str
     size: int
     mtime: float  # seconds since the epoch, as the store reports it
+    etag: str = ""  # the store's content hash (MD5, or of the parts for a multipart upload)
 
 
 def _iter_objects(uri: str) -> Iterator[ObjectInfo]:
@@ -354,7 +363,21 @@ def _iter_objects(uri: str) -> Iterator[ObjectInfo]:
     prefix = _dir_key(key)
     with _s3_errors(uri):
         for obj in _bucket(bucket).objects.filter(Prefix=prefix):
-            yield ObjectInfo(obj.key[len(prefix) :], obj.size, obj.last_modified.timestamp())
+            yield ObjectInfo(
+                obj.key[len(prefix) :], obj.size, obj.last_modified.timestamp(), obj.e_tag
+            )
+
+
+def list_objects(uri: str) -> list[ObjectInfo]:
+    """The s3 object at ``uri`` (relpath "") or every object under the "directory" ``uri``, with
+    size, time and ETag, by key; a missing one raises."""
+    objects = sorted(_iter_objects(uri), key=lambda obj: obj.relpath)
+    single = None if objects or uri.endswith("/") else _head(uri)
+    if single is not None:
+        return [ObjectInfo("", single.size, single.mtime, single.etag)]
+    if not objects:
+        raise NotFoundError(f"{uri}: no object or prefix there: check the bucket and key")
+    return objects
 
 
 def _iter_local_files(root: Path) -> Iterator[Path]:
@@ -456,11 +479,13 @@ def sync_up(
     return uploaded
 
 
-def sync_down(uri: str, local_dir: str | os.PathLike[str]) -> list[str]:
+def sync_down(uri: str, local_dir: str | os.PathLike[str], mirror: bool = False) -> list[str]:
     """Download every object under ``uri`` into ``local_dir``, skipping unchanged files.
 
     Returns the relative paths downloaded. An empty or missing prefix raises: silently
     materializing an empty directory would surface later as a confusing "model not found".
+    With ``mirror``, local files the prefix no longer holds are deleted: a model re-saved with
+    other shards, or a parquet folder rewritten with fewer parts, must not be read as a mix.
     """
     dst = Path(local_dir)
     if not is_s3(uri):
@@ -475,8 +500,17 @@ def sync_down(uri: str, local_dir: str | os.PathLike[str]) -> list[str]:
         if _download_needed(dst / obj.relpath, obj):
             _fetch(join(uri, obj.relpath), dst / obj.relpath, obj)
             downloaded.append(obj.relpath)
+    if mirror:
+        _remove_extra(dst, {obj.relpath for obj in objects})
     logger.info("sync_down %s -> %s: %d of %d downloaded", uri, dst, len(downloaded), len(objects))
     return downloaded
+
+
+def _remove_extra(root: Path, keep: set[str]) -> None:
+    for path in _iter_local_files(root):
+        if path.relative_to(root).as_posix() not in keep:
+            logger.info("%s: gone from the object store; removed from the local copy", path)
+            path.unlink()
 
 
 def _sync_local(src: Path, dst: Path, exclude: tuple[str, ...]) -> list[str]:
@@ -499,8 +533,9 @@ def _sync_local(src: Path, dst: Path, exclude: tuple[str, ...]) -> list[str]:
 def materialize(uri_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> Path:
     """A local path for ``uri_or_path``: local paths as they are, s3 objects/prefixes downloaded.
 
-    Downloads go to ``<cache_dir>/<bucket>/<key>``; a second call only fetches what changed,
-    so stages can call this on every start (e.g. after a pod restart).
+    Downloads go to ``<cache_dir>/<bucket>/<key>``, a mirror of the prefix; a second call only
+    fetches what changed (and drops what is gone), so stages can call this on every start (e.g.
+    after a pod restart).
     """
     uri = str(uri_or_path)
     if not is_s3(uri):
@@ -510,7 +545,7 @@ def materialize(uri_or_path: str | os.PathLike[str], cache_dir: str | os.PathLik
     target = Path(cache_dir, bucket, *[p for p in key.split("/") if p])
     single = _head(uri) if key and not key.endswith("/") else None
     if single is None:
-        sync_down(uri, target)
+        sync_down(uri, target, mirror=True)
     elif _download_needed(target, single):
         _fetch(uri, target, single)
     return target
@@ -527,5 +562,8 @@ def _head(uri: str) -> ObjectInfo | None:
                 return None
             raise
     return ObjectInfo(
-        key.rsplit("/", 1)[-1], int(head["ContentLength"]), head["LastModified"].timestamp()
+        key.rsplit("/", 1)[-1],
+        int(head["ContentLength"]),
+        head["LastModified"].timestamp(),
+        head.get("ETag", ""),
     )

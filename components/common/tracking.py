@@ -41,7 +41,7 @@ from mlflow.tracking import MlflowClient
 
 from coldstart.common import settings, storage
 from coldstart.common.config import PipelineConfig, flatten
-from coldstart.common.run_id import resolve_run_id
+from coldstart.common.run_id import require_run_id
 
 if TYPE_CHECKING:
     from mlflow.utils.async_logging.run_operations import RunOperations
@@ -941,7 +941,7 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
     ``tracking.start_timeout_s``, and the runs are created once it answers.
     """
     limit_client_retries()
-    spec = RunSpec.for_stage(cfg, stage, resolve_run_id(pipeline_run_id))
+    spec = RunSpec.for_stage(cfg, stage, require_run_id(pipeline_run_id))
     tracking = cfg.tracking
     status, timeout, deadline = "FAILED", tracking.flush_timeout_s, None
     with (

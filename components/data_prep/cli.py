@@ -8,6 +8,7 @@ from pathlib import Path
 
 from coldstart.common.config import PipelineConfig
 from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
+from coldstart.common.storage import local_cache_dir
 from coldstart.common.tracking import stage_run
 from coldstart.data_prep.base_model import prepare_base_model
 from coldstart.data_prep.shard import prepare_shard
@@ -15,7 +16,7 @@ from coldstart.data_prep.stage import DataPrepOutputs, merge_shards, run_data_pr
 
 
 def _cache(cfg: PipelineConfig) -> Path:
-    return Path(cfg.output_dir).resolve() / "cache"
+    return local_cache_dir(cfg.output_dir)
 
 
 def main(cfg: PipelineConfig, out: DataPrepOutputs, run_id: str) -> dict[str, float]:

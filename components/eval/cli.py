@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from coldstart.common import storage
 from coldstart.common.config import PipelineConfig
+from coldstart.common.digests import json_digest
 from coldstart.common.errors import InputError
 from coldstart.common.image_store import STORE_FLAG
+from coldstart.common.run_id import require_run_id, run_path
 from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
 from coldstart.common.tracking import stage_run
 from coldstart.eval.benchmarks import EvalData
@@ -45,6 +46,7 @@ def main(
     report lists them in this order. `images_dir` is data_prep's image store, which its eval
     folder's image keys point into. Returns the flat metrics (`eval/<model>/<benchmark>/score`).
     """
+    run_id = require_run_id(run_id)  # the component passes '' and the pod has KFP_RUN_ID
     outputs = outputs or EvalOutputs.in_folder(output_dir)
     cache = local_cache(cfg)
     with stage_run(cfg, "eval", run_id) as tracker:
@@ -75,21 +77,22 @@ def main(
 
 
 def eval_paths(cfg: PipelineConfig, run_id: str) -> EvalPaths:
-    """Progress logs under `<output_dir>/<run id>/eval` (the same run id resumes), the extractor
-    cache under `<output_dir>/cache` (shared by runs); an s3 `output_dir` is mirrored."""
+    """Progress logs under `<output_dir>/<run id>/eval` (a retry of the run resumes; each log is
+    also named by its model, data and settings), the extractor cache under `<output_dir>/cache`
+    (shared by runs: keyed by the whole request); an s3 `output_dir` is mirrored, its local copy
+    kept under a folder of that output_dir's own."""
     cache = local_cache(cfg) / "extractor.sqlite"
     if storage.is_s3(cfg.output_dir):
-        remote = storage.join(cfg.output_dir, run_id, "eval")
+        remote = run_path(cfg.output_dir, run_id, "eval")
         cache_remote = storage.join(cfg.output_dir, "cache", "extractor.sqlite")
-        return EvalPaths(local_cache(cfg) / run_id / "eval", remote, cache, cache_remote)
-    return EvalPaths(Path(cfg.output_dir).resolve() / run_id / "eval", cache=cache)
+        work = run_path(local_cache(cfg) / json_digest(cfg.output_dir)[:12], run_id, "eval")
+        return EvalPaths(Path(work), remote, cache, cache_remote)
+    return EvalPaths(Path(run_path(Path(cfg.output_dir).resolve(), run_id, "eval")), cache=cache)
 
 
 def local_cache(cfg: PipelineConfig) -> Path:
     """Where s3:// models and benchmarks are downloaded: under a local output_dir, else a temp folder."""
-    if cfg.output_dir.startswith("s3://"):
-        return Path(tempfile.gettempdir()) / "coldstart-cache"
-    return Path(cfg.output_dir).resolve() / "cache"
+    return storage.local_cache_dir(cfg.output_dir)
 
 
 def _mark_table(tracker, artifact: str) -> None:

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from coldstart.common import storage
 from coldstart.common.answers import warm_up
 from coldstart.common.config import BenchmarkSpec, ModelConfig, PipelineConfig
+from coldstart.common.digests import content_digest, json_digest
+from coldstart.common.errors import InputError
 from coldstart.common.generation import Completion, PromptInput, SamplingConfig
 from coldstart.eval.benchmarks import EvalData, EvalSample, iter_benchmark, load_images
 from coldstart.eval.extractor import ChatClient
@@ -161,6 +163,55 @@ def resolve_model(ref: str, cfg: PipelineConfig, cache_dir: Path) -> Path:
     return check_model_dir(
         resolve_model_dir(model, cache_dir, cfg.data.min_pixels, cfg.data.max_pixels)
     )
+
+
+def model_identity(ref: str, cfg: PipelineConfig, cache_dir: Path) -> str:
+    """The content digest of a model: an s3:// prefix by its objects' ETags (nothing downloaded),
+    else the resolved folder's bytes; its training checkpoints are not the model."""
+    from coldstart.common.stage_runner import CHECKPOINTS
+
+    where = ref if storage.is_s3(ref) else resolve_model(ref, cfg, cache_dir)
+    return content_digest(where, skip_dirs=(CHECKPOINTS,))
+
+
+def benchmark_identity(spec: BenchmarkSpec, eval_data: EvalData | None) -> str:
+    """The benchmark's settings and the digest of its file (the eval folder for synthetic, whose
+    image keys are the images' own hashes)."""
+    uri = spec.uri or (str(eval_data.folder) if eval_data is not None else "")
+    return json_digest([spec.model_dump(mode="json"), content_digest(uri) if uri else None])
+
+
+# What changes the responses a model generates; scoring-only settings (scoring, extractor,
+# answer_timeout_s, reflection_phrases) and memory settings are left out, so a rescore resumes.
+GENERATION_SETTINGS = (
+    "system_prompt",
+    "max_new_tokens",
+    "batch_size",
+    "backend",
+    "min_pixels",
+    "max_pixels",
+    "sort_by_length",
+    "max_model_len",
+)
+
+
+def progress_key(cfg: PipelineConfig, model_id: str, data_id: str) -> str:
+    """The name of a progress log: a digest of the model, the benchmark and the generation settings."""
+    settings = cfg.eval.model_dump(mode="json", include=set(GENERATION_SETTINGS))
+    model = cfg.model.model_dump(mode="json", include={"torch_dtype", "attn_implementation"})
+    return json_digest([model_id, data_id, settings, model])[:16]
+
+
+def check_model_names(models: Mapping[str, str]) -> None:
+    """Two display names with one slug would share progress logs and metric names."""
+    by_slug: dict[str, str] = {}
+    for name in models:
+        if slug(name) in by_slug:
+            raise InputError(
+                f"models {by_slug[slug(name)]!r} and {name!r} have the same metric name "
+                f"{slug(name)!r}: rename one"
+            )
+        by_slug[slug(name)] = name
 
 
 def _shutdown(backend: Any) -> None:
@@ -475,8 +526,10 @@ class EvalPaths:
     cache: Path | None = None  # the extractor's cache (shared by runs: a rescore sends nothing)
     cache_remote: str | None = None  # its s3:// mirror
 
-    def progress(self, model: str, benchmark: str) -> ResponseLog:
-        name = f"{slug(model)}/{benchmark}.jsonl"
+    def progress(self, model: str, benchmark: str, key: str) -> ResponseLog:
+        """The log of one model on one benchmark, named by `progress_key`: another model, data
+        set or generation setting writes another log, so no response is taken for another's."""
+        name = f"{slug(model)}/{benchmark}-{key}.jsonl"
         remote = storage.join(self.remote, "progress", name) if self.remote else None
         return ResponseLog(self.work / "progress" / name, remote)
 
@@ -546,14 +599,14 @@ def run_eval(
 ) -> EvalRun:
     """Evaluate every model (display name -> dir or s3://) on every configured benchmark."""
     if not models:
-        from coldstart.common.errors import InputError
-
         raise InputError("eval needs at least one model (NAME=DIR_OR_S3)")
     ev = cfg.eval
     specs = ev.benchmarks
     modes = list(ev.scoring)
+    check_model_names(models)
     for spec in specs:  # layout errors before any model loads
         next(iter(iter_benchmark(spec, eval_data, cache_dir)))
+    data_ids = {spec.name: benchmark_identity(spec, eval_data) for spec in specs}
     max_images = _max_images(cfg, eval_data, cache_dir)
     warm_up()  # start the answer-checking worker while the first model loads
     extractor = open_extractor(cfg, paths)
@@ -568,6 +621,7 @@ def run_eval(
             backend = LazyBackend(
                 cfg, lambda ref=ref: resolve_model(ref, cfg, cache_dir), max_images
             )
+            model_id = model_identity(ref, cfg, cache_dir)
             tally = ReflectionTally()
             per_mode: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
             try:
@@ -577,7 +631,9 @@ def run_eval(
                         spec,
                         modes,
                         ctx,
-                        paths.progress(name, spec.name),
+                        paths.progress(
+                            name, spec.name, progress_key(cfg, model_id, data_ids[spec.name])
+                        ),
                         writer,
                         max(1, ev.batch_size * CHUNK_BATCHES),
                         pattern,

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, PngImagePlugin
 
-from coldstart.eval.cli import main
+from coldstart.eval import stage
+from coldstart.eval.cli import eval_paths, local_cache, main
 from tests.conftest import tiny_config
 from tests.eval.fixtures import URIS
 
@@ -33,12 +34,20 @@ def eval_config(tmp_path, **eval_section):
     return tiny_config(tmp_path, eval=section)
 
 
-def test_a_crashed_eval_resumes_without_regenerating(tmp_path, tiny_model_dir):
+def progress_log(cfg, model_dir: Path, run_id: str) -> Path:
+    """Where eval keeps the responses of `model_dir` (as "base") on the config's one benchmark."""
+    model = stage.model_identity(str(model_dir), cfg, local_cache(cfg))
+    (spec,) = cfg.eval.benchmarks
+    key = stage.progress_key(cfg, model, stage.benchmark_identity(spec, None))
+    return eval_paths(cfg, run_id).progress("base", spec.name, key).path
+
+
+def test_a_crashed_eval_resumes_without_regenerating(tmp_path, tiny_model_dir, monkeypatch):
     cfg = eval_config(tmp_path)
     first = main(cfg, {"base": str(tiny_model_dir)}, None, tmp_path / "out1", "run-a")
     assert first["eval/base/mathvista/generated"] == 8
-    progress = Path(cfg.output_dir).resolve() / "run-a" / "eval" / "progress" / "base"
-    log = progress / "mathvista.jsonl"
+    log = progress_log(cfg, tiny_model_dir, "run-a")
+    assert log.parent == Path(cfg.output_dir).resolve() / "run-a" / "eval" / "progress" / "base"
     lines = log.read_text().splitlines()
     assert len(lines) == 8
     # a crash after 3 responses, in the middle of writing the 4th; the first one marked
@@ -55,8 +64,13 @@ def test_a_crashed_eval_resumes_without_regenerating(tmp_path, tiny_model_dir):
     assert len(log.read_text().splitlines()) == 8
 
     # everything generated: a rerun scores from the log and never loads the model
-    done = main(cfg, {"base": str(tmp_path / "no-such-model")}, None, tmp_path / "out3", "run-a")
+    monkeypatch.setattr(stage, "make_eval_backend", _refuse_to_load)
+    done = main(cfg, {"base": str(tiny_model_dir)}, None, tmp_path / "out3", "run-a")
     assert done["eval/base/mathvista/generated"] == 0
+
+
+def _refuse_to_load(*args, **kwargs):
+    raise AssertionError("the model was loaded: the responses should come from the log")
 
 
 REFLECTION_RESPONSES = {  # MathVista fixture: golds square (B), 5 (C), 7, 2.5, 0.67, 12, [2, 5], 40
@@ -71,19 +85,17 @@ REFLECTION_RESPONSES = {  # MathVista fixture: golds square (B), 5 (C), 7, 2.5, 
 }
 
 
-def test_reflection_tally_in_report_and_metrics(tmp_path):
+def test_reflection_tally_in_report_and_metrics(tmp_path, tiny_model_dir, monkeypatch):
     """Responses given through the progress log (no model runs): known shares and accuracies."""
     cfg = eval_config(tmp_path)
-    log = (
-        Path(cfg.output_dir).resolve() / "run-r" / "eval" / "progress" / "base" / "mathvista.jsonl"
-    )
-    log.parent.mkdir(parents=True)
+    log = progress_log(cfg, tiny_model_dir, "run-r")
     records = [
         {"id": i, "response": r, "finish_reason": "stop", "error": None, "num_tokens": 9}
         for i, r in REFLECTION_RESPONSES.items()
     ]
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    metrics = main(cfg, {"base": str(tmp_path / "no-model")}, None, tmp_path / "out", "run-r")
+    monkeypatch.setattr(stage, "make_eval_backend", _refuse_to_load)
+    metrics = main(cfg, {"base": str(tiny_model_dir)}, None, tmp_path / "out", "run-r")
 
     assert metrics["eval/base/reflection/share"] == pytest.approx(3 / 8)
     assert metrics["eval/base/reflection/accuracy_with"] == pytest.approx(2 / 3)
