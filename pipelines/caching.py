@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from coldstart.common.config import PipelineConfig
+from coldstart.common.digests import content_digest, file_sha256, json_digest
 from coldstart.common.storage import is_s3
 
 
@@ -95,6 +97,37 @@ def settle_metadata_artifacts(cache_root: Path) -> int:
                 Path(uri).write_text(json.dumps(art.get("metadata") or {}))
                 written += 1
     return written
+
+
+CACHE_SALT_ENV = "COLDSTART_CACHE_SALT"
+
+
+def local_cache_salt(cfg: PipelineConfig) -> str:
+    """What kfp.local's cache key leaves out: the code that runs (SubprocessRunner runs this
+    checkout, not an immutable image) and the bytes of the local and s3 inputs the config names
+    by path (a data file changed in place keeps its path). Set on every task as an env var,
+    which kfp.local's key includes, so a cached output is reused only for this code and these
+    inputs."""
+    import coldstart
+    import coldstart.pipelines
+
+    code = {}
+    for package in (coldstart, coldstart.pipelines):
+        root = Path(package.__file__).parent
+        for path in sorted(root.glob("**/*")):
+            if path.is_file() and path.suffix in (".py", ".json", ".yaml", ".jinja"):
+                code[path.relative_to(root).as_posix()] = file_sha256(path)
+    inputs = {uri: content_digest(uri) for uri in config_input_paths(cfg)}
+    return json_digest([code, inputs])[:16]
+
+
+def config_input_paths(cfg: PipelineConfig) -> list[str]:
+    """The inputs the config names by path (local or s3://), hub ids and presets left out."""
+    data = cfg.data
+    uris = [s.uri for s in (*data.sft_files, *data.rl_files, *data.eval_files)]
+    uris += [cfg.model.name_or_path, data.distill.teacher]
+    uris += [b.uri for b in cfg.eval.benchmarks if b.uri]
+    return sorted({u for u in uris if u and (is_s3(u) or Path(u).expanduser().exists())})
 
 
 def enable_caching_override(no_cache: bool) -> bool | None:

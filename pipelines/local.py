@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from typing import Any
 from coldstart.common.config import PipelineConfig
 from coldstart.common.run_id import new_run_id
 from coldstart.common.storage import is_s3
-from coldstart.pipelines.caching import run_local_pipeline
+from coldstart.pipelines.caching import CACHE_SALT_ENV, local_cache_salt, run_local_pipeline
 from coldstart.pipelines.local_tasks import LocalRun, supervise
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,23 @@ def local_root(cfg: PipelineConfig) -> Path:
 
 
 @contextmanager
-def pipeline_run_id() -> Iterator[str]:
-    """A `local-<time>` id in KFP_RUN_ID for the stage subprocesses (groups them in MLflow)."""
-    previous = os.environ.get("KFP_RUN_ID")
-    run_id = new_run_id()
-    os.environ["KFP_RUN_ID"] = run_id
+def scoped_env(name: str, value: str) -> Iterator[str]:
+    """`name=value` in this process's env (and so the stage subprocesses') for the block."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
-        yield run_id
+        yield value
     finally:
         if previous is None:
-            os.environ.pop("KFP_RUN_ID", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["KFP_RUN_ID"] = previous
+            os.environ[name] = previous
+
+
+def pipeline_run_id() -> contextlib.AbstractContextManager[str]:
+    """A fresh `local-<time>-<random>` id in KFP_RUN_ID for the stage subprocesses: the key of
+    their MLflow runs and of their per-run state."""
+    return scoped_env("KFP_RUN_ID", new_run_id())
 
 
 def run_supervised(
@@ -62,7 +68,10 @@ def run_supervised(
     """Call `pipeline_func` under kfp.local with per-task logs in `<local root>/logs/<label>`."""
     root = local_root(cfg) / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
-    with supervise(local_root(cfg) / "logs" / label, verbose) as run:
+    with (
+        scoped_env(CACHE_SALT_ENV, local_cache_salt(cfg)),
+        supervise(local_root(cfg) / "logs" / label, verbose) as run,
+    ):
         run_local_pipeline(pipeline_func, root, cache, config_json=cfg.to_json())
     return run
 

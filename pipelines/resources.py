@@ -10,11 +10,14 @@ the name and the key -> env-var map, never a value.
 
 from __future__ import annotations
 
+import os
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from coldstart.common.config import PipelineConfig
 from coldstart.common.images import STAGE_IMAGES
+from coldstart.pipelines.caching import CACHE_SALT_ENV
 from coldstart.pipelines.cluster_config import (
     ClusterConfig,
     ResourcesConfig,
@@ -75,6 +78,8 @@ def configure_task(task: PipelineTask, cfg: PipelineConfig, stage: str) -> Pipel
         task, env_name="KFP_RUN_ID", field_path="metadata.labels['pipeline/runid']"
     )
     task.set_caching_options(enable_caching=cluster.caching)
+    if salt := os.environ.get(CACHE_SALT_ENV):  # local runs only (pipelines/local.py)
+        task.set_env_variable(CACHE_SALT_ENV, salt)
     return task
 
 

@@ -6,7 +6,6 @@ typed artifacts it gets inside the full DAG; a missing base model is built from 
 under kfp.local. (No `from __future__ import annotations` here: kfp reads the annotations.)
 """
 
-import hashlib
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,9 @@ from kfp import dsl
 from kfp.dsl import Dataset, Model
 
 from coldstart.common.config import PipelineConfig
+from coldstart.common.digests import content_digest, json_digest
 from coldstart.common.errors import InputError
+from coldstart.common.storage import is_s3
 from coldstart.pipelines.caching import import_metadata
 from coldstart.pipelines.resources import configure_task
 
@@ -92,13 +93,17 @@ def check_inputs(stage: str, uris: dict) -> StageSpec:
 
 
 def rerun_run_id(cfg: PipelineConfig, stage: str, uris: dict) -> str:
-    """A stable MLflow grouping id: the same stage, config and inputs map to the same id.
+    """A stable id: the same stage, config and inputs map to the same id (a retry resumes its
+    checkpoints); new bytes at the same local paths to another. s3 inputs are keyed by URI here
+    (the submitting machine may hold no S3 keys): the stage itself keys its state by their
+    contents (eval's progress logs) or refuses another training's checkpoints.
 
     Passing the KFP job id instead would change the task's inputs on every run, and the cluster's
     cache (which fingerprints resolved inputs) would never hit.
     """
-    blob = "\n".join([stage, cfg.digest(), *(f"{k}={uris[k]}" for k in sorted(uris))])
-    return f"rerun-{stage.replace('_', '-')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    contents = {name: content_digest(uri) for name, uri in uris.items() if not is_s3(uri)}
+    digest = json_digest([stage, cfg.digest(), uris, contents])
+    return f"rerun-{stage.replace('_', '-')}-{digest[:12]}"
 
 
 def build_stage_pipeline(cfg: PipelineConfig, stage: str, uris: dict, run_id: str | None = None):

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from coldstart.common import storage
 from coldstart.common.config import PipelineConfig, flatten
+from coldstart.common.digests import content_digest, json_digest
+from coldstart.common.errors import InputError
 from coldstart.common.launcher import is_rank_zero, processes_to_launch, run_under_torchrun
-from coldstart.common.run_id import require_run_id
+from coldstart.common.run_id import require_run_id, run_path
 from coldstart.common.stage_cli import config_from_args, default_run_id, stage_parser
 
 if TYPE_CHECKING:  # tracking imports mlflow: imported when a tracked run starts
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "coldstart_result.json"  # written (and uploaded) last: the output is complete
 CHECKPOINTS = "checkpoints"
+DIGEST_FILE = "inputs_digest.json"  # in a checkpoint root: whose checkpoints these are
 RESULT_FLAG = "--result-json"
 
 
@@ -54,7 +57,7 @@ class StageRequest:
     output_dir: str  # local folder or s3:// prefix for the trained model
     run_id: str  # the pipeline run: keys the checkpoints and the MLflow runs
     run_name: str  # the MLflow run's name: the stage, or a variant ("grpo_from_base")
-    digest: str  # of what decides the trained weights (`training_digest`)
+    digest: str  # of what decides the trained weights (`inputs_digest`)
 
     def cli_args(self) -> dict[str, str]:
         """The stage's own command-line arguments, for a torchrun worker to receive the request."""
@@ -93,8 +96,35 @@ def checkpoint_root(cfg: PipelineConfig, request: StageRequest) -> str:
     """
     run_id = require_run_id(request.run_id)
     if storage.is_s3(request.output_dir) or not storage.is_s3(cfg.output_dir):
-        return storage.join(request.output_dir, CHECKPOINTS, run_id)
-    return storage.join(cfg.output_dir, run_id, request.run_name, CHECKPOINTS)
+        return run_path(storage.join(request.output_dir, CHECKPOINTS), run_id)
+    return run_path(cfg.output_dir, run_id, request.run_name, CHECKPOINTS)
+
+
+def inputs_digest(config_digest: str, inputs: Mapping[str, str]) -> str:
+    """What decides a run's weights: its settings (`training_digest`) and the bytes of every input
+    (local files, or the ETags of an s3 prefix; a model's checkpoints are not the model)."""
+    contents = {flag: content_digest(uri, skip_dirs=(CHECKPOINTS,)) for flag, uri in inputs.items()}
+    return json_digest([config_digest, contents])[:16]
+
+
+def claim_checkpoints(root: str, digest: str) -> None:
+    """Mark a checkpoint root as this training's (`DIGEST_FILE`), or refuse one of another.
+
+    A retried pod of the same run finds its own digest and resumes; the same run id used again
+    with other settings or inputs (a reused `--run-id`, a rerun of changed data at the same URIs)
+    would otherwise resume from weights trained on something else.
+    """
+    marker = storage.join(root, DIGEST_FILE)
+    if storage.exists(marker):
+        found = json.loads(storage.read_text(marker)).get("digest")
+        if found != digest:
+            raise InputError(
+                f"{root}: holds the checkpoints of another training under this run id (inputs "
+                f"and settings digest {found}, this one {digest}); give the run another id "
+                f"(--run-id; `coldstart rerun --no-cache`), or delete {root} to start over"
+            )
+        return
+    storage.write_text(marker, json.dumps({"digest": digest}))
 
 
 def training_digest(cfg: PipelineConfig, section: str, **extra: Any) -> str:
@@ -102,7 +132,7 @@ def training_digest(cfg: PipelineConfig, section: str, **extra: Any) -> str:
     the model settings and `extra`; not tracking, not where things are stored."""
     stage_cfg = getattr(cfg, section).model_dump(mode="json", exclude={"resources"})
     parts = {section: stage_cfg, "model": cfg.model.model_dump(mode="json"), **extra}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(parts)[:16]
 
 
 def finished_result(request: StageRequest) -> dict[str, float] | None:
@@ -166,10 +196,22 @@ def rank_zero_tracking(cfg: PipelineConfig, request: StageRequest) -> Iterator[S
 
 
 def upload_output(local: Path, output_dir: str) -> None:
-    """Upload the final model to an s3 output without its checkpoints, the result file last."""
+    """Upload the final model to an s3 output without its checkpoints, the result file last.
+
+    The output becomes a mirror of the model: files an earlier model left there (other shards,
+    an old adapter) are deleted, or a loader would read a mix of two runs' weights.
+    """
     ckpt = local / CHECKPOINTS
     skip = [p.relative_to(local).as_posix() for p in ckpt.rglob("*") if p.is_file()]
+    storage.delete(storage.join(output_dir, RESULT_FILE))  # incomplete until the end
     storage.sync_up(local, output_dir, exclude=(*skip, RESULT_FILE))
+    model_files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    prefix = output_dir.rstrip("/") + "/"
+    for uri in storage.list_prefix(output_dir):
+        rel = uri.removeprefix(prefix)
+        if rel not in model_files and not rel.startswith(f"{CHECKPOINTS}/"):
+            log.info("%s: not part of this model; deleted", uri)
+            storage.delete(uri)
     storage.upload_file(local / RESULT_FILE, storage.join(output_dir, RESULT_FILE))
 
 
@@ -196,6 +238,8 @@ def run_stage(
         )
     with rank_zero_tracking(cfg, request) as tracker:
         ctx = stage_context(cfg, request, tracker)
+        if is_rank_zero():
+            claim_checkpoints(ctx.checkpoint_root, request.digest)
         if tracker is not None:
             tracker.log_params({f"{request.stage}.checkpoint_root": ctx.checkpoint_root})
         metrics = train(ctx)
@@ -234,13 +278,14 @@ class TrainingStage:
         run_name: str | None = None,
     ) -> dict[str, float]:
         """Run the stage (see `run_stage`); `run_name` defaults to the stage's name."""
+        given = {flag: str(uri) for flag, uri in inputs.items() if uri is not None}
         request = StageRequest(
             stage=self.name,
-            inputs={flag: str(uri) for flag, uri in inputs.items() if uri is not None},
+            inputs=given,
             output_dir=str(output_dir),
             run_id=run_id,
             run_name=run_name or self.name,
-            digest=self.digest(cfg),
+            digest=inputs_digest(self.digest(cfg), given),
         )
         return run_stage(cfg, request, lambda ctx: self.train(cfg, ctx))
 

@@ -9,7 +9,13 @@ import pytest
 from coldstart.common.config import load_config
 from coldstart.common.errors import InputError
 from coldstart.common.run_id import require_run_id
-from coldstart.common.stage_runner import StageRequest, checkpoint_root, training_digest
+from coldstart.common.stage_runner import (
+    StageRequest,
+    checkpoint_root,
+    claim_checkpoints,
+    inputs_digest,
+    training_digest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +60,35 @@ def test_digest_follows_the_training_settings_only():
     other = load_config(ROOT / "configs" / "tiny.yaml", ["grpo.learning_rate=0.5"])
     assert training_digest(cfg, "grpo") == training_digest(same, "grpo")
     assert training_digest(cfg, "grpo") != training_digest(other, "grpo")
+
+
+def test_the_digest_follows_the_inputs_bytes(tmp_path):
+    """A retrained model or new data at the same path is another training (issue 26)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.arrow").write_bytes(b"first")
+    first = inputs_digest("cfg", {"sft-data": str(data)})
+    assert inputs_digest("cfg", {"sft-data": str(data)}) == first
+    (data / "rows.arrow").write_bytes(b"other")
+    assert inputs_digest("cfg", {"sft-data": str(data)}) != first
+    assert inputs_digest("cfg2", {"sft-data": str(data)}) != inputs_digest(
+        "cfg", {"sft-data": str(data)}
+    )
+    (data / "checkpoints").mkdir()  # a model folder's checkpoints are not the model
+    (data / "checkpoints" / "step").write_bytes(b"x")
+    assert inputs_digest("cfg", {"sft-data": str(data)}) == inputs_digest(
+        "cfg", {"sft-data": str(data)}
+    )
+
+
+@pytest.mark.parametrize("root", ["local", "s3"])
+def test_checkpoints_of_another_training_are_refused(root, tmp_path, request):
+    """The same run id with other settings or inputs never resumes the first one's weights."""
+    if root == "s3":
+        root = request.getfixturevalue("s3_env").uri("out/checkpoints/run-1")
+    else:
+        root = str(tmp_path / "checkpoints" / "run-1")
+    claim_checkpoints(root, "aaaa")
+    claim_checkpoints(root, "aaaa")  # the same training (a retried pod): resumes
+    with pytest.raises(InputError, match="another training under this run id"):
+        claim_checkpoints(root, "bbbb")

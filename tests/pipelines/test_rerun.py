@@ -90,7 +90,31 @@ def test_local_rerun_runs_the_stage_then_reuses_its_cached_outputs(
         len(log) == 2 and log[0].startswith("rerun-grpo-") and not log[1].startswith("rerun-grpo-")
     )
     (data / "part-1.arrow").write_text("more rows")  # a changed input directory is a miss
-    assert len(rerun_local(tmp_path, model, data)) == 3
+    log = rerun_local(tmp_path, model, data)
+    # ... and another run: its state (checkpoints, eval progress) is not the first one's
+    assert len(log) == 3 and log[2].startswith("rerun-grpo-") and log[2] != log[0]
+
+
+def test_a_local_input_changed_in_place_is_a_cache_miss(tmp_path, monkeypatch):
+    """kfp.local keys on paths; the salt every local task carries keys on the bytes and the code."""
+    from coldstart.pipelines.caching import CACHE_SALT_ENV, local_cache_salt
+
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text('{"problem": "1+1", "answer": "2"}\n')
+    cfg = load_config(
+        CONFIGS / "tiny.yaml", ["data.source=files", f"data.sft_files=[{{uri: {rows}}}]"]
+    )
+    salt = local_cache_salt(cfg)
+    assert local_cache_salt(cfg) == salt
+    rows.write_text('{"problem": "1+2", "answer": "3"}\n')
+    assert local_cache_salt(cfg) != salt
+
+    monkeypatch.delenv(CACHE_SALT_ENV, raising=False)  # compiled for the cluster: no salt
+    spec, _ = compile_docs(build_stage_pipeline(cfg, "sft", {"sft_data": "s3://b/d"}), tmp_path)
+    assert CACHE_SALT_ENV not in str(spec)
+    monkeypatch.setenv(CACHE_SALT_ENV, salt)  # what a local run sets while it builds the DAG
+    spec, _ = compile_docs(build_stage_pipeline(cfg, "sft", {"sft_data": "s3://b/d"}), tmp_path)
+    assert CACHE_SALT_ENV in str(spec)
 
 
 def test_one_stage_pipeline_imports_each_input_and_builds_a_missing_base_model(tmp_path):

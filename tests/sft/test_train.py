@@ -68,6 +68,7 @@ def test_sft_writes_a_loadable_model_and_logs_to_mlflow(tmp_path, tiny_model_dir
     assert sorted(p.name for p in (out / "checkpoints" / "run-1").iterdir()) == [
         "checkpoint-2",
         "checkpoint-4",
+        "inputs_digest.json",  # whose checkpoints these are: a run of other inputs is refused
     ]
     assert (out / "checkpoints" / "run-1" / "checkpoint-4" / "coldstart_config.json").is_file()
     # The vision tower is frozen; the merger and the language model trained (keys in the
