@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (see README): `make run` and `make test`.
 # The venv is built once from requirements-cpu.lock, which pins every package (dev extra and
-# the CPU torch wheel included); `make lock` refreshes it on purpose (docs/development.md).
+# the CPU torch wheel included); `make lock` refreshes it on purpose (docs/testing.md).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
