@@ -17,6 +17,9 @@ from typing import Any
 from coldstart.common import storage
 
 CHUNK = 8 << 20
+# Files a reader adds to a folder without changing what it holds: datasets' caches of map/filter
+# results beside a saved dataset, lock files.
+NOT_CONTENT = ("cache-*.arrow", "*.lock")
 
 
 def json_digest(value: Any) -> str:
@@ -38,7 +41,7 @@ def content_digest(uri: str | os.PathLike[str], skip_dirs: Iterable[str] = ()) -
     Local: every file's relative path and the sha256 of its bytes (a 15 GB model reads in about
     10 s). s3: every object's relative key, size and ETag (the store's content hash; nothing is
     downloaded). `skip_dirs` names top-level folders that are not part of the thing (a model
-    folder's `checkpoints/`).
+    folder's `checkpoints/`); `NOT_CONTENT` files are left out.
     """
     skipped = set(skip_dirs)
     digest = hashlib.sha256()
@@ -54,6 +57,6 @@ def content_digest(uri: str | os.PathLike[str], skip_dirs: Iterable[str] = ()) -
         raise storage.NotFoundError(f"{root}: no such file or directory: check the path")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if rel.parts[0] not in skipped:
+        if rel.parts[0] not in skipped and not any(path.match(p) for p in NOT_CONTENT):
             digest.update(f"{rel.as_posix()}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()

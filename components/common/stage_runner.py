@@ -57,7 +57,8 @@ class StageRequest:
     output_dir: str  # local folder or s3:// prefix for the trained model
     run_id: str  # the pipeline run: keys the checkpoints and the MLflow runs
     run_name: str  # the MLflow run's name: the stage, or a variant ("grpo_from_base")
-    digest: str  # of what decides the trained weights (`inputs_digest`)
+    digest: str  # of what decides the trained weights: settings and inputs' bytes
+    inputs_key: str = ""  # `inputs_digest`: keys the checkpoint root (`claim_checkpoints`)
 
     def cli_args(self) -> dict[str, str]:
         """The stage's own command-line arguments, for a torchrun worker to receive the request."""
@@ -100,18 +101,19 @@ def checkpoint_root(cfg: PipelineConfig, request: StageRequest) -> str:
     return run_path(cfg.output_dir, run_id, request.run_name, CHECKPOINTS)
 
 
-def inputs_digest(config_digest: str, inputs: Mapping[str, str]) -> str:
-    """What decides a run's weights: its settings (`training_digest`) and the bytes of every input
-    (local files, or the ETags of an s3 prefix; a model's checkpoints are not the model)."""
+def inputs_digest(inputs: Mapping[str, str]) -> str:
+    """The bytes of every input (local files, or the ETags of an s3 prefix; a model's
+    checkpoints are not the model)."""
     contents = {flag: content_digest(uri, skip_dirs=(CHECKPOINTS,)) for flag, uri in inputs.items()}
-    return json_digest([config_digest, contents])[:16]
+    return json_digest(contents)[:16]
 
 
 def claim_checkpoints(root: str, digest: str) -> None:
-    """Mark a checkpoint root as this training's (`DIGEST_FILE`), or refuse one of another.
+    """Mark a checkpoint root as trained on these inputs (`DIGEST_FILE`), or refuse one of others.
 
-    A retried pod of the same run finds its own digest and resumes; the same run id used again
-    with other settings or inputs (a reused `--run-id`, a rerun of changed data at the same URIs)
+    A retried pod of the same run finds its own digest and resumes (also with a longer schedule:
+    a run cut short and continued is how the resume drills work); the same run id used again on
+    other data or another model (a reused `--run-id`, a rerun of changed data at the same URIs)
     would otherwise resume from weights trained on something else.
     """
     marker = storage.join(root, DIGEST_FILE)
@@ -119,8 +121,8 @@ def claim_checkpoints(root: str, digest: str) -> None:
         found = json.loads(storage.read_text(marker)).get("digest")
         if found != digest:
             raise InputError(
-                f"{root}: holds the checkpoints of another training under this run id (inputs "
-                f"and settings digest {found}, this one {digest}); give the run another id "
+                f"{root}: holds the checkpoints of a training on other inputs under this run id "
+                f"(inputs digest {found}, this one {digest}); give the run another id "
                 f"(--run-id; `coldstart rerun --no-cache`), or delete {root} to start over"
             )
         return
@@ -239,7 +241,7 @@ def run_stage(
     with rank_zero_tracking(cfg, request) as tracker:
         ctx = stage_context(cfg, request, tracker)
         if is_rank_zero():
-            claim_checkpoints(ctx.checkpoint_root, request.digest)
+            claim_checkpoints(ctx.checkpoint_root, request.inputs_key)
         if tracker is not None:
             tracker.log_params({f"{request.stage}.checkpoint_root": ctx.checkpoint_root})
         metrics = train(ctx)
@@ -279,13 +281,15 @@ class TrainingStage:
     ) -> dict[str, float]:
         """Run the stage (see `run_stage`); `run_name` defaults to the stage's name."""
         given = {flag: str(uri) for flag, uri in inputs.items() if uri is not None}
+        contents = inputs_digest(given)
         request = StageRequest(
             stage=self.name,
             inputs=given,
             output_dir=str(output_dir),
             run_id=run_id,
             run_name=run_name or self.name,
-            digest=inputs_digest(self.digest(cfg), given),
+            digest=json_digest([self.digest(cfg), contents])[:16],
+            inputs_key=contents,
         )
         return run_stage(cfg, request, lambda ctx: self.train(cfg, ctx))
 

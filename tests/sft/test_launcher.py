@@ -73,8 +73,13 @@ def test_main_hands_multi_gpu_runs_to_torchrun(monkeypatch, tmp_path):
         stage_runner, "run_under_torchrun", lambda *a: calls.append(a) or {"sft/global_step": 1.0}
     )
     cfg = tiny_config(tmp_path)
-    assert cli.main(cfg, "/m", "/d", str(tmp_path / "out"), "r") == {"sft/global_step": 1.0}
-    args = stage_args("/m", "/d", str(tmp_path / "out"), "r")
+    model, data = tmp_path / "m", tmp_path / "d"  # inputs exist: the runner digests their bytes
+    for folder in (model, data):
+        folder.mkdir()
+        (folder / "x").write_text(folder.name)
+    out = str(tmp_path / "out")
+    assert cli.main(cfg, str(model), str(data), out, "r") == {"sft/global_step": 1.0}
+    args = stage_args(str(model), str(data), out, "r")
     assert calls == [("coldstart.sft", cfg, args, 4, RESULT_FLAG)]
 
 
