@@ -79,13 +79,13 @@ def test_the_digest_follows_the_inputs_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("root", ["local", "s3"])
-def test_checkpoints_of_another_training_are_refused(root, tmp_path, request):
-    """The same run id with other settings or inputs never resumes the first one's weights."""
+def test_checkpoints_of_a_training_on_other_inputs_are_refused(root, tmp_path, request):
+    """The same run id on other inputs never resumes the first one's weights."""
     if root == "s3":
         root = request.getfixturevalue("s3_env").uri("out/checkpoints/run-1")
     else:
         root = str(tmp_path / "checkpoints" / "run-1")
     claim_checkpoints(root, "aaaa")
     claim_checkpoints(root, "aaaa")  # the same training (a retried pod): resumes
-    with pytest.raises(InputError, match="another training under this run id"):
+    with pytest.raises(InputError, match="a training on other inputs under this run id"):
         claim_checkpoints(root, "bbbb")
