@@ -95,8 +95,10 @@ def test_sharded_dag_compiles_with_parallel_for(tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_dag_runs_through_kfp_local(tmp_path):
+def test_sharded_dag_runs_through_kfp_local(tmp_path, monkeypatch):
     from coldstart.pipelines.caching import run_local_pipeline
+
+    monkeypatch.setenv("KFP_RUN_ID", "shards-run")  # what `coldstart run` sets for its stages
 
     cfg = folder_config(tmp_path, shards=2)
     cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "out")})
