@@ -22,6 +22,7 @@ repeat.
 
 from __future__ import annotations
 
+import atexit
 import enum
 import functools
 import logging
@@ -332,8 +333,7 @@ def _pool() -> ProcessPool:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or not _POOL.active:
-            if _POOL is not None:
-                _POOL.stop()
+            _stop_pool()
             _warm_up_checks()  # in this process: the forks start with it all imported
             _POOL = ProcessPool(
                 _SIZE, initializer=_init_worker, context=multiprocessing.get_context("fork")
@@ -349,12 +349,22 @@ def _warm_up_checks() -> None:
         check_pair(pred, gold)
 
 
+def _stop_pool() -> None:
+    """Stop the pool's threads, then its workers. At exit this must run before pebble's own
+    handler (atexit runs last-registered first): that one stops the workers while the pool's
+    thread may still start replacements, and multiprocessing then waits for them for ever."""
+    if _POOL is not None:
+        _POOL.stop()
+        _POOL.join()
+
+
 def _forget_pool_in_child() -> None:
     """A forked child of the caller starts its own pool (the parent's threads are not in it)."""
     global _POOL
     _POOL = None
 
 
+atexit.register(_stop_pool)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
