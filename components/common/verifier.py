@@ -23,6 +23,7 @@ repeat.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import enum
 import functools
 import logging
@@ -216,7 +217,7 @@ def _compare_plain_numbers(pred: str, gold: str) -> bool | None:
 def _run_check(pred: str, gold: str, timeout_s: float) -> Verdict:
     try:
         verdict, detail = run_in_worker(check_pair, (pred, gold), timeout_s)
-    except TimeoutError:
+    except concurrent.futures.TimeoutError:
         return Verdict.TIMEOUT
     except (ProcessExpired, BrokenProcessPool) as exc:  # crashed or killed from outside
         log.warning(
@@ -292,8 +293,9 @@ _WARM_UP_PAIRS = [
     (r"\{1, 2\}", r"\{2, 1\}"), ("(1, 3]", "(1,3]"), ("x=3", "3"), (r"\lfloor 2.5 \rfloor", "2"),
     (r"\max(2, 3)", "3"), (r"2^{10}", "1024"), (r"\frac{10^{3}+1}{7}", "143"),
 ]  # fmt: skip
-"""Typical answers checked once in this process before the workers fork: they start with sympy's code paths and
-caches warm (a fork whose first check is a polynomial otherwise spends 0.3 s on it)."""
+"""Typical answers checked once in this process before the workers fork: they start with
+sympy's code paths and caches warm (a worker whose first check is a polynomial otherwise spends
+0.3 s on it)."""
 
 
 # --------------------------------------------------------------------------- the pool
@@ -384,8 +386,8 @@ def warm_up() -> None:
 def run_in_worker(fn: Callable[..., R], args: tuple, timeout_s: float) -> R:
     """``fn(*args)`` in a worker, killed after ``timeout_s`` on it (a replacement starts).
 
-    Raises TimeoutError on overrun or after QUEUE_GUARD_S waiting for a worker,
-    ``pebble.ProcessExpired`` if the worker died under it, and whatever ``fn`` raised.
+    Raises ``concurrent.futures.TimeoutError`` on overrun or after QUEUE_GUARD_S waiting for a
+    worker, ``pebble.ProcessExpired`` if the worker died under it, and whatever ``fn`` raised.
     ``fn`` must be importable by name. A pool broken under the call (a worker killed from
     outside while idle) is replaced and the call sent once more.
     """
@@ -399,7 +401,7 @@ def _result(fn: Callable[..., R], args: tuple, timeout_s: float) -> R:
     future = _pool().schedule(fn, args, timeout=timeout_s)
     try:
         return future.result(timeout=timeout_s + QUEUE_GUARD_S)
-    except TimeoutError:
+    except concurrent.futures.TimeoutError:  # the builtin one from Python 3.11 on
         future.cancel()  # still queued: never runs; running: pebble kills its worker
         raise
 

@@ -3,6 +3,7 @@ crashing workers killed and replaced, calls from any thread, the batch deadline,
 
 from __future__ import annotations
 
+import concurrent.futures
 import doctest
 import math
 import operator
@@ -138,7 +139,7 @@ def test_an_overrun_scores_wrong_is_counted_and_its_worker_is_replaced() -> None
 )
 def test_a_call_that_never_ends_is_killed_within_its_timeout_and_the_next_works(fn, args) -> None:
     start = time.perf_counter()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):
         verifier.run_in_worker(fn, args, 0.3)
     assert time.perf_counter() - start < 0.3 + HANG_GUARD_S
     assert verifier.run_in_worker(operator.add, (2, 3), 5.0) == 5
@@ -182,7 +183,7 @@ def test_what_a_worker_raises_is_raised_in_the_caller() -> None:
 def _sleep_in_time(seconds: float, bound: float) -> bool:
     try:
         verifier.run_in_worker(time.sleep, (seconds,), bound)
-    except TimeoutError:
+    except concurrent.futures.TimeoutError:
         return False
     return True
 
