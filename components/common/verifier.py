@@ -8,10 +8,11 @@ kills the worker and starts a replacement, and the answer counts as wrong
 (``Verdict.TIMEOUT``, counted in ``counts()``). ``map_within_deadline`` spreads a batch over
 the workers, one per usable CPU (at most 8), with a deadline for the whole batch.
 
-Workers are forked from this process after it has imported and warmed up sympy and
-math-verify (2-3 s, once), so a replacement starts in milliseconds with nothing to import
-(a spawned worker would re-import them, and re-run the caller's ``__main__``). The workers
-only parse and compare strings: they never touch torch or CUDA state inherited from the fork.
+Workers are forked by multiprocessing's fork server, a fresh interpreter that imported and
+warmed up sympy and math-verify once (2-3 s), so a replacement starts in milliseconds with
+nothing to import and none is a fork of the caller (which may hold a model, CUDA state and
+threads). As with any multiprocessing start method but fork, a script run by path must keep its
+top-level work under ``if __name__ == "__main__":``.
 
 Before a worker evaluates anything, ``answer_bounds`` refuses answers with numbers too big to
 evaluate (``Verdict.TOO_BIG``): without it each such bomb would cost a full time bound and a
@@ -336,11 +337,18 @@ def _pool() -> ProcessPool:
     with _POOL_LOCK:
         if _POOL is None or not _POOL.active:
             _stop_pool()
-            _warm_up_checks()  # in this process: the forks start with it all imported
-            _POOL = ProcessPool(
-                _SIZE, initializer=_init_worker, context=multiprocessing.get_context("fork")
-            )
+            _POOL = ProcessPool(_SIZE, initializer=_init_worker, context=_zygote_context())
         return _POOL
+
+
+def _zygote_context() -> multiprocessing.context.BaseContext:
+    """Workers forked by multiprocessing's fork server: a fresh interpreter that imported and
+    warmed up sympy and math-verify once (`answer_warm_up`), so a replacement starts in
+    milliseconds with nothing to import, and no worker is a fork of the caller (which may hold a
+    model, CUDA state and threads)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["coldstart.common.answer_warm_up"])
+    return context
 
 
 @functools.cache
