@@ -107,8 +107,9 @@ def _cpu_seconds() -> dict[str, float]:
 
 def _scoring_cpu_seconds(verifier) -> float:
     """CPU seconds so far of this process and its answer-checking processes. Pebble's workers
-    are our children: the reaped ones are in RUSAGE_CHILDREN, the live ones in /proc. (A
-    checkout with the zygote pool reads its own: its workers are the zygote's children.)"""
+    are children of multiprocessing's fork server: the live ones are read in /proc, a worker
+    killed on a timeout takes its seconds with it (the report counts timeouts). (A checkout
+    with the zygote pool reads its own: its workers are the zygote's children.)"""
     used = resource.getrusage(resource.RUSAGE_SELF)
     own = used.ru_utime + used.ru_stime
     if hasattr(verifier, "pool_cpu_seconds"):
@@ -119,7 +120,7 @@ def _scoring_cpu_seconds(verifier) -> float:
     for pid in verifier.worker_pids():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # it has just exited: its time is in RUSAGE_CHILDREN
+        except FileNotFoundError:  # it has just exited
             continue
         live += int(fields[11]) + int(fields[12])  # utime, stime
     return own + reaped.ru_utime + reaped.ru_stime + live / tick
