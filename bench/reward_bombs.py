@@ -105,9 +105,25 @@ def _cpu_seconds() -> dict[str, float]:
     return out
 
 
-def _own_cpu_seconds() -> float:
+def _scoring_cpu_seconds(verifier) -> float:
+    """CPU seconds so far of this process and its answer-checking processes. Pebble's workers
+    are children of multiprocessing's fork server: the live ones are read in /proc, a worker
+    killed on a timeout takes its seconds with it (the report counts timeouts). (A checkout
+    with the zygote pool reads its own: its workers are the zygote's children.)"""
     used = resource.getrusage(resource.RUSAGE_SELF)
-    return used.ru_utime + used.ru_stime
+    own = used.ru_utime + used.ru_stime
+    if hasattr(verifier, "pool_cpu_seconds"):
+        return own + verifier.pool_cpu_seconds()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tick = os.sysconf("SC_CLK_TCK")
+    live = 0
+    for pid in verifier.worker_pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # it has just exited
+            continue
+        live += int(fields[11]) + int(fields[12])  # utime, stime
+    return own + reaped.ru_utime + reaped.ru_stime + live / tick
 
 
 def _measure_pool(jobs: list[tuple]) -> dict:
@@ -124,22 +140,21 @@ def _measure_pool(jobs: list[tuple]) -> dict:
         latencies[index] = time.perf_counter() - start
         return reward
 
-    before, spawns_before = verifier.counts(), verifier.pool_stats()
-    cpu_before = _own_cpu_seconds() + verifier.pool_cpu_seconds()
+    before = verifier.counts()
+    cpu_before = _scoring_cpu_seconds(verifier)
     start = time.perf_counter()
     scores = verifier.map_within_deadline(
         timed, list(enumerate(jobs)), timeout_s=TIME_BOUND_S, deadline_s=None, default=0.0
     )
     total = time.perf_counter() - start
-    cpu = _own_cpu_seconds() + verifier.pool_cpu_seconds() - cpu_before
-    after, spawns_after = verifier.counts(), verifier.pool_stats()
+    cpu = _scoring_cpu_seconds(verifier) - cpu_before
+    after = verifier.counts()
     return {
         "total_s": total,
         "cpu_s": cpu,
         "latencies": latencies,
         "rewards": scores,
         "counts": {k: after[k] - before[k] for k in after},
-        "spawns": {k: spawns_after[k] - spawns_before[k] for k in spawns_after},
         "workers": verifier.pool_size(),
     }
 
@@ -177,7 +192,7 @@ def summarize(runs: list[dict]) -> dict:
     out["total_s_all"] = [round(r["total_s"], 3) for r in runs]
     out["n"] = runs[0]["n"]
     out["reward_sum"] = runs[0]["rewards"] and sum(runs[0]["rewards"])
-    for extra in ("counts", "spawns", "workers"):
+    for extra in ("counts", "workers"):
         if extra in runs[0]:
             out[extra] = runs[-1][extra]
     return out
@@ -239,27 +254,26 @@ def markdown(report: dict) -> str:
         f"{report['time_bound_s']} s.",
         "",
         "| code | set | completions | batch s (median) | runs | CPU s | max s per completion "
-        "| over bound | timeouts | rejected too big | worker forks | interpreter starts |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| over bound | timeouts | rejected too big |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for impl, sets in report["results"].items():
         for set_name, r in sets.items():
-            counts, spawns = r.get("counts", {}), r.get("spawns", {})
+            counts = r.get("counts", {})
             lines.append(
                 f"| {impl} | {set_name} | {r['n']} | {r['total_s']:.2f} | {r['total_s_all']} "
                 f"| {'-' if r['cpu_s'] is None else format(r['cpu_s'], '.1f')} "
                 f"| {r['max_completion_s']:.3f} | {r['over_bound']} "
-                f"| {counts.get('timeouts', '-')} | {counts.get('too_big', '-')} "
-                f"| {spawns.get('worker_forks', '-')} | {spawns.get('interpreter_starts', '-')} |"
+                f"| {counts.get('timeouts', '-')} | {counts.get('too_big', '-')} |"
             )
     lines += [
         "",
         "CPU s: seconds of CPU the scoring used, this process and its answer-checking "
-        "processes together (the pool's zygote, its workers, those it reaped); unlike the batch "
+        "processes together (the pool's workers, live and reaped); unlike the batch "
         "time, the load of a shared machine hardly changes it, and CPU s / CPUs is the batch "
         "time on idle cores with perfect parallelism. Over bound: completions whose own wall time passed the "
         "bound (its check plus waiting for a CPU on a loaded machine). Timeouts: checks cut off "
-        "at the bound, scored 0, their worker replaced by a fork.",
+        "at the bound, scored 0, their worker killed and replaced.",
     ]
     for set_name, n_differ in report.get("reward_disagreements", {}).items():
         lines.append(

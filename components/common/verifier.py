@@ -1,38 +1,48 @@
-"""Math verification with a time bound, on a pool of pre-warmed worker processes.
+"""Math verification with a hard time bound per check, on a pebble process pool.
 
 Why a time bound: sympy can run for ever on model output, and math-verify's own timeout is
 ``signal.alarm``, which cannot interrupt C code (big-int ``pow``) and refuses to run outside
-the main thread (eval uses thread pools, GRPO rewards may run anywhere). So each check runs
-in a worker (``coldstart.common.worker_pool``) that the caller waits on for at most
-``timeout_s``; on overrun the worker is killed, a replacement is forked in milliseconds from
-a process that imported sympy and math-verify once, and the answer counts as wrong
+the main thread (eval uses thread pools, GRPO rewards may run anywhere). So each check runs in
+a worker of a ``pebble.ProcessPool``, scheduled with ``timeout=timeout_s``: on overrun pebble
+kills the worker and starts a replacement, and the answer counts as wrong
 (``Verdict.TIMEOUT``, counted in ``counts()``). ``map_within_deadline`` spreads a batch over
 the workers, one per usable CPU (at most 8), with a deadline for the whole batch.
 
+Workers are forked by multiprocessing's fork server, a fresh interpreter that imported and
+warmed up sympy and math-verify once (2-3 s), so a replacement starts in milliseconds with
+nothing to import and none is a fork of the caller (which may hold a model, CUDA state and
+threads). As with any multiprocessing start method but fork, a script run by path must keep its
+top-level work under ``if __name__ == "__main__":``.
+
 Before a worker evaluates anything, ``answer_bounds`` refuses answers with numbers too big to
-evaluate (``Verdict.TOO_BIG``); cheap checks (equal strings, plain numbers, length, nesting)
-are decided here without a worker, and verdicts are kept for answers that repeat.
+evaluate (``Verdict.TOO_BIG``): without it each such bomb would cost a full time bound and a
+killed worker (bench/results/reward_bombs.md). Cheap checks (equal strings, plain numbers,
+length, nesting) are decided here without a worker, and verdicts are kept for answers that
+repeat.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import enum
 import functools
 import logging
 import math
+import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
-from pathlib import Path
 from typing import TypeVar
 
-from coldstart.common.worker_pool import WorkerPool, default_size
+from pebble import ProcessExpired, ProcessPool
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +216,15 @@ def _compare_plain_numbers(pred: str, gold: str) -> bool | None:
 
 
 def _run_check(pred: str, gold: str, timeout_s: float) -> Verdict:
-    outcome, result = _POOL.run(check_pair, (pred, gold), timeout_s)
-    if outcome == "timeout":
+    try:
+        verdict, detail = run_in_worker(check_pair, (pred, gold), timeout_s)
+    except concurrent.futures.TimeoutError:
         return Verdict.TIMEOUT
-    if outcome == "died":
-        log.warning("an answer-verifier worker died checking %r against %r", pred[:80], gold[:80])
+    except (ProcessExpired, BrokenProcessPool) as exc:  # crashed or killed from outside
+        log.warning(
+            "an answer-checking worker died on %r against %r: %s", pred[:80], gold[:80], exc
+        )
         return Verdict.ERROR
-    verdict, detail = result
     if verdict == Verdict.ERROR.value:
         log.warning("math-verify failed on %r against %r: %s", pred[:80], gold[:80], detail)
     return Verdict(verdict)
@@ -282,53 +294,124 @@ _WARM_UP_PAIRS = [
     (r"\{1, 2\}", r"\{2, 1\}"), ("(1, 3]", "(1,3]"), ("x=3", "3"), (r"\lfloor 2.5 \rfloor", "2"),
     (r"\max(2, 3)", "3"), (r"2^{10}", "1024"), (r"\frac{10^{3}+1}{7}", "143"),
 ]  # fmt: skip
-"""Typical answers checked once in the zygote: its forks start with sympy's code paths and
-caches warm (a fork whose first check is a polynomial otherwise spends 0.3 s on it)."""
+"""Typical answers checked once in this process before the workers fork: they start with
+sympy's code paths and caches warm (a worker whose first check is a polynomial otherwise spends
+0.3 s on it)."""
 
 
+# --------------------------------------------------------------------------- the pool
+
+MAX_WORKERS = 8
+"""Workers per pool at most: more rarely helps and each holds ~100 MB."""
+
+QUEUE_GUARD_S = 60.0
+"""How long a check may wait for a free worker before it counts as a timeout (a guard against
+a wedged pool; ``timeout_s`` bounds only the time on a worker)."""
+
+_POOL: ProcessPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _default_size() -> int:
+    """One worker per CPU this process may use, at most MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+_SIZE = _default_size()
+
+
+def _init_worker() -> None:
+    """In each worker: let SIGTERM kill at once. pebble stops an overrunning worker with
+    SIGTERM, and its own handler only runs once a C call (big-int ``pow``) returns."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _pool() -> ProcessPool:
+    """The running pool, (re)started if needed: pebble marks a pool broken when a worker dies
+    while no task runs (killed from outside), and such a pool takes no more tasks."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or not _POOL.active:
+            _stop_pool()
+            _POOL = ProcessPool(_SIZE, initializer=_init_worker, context=_zygote_context())
+        return _POOL
+
+
+def _zygote_context() -> multiprocessing.context.BaseContext:
+    """Workers forked by multiprocessing's fork server: a fresh interpreter that imported and
+    warmed up sympy and math-verify once (`answer_warm_up`), so a replacement starts in
+    milliseconds with nothing to import, and no worker is a fork of the caller (which may hold a
+    model, CUDA state and threads)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["coldstart.common.answer_warm_up"])
+    return context
+
+
+@functools.cache
 def _warm_up_checks() -> None:
-    """Run in the zygote: import math-verify and sympy, and warm them up."""
+    """Import math-verify and sympy here and warm them up, once per process."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings
     for pred, gold in _WARM_UP_PAIRS:
         check_pair(pred, gold)
 
 
-# --------------------------------------------------------------------------- the pool
+def _stop_pool() -> None:
+    """Stop the pool's threads, then its workers. At exit this must run before pebble's own
+    handler (atexit runs last-registered first): that one stops the workers while the pool's
+    thread may still start replacements, and multiprocessing then waits for them for ever."""
+    if _POOL is not None:
+        _POOL.stop()
+        _POOL.join()
 
-_POOL = WorkerPool(default_size(), warm_up=f"{__name__}:_warm_up_checks")
 
-
-def _new_pool_in_child() -> None:
-    """A forked child of the caller gets its own pool (the parent's workers stay the parent's)."""
+def _forget_pool_in_child() -> None:
+    """A forked child of the caller starts its own pool (the parent's threads are not in it)."""
     global _POOL
-    _POOL = WorkerPool(_POOL.size, _POOL.warm_up_spec)
+    _POOL = None
 
 
-def _close_pool() -> None:
-    _POOL.close()
-
-
-atexit.register(_close_pool)
+atexit.register(_stop_pool)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_pool_in_child)
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 # --------------------------------------------------------------------------- public helpers
 
 
 def warm_up() -> None:
-    """Start the verification workers now, so the first check does not wait for them (call
-    before timing-sensitive loops; optional)."""
-    _POOL.warm_up()
+    """Import the checker and start every worker now, so the first check does not wait for
+    them (call before timing-sensitive loops; optional)."""
+    run_in_worker(os.getpid, (), QUEUE_GUARD_S)
+    deadline = time.monotonic() + QUEUE_GUARD_S
+    while len(worker_pids()) < _SIZE and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
-def run_in_worker(fn: Callable[..., R], args: tuple, timeout_s: float) -> tuple[bool, R | None]:
-    """``(True, fn(*args))`` from a worker, or ``(False, None)`` after ``timeout_s`` (the
-    worker is replaced). ``fn`` must be importable by name. WorkerError if it raised."""
-    outcome, result = _POOL.run(fn, args, timeout_s)
-    if outcome == "died":
-        log.warning("a verifier worker died running %s", getattr(fn, "__name__", fn))
-    return outcome == "ok", result
+def run_in_worker(fn: Callable[..., R], args: tuple, timeout_s: float) -> R:
+    """``fn(*args)`` in a worker, killed after ``timeout_s`` on it (a replacement starts).
+
+    Raises ``concurrent.futures.TimeoutError`` on overrun or after QUEUE_GUARD_S waiting for a
+    worker, ``pebble.ProcessExpired`` if the worker died under it, and whatever ``fn`` raised.
+    ``fn`` must be importable by name. A pool broken under the call (a worker killed from
+    outside while idle) is replaced and the call sent once more.
+    """
+    try:
+        return _result(fn, args, timeout_s)
+    except BrokenProcessPool:
+        return _result(fn, args, timeout_s)
+
+
+def _result(fn: Callable[..., R], args: tuple, timeout_s: float) -> R:
+    future = _pool().schedule(fn, args, timeout=timeout_s)
+    try:
+        return future.result(timeout=timeout_s + QUEUE_GUARD_S)
+    except concurrent.futures.TimeoutError:  # the builtin one from Python 3.11 on
+        future.cancel()  # still queued: never runs; running: pebble kills its worker
+        raise
 
 
 def map_within_deadline(
@@ -360,8 +443,8 @@ def map_within_deadline(
     if len(items) <= 1:
         results = [one(item) for item in items]
     else:
-        with ThreadPoolExecutor(max_workers=_POOL.size, thread_name_prefix="verify") as pool:
-            results = list(pool.map(one, items))
+        with ThreadPoolExecutor(max_workers=_SIZE, thread_name_prefix="verify") as threads:
+            results = list(threads.map(one, items))
     if late:
         log.warning(
             "%d of %d answers were not checked within the %.1f s batch deadline and count as wrong",
@@ -373,35 +456,9 @@ def map_within_deadline(
 
 
 def pool_size() -> int:
-    return _POOL.size
-
-
-def pool_stats() -> dict[str, int]:
-    """``interpreter_starts`` (zygotes started: each imports sympy, 2-3 s) and ``worker_forks``."""
-    return dict(_POOL.stats)
+    return _SIZE
 
 
 def worker_pids() -> list[int]:
-    """Process ids of the idle workers (for tests and debugging)."""
-    return _POOL.worker_pids()
-
-
-def pool_cpu_seconds() -> float:
-    """CPU seconds the answer-checking processes have used so far: the zygote, the workers it
-    reaped and the idle ones (Linux /proc). The pool's workers are not our children, so
-    ``getrusage`` cannot see them; benchmarks need this to give a number the load cannot skew."""
-    zygote = _POOL.zygote_pid()
-    if zygote is None:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def ticks(pid: int, with_children: bool) -> int:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # it has just exited: its time is the zygote's now
-            return 0
-        used = int(fields[11]) + int(fields[12])  # utime, stime
-        return used + (int(fields[13]) + int(fields[14]) if with_children else 0)  # + reaped
-
-    total = ticks(zygote, True) + sum(ticks(pid, False) for pid in worker_pids())
-    return total / tick
+    """Process ids of the live workers (for tests and benchmarks)."""
+    return [p.pid for p in multiprocessing.active_children() if p.name == "pebble_pool_worker"]
