@@ -237,15 +237,19 @@ def test_calls_from_a_thread_pool() -> None:
     assert results == [expected for _, _, expected in EQUIVALENCE_TABLE]
 
 
-def test_unguarded_script_in_a_subprocess_scores_and_exits(tmp_path: Path) -> None:
-    """As kfp.local runs components: a fresh interpreter, here a script with no
-    ``if __name__ == "__main__"`` guard. It must score and exit (the worker is cleaned up)."""
+def test_a_script_in_a_fresh_interpreter_scores_and_exits(tmp_path: Path) -> None:
+    """As a stage's process runs it: a fresh interpreter, here a script run by path. It must
+    score and exit (the workers are cleaned up). The checkers' workers come from
+    multiprocessing's fork server, which imports a script's top level as `__mp_main__`, so the
+    script keeps its work under a main guard, as Python's forkserver and spawn require."""
     script = tmp_path / "score.py"
     script.write_text(
         textwrap.dedent(
             r"""
             from coldstart.common.answers import is_equivalent
-            print(is_equivalent(r"\frac{1}{2}", "0.5"), is_equivalent(r"10^{10^{100}}", "1"))
+
+            if __name__ == "__main__":
+                print(is_equivalent(r"\frac{1}{2}", "0.5"), is_equivalent(r"10^{10^{100}}", "1"))
             """
         )
     )
