@@ -1,14 +1,15 @@
 """Data-parallel GRPO over several processes (one per GPU, started by torchrun).
 
-Each rank rolls out its own share of the step's prompts (a prompt's G completions stay on one
-rank, so groups and advantages are local), computes its micro-batch losses with the
-*global* normalisers (token and sequence counts summed over ranks), and the gradients are
+Each rank rolls out its own share of the step's prompts, as many as every other rank (a
+prompt's G completions stay on one rank, so groups and advantages are local), computes its
+micro-batch losses with the *global* normalisers (token and sequence counts summed over ranks), and the gradients are
 summed across ranks before each optimizer step: the update equals that of one process holding
 the whole rollout batch. Optimizer state can be sharded across ranks (ZeRO stage 1, PyTorch's
 `ZeroRedundancyOptimizer`), which is what lets a 7B policy's AdamW state fit next to vLLM.
 Gradients and weights partitioned too (ZeRO-2/3) are DeepSpeed's job: see engine_zero.py.
 
-With one process (CPU, one GPU, tests) every function here is a no-op.
+The engines call these (engine.DataParallel); the loop never does. With one process (CPU,
+one GPU, tests) every function here is a no-op.
 """
 
 from __future__ import annotations
@@ -66,26 +67,17 @@ def _comm_device() -> torch.device:
     )
 
 
-def _all_reduce(values: Sequence[float], world: World, op: dist.ReduceOp.RedOpType) -> list[float]:
+def all_reduce_sum(values: Sequence[float], world: World) -> list[float]:
+    """Element-wise sum over ranks of a few numbers (token counts, metric sums)."""
     if not world.active:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t, op=op)
+    dist.all_reduce(t)
     return t.tolist()
 
 
-def all_reduce_sum(values: Sequence[float], world: World) -> list[float]:
-    """Element-wise sum over ranks of a few numbers (token counts, metric sums)."""
-    return _all_reduce(values, world, dist.ReduceOp.SUM)
-
-
-def all_reduce_max(values: Sequence[float], world: World) -> list[float]:
-    """Element-wise maximum over ranks (e.g. the most micro-batches any rank runs)."""
-    return _all_reduce(values, world, dist.ReduceOp.MAX)
-
-
 def sum_gradients(params: Sequence[torch.nn.Parameter], world: World) -> None:
-    """grad <- sum over ranks of grad (a rank whose micro-batches were empty contributes zeros)."""
+    """grad <- sum over ranks of grad (a weight no micro-batch reached contributes zeros)."""
     if not world.active:
         return
     for p in params:

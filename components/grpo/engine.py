@@ -8,22 +8,29 @@
 
 An engine owns everything that differs between them: the frozen reference model (a copy, a
 DeepSpeed inference engine, or the policy with its LoRA adapters off), backward, the optimizer
-step, gathering whole weights, checkpoint state and the final save. The loop (trainer.py) reads
-the same with both; it has to know one thing about the difference, the `lockstep_*` flags:
-ZeRO runs collectives inside every backward (ZeRO-2 and 3) and every forward (ZeRO-3), so each
-rank must run as many of them as every other; a rank with fewer micro-batches runs
-zero-weighted stand-ins.
+step, gathering whole weights, checkpoint state and the final save. It also owns what data
+parallelism asks of the loop (`DataParallel`, the same for both): this rank's share of a step's
+prompts, sums over ranks (the loss normalisers), gathers of metrics, and the weight push to the
+rollout backend. The loop (trainer.py) reads the same with both and names no rank.
+
+ZeRO runs collectives inside every backward (ZeRO-2 and 3) and every forward (ZeRO-3), so
+every rank must run as many of them as every other. They do without any help from the loop:
+over-long prompts are dropped when the set is loaded (data.py), so every rank rolls out
+rollout_batch_size / world prompts x G completions at every step and runs the same number of
+micro-batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+
+from coldstart.grpo.distributed import World, all_reduce_sum, gather_objects, shard
 
 PLAIN_LAYOUT: dict[str, Any] = {"deepspeed": "none"}
 
@@ -36,8 +43,23 @@ class PolicyEngine(Protocol):
         torch.nn.Module
     )  # what log-probs and the loss run through (DeepSpeed's engine, or the policy)
     scheduler: LRScheduler
-    lockstep_backward: bool  # every rank must run the same number of backward passes
-    lockstep_forward: bool  # ... and of forward passes (ZeRO-3 gathers weights inside each)
+    world: World
+
+    def shard(self, indices: Sequence[int]) -> list[int]:
+        """This rank's rows of a step's prompts (the same number on every rank)."""
+        ...
+
+    def global_sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums over ranks of a few numbers (token and sequence counts, metric sums)."""
+        ...
+
+    def gather(self, obj: Any) -> list[Any]:
+        """[obj of rank 0, obj of rank 1, ...] on every rank (a step's metrics)."""
+        ...
+
+    def push_weights(self, backend: Any) -> None:
+        """The rollout backend follows the policy; called on every rank at once."""
+        ...
 
     def zero_grad(self) -> None: ...
 
@@ -78,6 +100,33 @@ class PolicyEngine(Protocol):
     def save_model(self, out: Path, processor: Any) -> None:
         """Every rank calls this; rank 0 writes a plain model dir (adapters merged) for later stages."""
         ...
+
+
+class DataParallel:
+    """What both engines do alike over ranks (distributed.py); one process: plain values."""
+
+    world: World
+    module: torch.nn.Module
+
+    def full_weights(self) -> AbstractContextManager[torch.nn.Module]:
+        raise NotImplementedError
+
+    def shard(self, indices: Sequence[int]) -> list[int]:
+        return shard(indices, self.world)
+
+    def global_sum(self, values: Sequence[float]) -> list[float]:
+        return all_reduce_sum(values, self.world)
+
+    def gather(self, obj: Any) -> list[Any]:
+        return gather_objects(obj, self.world)
+
+    def push_weights(self, backend: Any) -> None:
+        """HF generate runs on the policy module itself: nothing to send. An engine of its own
+        (vLLM) is sent the whole weights (gathered first under ZeRO-3, on every rank)."""
+        if getattr(backend, "model", None) is self.module:
+            return
+        with self.full_weights() as policy:
+            backend.sync_weights(policy)
 
 
 @contextmanager

@@ -17,16 +17,19 @@ import torch
 
 from coldstart.common.config import GRPOConfig
 from coldstart.grpo.distributed import World, optimizer_state, sum_gradients
-from coldstart.grpo.engine import PLAIN_LAYOUT, merged, reference_of, write_model_dir
+from coldstart.grpo.engine import (
+    PLAIN_LAYOUT,
+    DataParallel,
+    merged,
+    reference_of,
+    write_model_dir,
+)
 from coldstart.grpo.optimizer import build_optimizer
 
 
-class PlainEngine:
+class PlainEngine(DataParallel):
     """Summed gradients, torch's clip, AdamW (ZeRO-1 optional); `reference`: a frozen copy of
     the starting policy, or None (no KL, or LoRA: the policy with its adapters off)."""
-
-    lockstep_backward = False
-    lockstep_forward = False
 
     def __init__(
         self,

@@ -5,10 +5,11 @@ The update must stay the one the plain engine (engine_plain.py) computes:
 
 - Each micro-batch's loss is already divided by the whole mini-batch's token/sequence counts
   summed over ranks, so gradients are to be *summed* over ranks and accumulated unscaled.
-  ZeRO averages over ranks, hence `backward(loss * world_size, scale_wrt_gas=False)`. Ranks
-  may hold different numbers of micro-batches (prompts dropped as too long, uneven shares),
-  so the accumulation boundary is set by hand on the last one and `gradient_accumulation_steps`
-  in the config only describes the usual count.
+  ZeRO averages over ranks, hence `backward(loss * world_size, scale_wrt_gas=False)`. The
+  accumulation boundary is set by hand on each update's last micro-batch (the last update of a
+  rollout may be shorter), so `gradient_accumulation_steps` in the config only describes the
+  usual count. Every rank runs as many micro-batches as every other (the set's over-long
+  prompts are dropped at load, see engine.py), so ZeRO's collectives stay in step.
 - Clipping is DeepSpeed's (`gradient_clipping` = `max_grad_norm`, over the global norm, the
   same formula as torch's); AdamW and the schedule are ours (the client optimizer; DeepSpeed
   partitions its state and keeps fp32 master weights).
@@ -37,7 +38,7 @@ import torch.distributed as dist
 from coldstart.common.config import GRPOConfig
 from coldstart.common.zero import model_width, resolve_auto, width_buckets, zero_template
 from coldstart.grpo.distributed import World
-from coldstart.grpo.engine import merged, reference_of, write_model_dir
+from coldstart.grpo.engine import DataParallel, merged, reference_of, write_model_dir
 from coldstart.grpo.optimizer import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,10 @@ def _trained_dtype(policy: torch.nn.Module, cfg: GRPOConfig) -> None:
         policy.float()
 
 
-class ZeroEngine:
+class ZeroEngine(DataParallel):
     """The policy as a DeepSpeed ZeRO-2/3 engine (see the module docstring for what keeps the
     math); a frozen `reference` copy becomes an inference-only DeepSpeed engine (partitioned like
     the policy under ZeRO-3); without one, LoRA's reference is the policy with adapters off."""
-
-    lockstep_backward = True
 
     def __init__(
         self,
@@ -127,7 +126,6 @@ class ZeroEngine:
         )
         self.module = self.engine.module
         self.forward = self.engine
-        self.lockstep_forward = stage == "zero3"
         self.world = world
         self.ref = reference_engine(reference, self.config) if reference is not None else None
 

@@ -121,32 +121,15 @@ def completion_logprobs(
 
 @torch.no_grad()
 def batched_logprobs(
-    model: torch.nn.Module,
-    batch: RolloutBatch,
-    micro_batch_size: int,
-    temperature: float,
-    passes: int = 0,
-    stand_in: RolloutBatch | None = None,
+    model: torch.nn.Module, batch: RolloutBatch, micro_batch_size: int, temperature: float
 ) -> torch.Tensor:
-    """No-grad log-probs for the whole batch, micro-batch by micro-batch: (N, C) on the batch's device.
-
-    With ``passes`` larger than this batch's micro-batch count, the remaining forwards run on
-    ``stand_in`` and are discarded: under ZeRO-3 every forward gathers weights collectively, so
-    every rank must run as many as the busiest one.
-    """
+    """No-grad log-probs for the whole batch, micro-batch by micro-batch: (N, C) on the batch's device."""
     out = torch.zeros(
         len(batch), batch.completion_len, device=batch.input_ids.device, dtype=torch.float32
     )
-    starts = range(0, len(batch), micro_batch_size)
-    for start in starts:
+    for start in range(0, len(batch), micro_batch_size):
         rows = torch.arange(start, min(start + micro_batch_size, len(batch)))
         micro = batch.select(rows.to(batch.prompt_index.device))
         logps, _ = completion_logprobs(model, micro, temperature)
         out[rows, : micro.completion_len] = logps
-    for _ in range(passes - len(starts)):
-        if stand_in is None:
-            raise ValueError(
-                f"{passes} lockstep passes asked for, {len(starts)} micro-batches and no stand-in batch"
-            )
-        completion_logprobs(model, stand_in, temperature)
     return out

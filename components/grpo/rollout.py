@@ -19,9 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
-from PIL import Image
 
-from coldstart.common.errors import InputError
 from coldstart.common.generation import (
     Completion,
     GenerationBackend,
@@ -206,51 +204,10 @@ def build_rollout_batch(
 
 @dataclass
 class Rollout:
-    """One rollout step: the training batch and what rewards and logs need about it."""
+    """One rollout step: the training batch and the completions rewards and logs read."""
 
     batch: RolloutBatch
-    completions: list[list[Completion]]  # per kept prompt, G each
-    kept: list[int]  # positions (in the prompts given) of the prompts that were rolled out
-    dropped_too_long: int
-
-
-class PromptsTooLongError(InputError):
-    """No prompt of a rollout step fits in grpo.max_prompt_length (raised on every rank alike)."""
-
-
-@dataclass
-class PromptFit:
-    """Which of the given prompts fit in max_prompt_length (image tokens included), from one encoding."""
-
-    encoded: EncodedPrompts | None  # None when no prompt was given
-    kept: list[int]
-    lengths: list[int]
-
-    @property
-    def shortest(self) -> int:
-        return min(self.lengths, default=0)
-
-
-def fit_prompts(
-    processor: Any, prompts: Sequence[PromptInput], system_prompt: str, max_prompt_length: int
-) -> PromptFit:
-    """Encode the prompts and keep those of at most ``max_prompt_length`` tokens.
-
-    Longer prompts are dropped from their step and counted, never truncated: a cut could split
-    an image. Several ranks compare their fits before generating (trainer.agree_on_prompts).
-    """
-    if not prompts:
-        return PromptFit(encoded=None, kept=[], lengths=[])
-    enc = encode_prompts(processor, prompts, system_prompt)
-    lengths = [int(n) for n in enc.lengths.tolist()]
-    return PromptFit(enc, [i for i, n in enumerate(lengths) if n <= max_prompt_length], lengths)
-
-
-def too_long_message(given: int, shortest: int, max_prompt_length: int) -> str:
-    return (
-        f"every prompt of this batch ({given}) is longer than max_prompt_length={max_prompt_length} tokens "
-        f"(shortest {shortest}); raise grpo.max_prompt_length or lower grpo.max_pixels"
-    )
+    completions: list[list[Completion]]  # per prompt, G each
 
 
 def generate_rollout(
@@ -260,25 +217,19 @@ def generate_rollout(
     sampling: SamplingConfig,
     system_prompt: str,
     max_prompt_length: int,
-    fit: PromptFit | None = None,
 ) -> Rollout:
-    """Sample ``sampling.n`` completions per prompt that fits and lay them out for training.
+    """Sample ``sampling.n`` completions per prompt and lay them out for training.
 
-    Without ``fit`` the prompts are fitted here, and none fitting is a PromptsTooLongError.
-    With a ``fit`` the caller has decided (several ranks agreed that some rank has prompts):
-    none fitting on this rank gives an empty rollout that still counts the dropped prompts.
+    The prompts fit in ``max_prompt_length`` (the set's longer ones were dropped when it was
+    loaded, data.load_rl_prompts); one that does not is a bug in that measure, and an error here.
     """
-    n_given = len(prompts)
-    if fit is None:
-        fit = fit_prompts(processor, prompts, system_prompt, max_prompt_length)
-        if not fit.kept:
-            raise PromptsTooLongError(too_long_message(n_given, fit.shortest, max_prompt_length))
-    if not fit.kept:
-        return Rollout(empty_rollout_batch(), [], [], dropped_too_long=n_given)
-    enc = fit.encoded
-    if enc is None or len(fit.kept) < n_given:
-        prompts = [prompts[i] for i in fit.kept]
-        enc = encode_prompts(processor, prompts, system_prompt)
+    enc = encode_prompts(processor, prompts, system_prompt)
+    longest = int(enc.lengths.max())
+    if longest > max_prompt_length:
+        raise RuntimeError(
+            f"a prompt of {longest} tokens > grpo.max_prompt_length={max_prompt_length} reached the "
+            "rollout: the load-time measure (common/token_counts.prompt_lengths) disagrees with the processor"
+        )
     completions = backend.generate(prompts, sampling)
     placeholders = [
         t
@@ -289,26 +240,4 @@ def generate_rollout(
         if t is not None
     ]
     batch = build_rollout_batch(enc, completions, processor.tokenizer.pad_token_id, placeholders)
-    return Rollout(batch, completions, fit.kept, dropped_too_long=n_given - len(fit.kept))
-
-
-def empty_rollout_batch() -> RolloutBatch:
-    """No sequences (every prompt of this rank was too long): the rank takes part in the step with nothing."""
-    ids = torch.zeros(0, 1, dtype=torch.long)
-    index = torch.zeros(0, dtype=torch.long)
-    return RolloutBatch(ids, ids.clone(), None, torch.zeros(0, 1), index, None, None, index.clone())
-
-
-def stand_in_batch(processor: Any, system_prompt: str) -> RolloutBatch:
-    """One short sequence over one blank image, with one completion token.
-
-    Under ZeRO a rank that has fewer micro-batches than another runs this instead (its loss
-    times zero): every forward/backward holds collectives, so all ranks must run as many. It
-    has an image so that it runs the same modules (vision tower included) as a real one.
-    """
-    enc = encode_prompts(processor, [PromptInput("", [Image.new("RGB", (56, 56))])], system_prompt)
-    pad = processor.tokenizer.pad_token_id
-    token = (
-        processor.tokenizer.eos_token_id if processor.tokenizer.eos_token_id is not None else pad
-    )
-    return build_rollout_batch(enc, [[Completion("", [int(token)], "stop")]], pad)
+    return Rollout(batch, completions)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from coldstart.common.config import GRPOConfig, PipelineConfig
+from coldstart.common.errors import InputError
 from coldstart.common.generation import GenerationBackend, make_backend
 from coldstart.common.image_store import STORE_FLAG
 from coldstart.common.models import load_model, load_processor
@@ -26,7 +27,7 @@ from coldstart.common.stage_runner import StageContext
 from coldstart.common.trainable import prepare_trainable
 from coldstart.common.zero import zero_wanted
 from coldstart.grpo.checkpointing import Checkpointer
-from coldstart.grpo.data import load_rl_dataset
+from coldstart.grpo.data import load_rl_prompts
 from coldstart.grpo.distributed import World, barrier, init_from_env
 from coldstart.grpo.engine import PolicyEngine
 from coldstart.grpo.engine_plain import PlainEngine
@@ -102,6 +103,17 @@ def build_engine(
     return ZeroEngine(policy, cfg, world, deepspeed, reference)
 
 
+def check_images_for_zero3(data: Path, rows_without_image: int, stage: str, world: World) -> None:
+    """ZeRO-3 over several processes gathers the vision tower's weights inside each forward that
+    runs it: a micro-batch without an image on one rank would skip gathers the others run."""
+    if rows_without_image and stage == "zero3" and world.active:
+        raise InputError(
+            f"{data}: {rows_without_image} RL rows without an image, and grpo.deepspeed=zero3 over "
+            f"{world.size} processes runs the vision tower's weight gathers in lockstep on every rank; "
+            "use grpo.deepspeed=zero2 (or none), or give every RL row an image"
+        )
+
+
 def plot_rewards(history: list[dict[str, float]], path: Path) -> Path:
     """Reward (and each reward function's mean) per step, as a PNG."""
     import matplotlib
@@ -160,20 +172,24 @@ def run_grpo(
     torch.manual_seed(g.seed + world.rank)  # ranks sample different completions
     device = pick_device(world)
     processor = load_processor(paths.init_model, g.min_pixels, g.max_pixels)
+    dataset, data_metrics = load_rl_prompts(paths.data, paths.images, processor, g)
+    stage = deepspeed_stage(g)
+    check_images_for_zero3(paths.data, int(data_metrics["data/rows_without_image"]), stage, world)
+    if log_fn is not None and world.is_main:
+        log_fn({f"grpo/{k}": v for k, v in data_metrics.items()}, 0)
     model = load_model(paths.init_model, cfg.model.torch_dtype, cfg.model.attn_implementation)
     # transformers types `.to` through a decorator that mypy reads as taking the model first
     policy, ref = prepare_policy(model.to(device), g)  # type: ignore[arg-type]
-    engine = build_engine(policy, g, world, deepspeed_stage(g), ref)
+    engine = build_engine(policy, g, world, stage, ref)
     run = setup_run(
         g,
         engine,
         processor,
-        load_rl_dataset(paths.data, paths.images),
+        dataset,
         backend=build_backend(g, engine.module, processor, paths.init_model),
         reward_funcs=reward_funcs
         or bounded_reward_funcs(g.reward_timeout_s, g.reward_batch_deadline_s),
         reward_weights=reward_weights or g.reward_weights,
-        world=world,
     )
     checkpointer = Checkpointer(
         paths.checkpoint_root,

@@ -16,20 +16,19 @@ image tokens, so truncate mode drops it (logged and counted) and error mode reje
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image
 
 from coldstart.common.config import SFTConfig
 from coldstart.common.errors import InputError
 from coldstart.common.image_store import ImageStore, store_for, with_decoded_images
 from coldstart.common.prompts import prompt_messages, sft_messages
 from coldstart.common.saved_datasets import load_splits, require_columns
+from coldstart.common.token_counts import image_sizes, image_token_count
 
 log = logging.getLogger(__name__)
 
@@ -120,43 +119,6 @@ def check_text(rows: dict[str, list], processor: Any, split: str) -> None:
             f"split {split!r}: rows contain reserved chat/vision tokens in their text: {_shown(bad)}; "
             "remove them (they would desynchronise the image tokens from the pixels)"
         )
-
-
-def image_sizes(
-    ds: datasets.Dataset, store: ImageStore | None = None, batch_size: int = 64
-) -> list[list[tuple[int, int]]]:
-    """(width, height) of every image of every row, read from the encoded headers (no decode).
-
-    The set is memory-mapped Arrow: the images column is read `batch_size` rows at a time, so
-    only one batch's encoded bytes are ever in Python (never every image of the set at once).
-    Keys into the store are looked up once each: a shared image's header is read once.
-    """
-    images = ds.select_columns(["images"]).with_format("arrow")
-    sizes: list[list[tuple[int, int]]] = []
-    stored: dict[str, tuple[int, int]] = {}
-
-    def size(image: Any) -> tuple[int, int]:
-        if store is None:  # {"bytes", "path"} dicts of this batch only, not decoded
-            return _header_size(image)
-        if image not in stored:
-            stored[image] = _header_size(store.encoded(image))
-        return stored[image]
-
-    for batch in images.iter(batch_size=batch_size):
-        sizes += [[size(img) for img in row or []] for row in batch["images"].to_pylist()]
-    return sizes
-
-
-def _header_size(image: dict[str, Any]) -> tuple[int, int]:
-    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-    with Image.open(source) as opened:
-        return opened.size
-
-
-def image_token_count(processor: Any, width: int, height: int) -> int:
-    """Placeholder tokens the processor will insert for one image of this size."""
-    ip = processor.image_processor
-    return ip.get_number_of_image_patches(height, width) // (ip.merge_size**2)
 
 
 def row_lengths(

@@ -2,9 +2,9 @@
 
 Each rank gets every world-th prompt of the rollout batch (as `shard` does); with the global
 normalisers and summed gradients, the weights after the updates must match a single process
-that updates on the whole batch, with and without a sharded optimizer (ZeRO-1). When one rank's
-prompts are all too long, the ranks agree before generating: that rank takes part with nothing,
-or, when no rank has a prompt left, every rank raises the same error (none waits in a collective).
+that updates on the whole batch, with and without a sharded optimizer (ZeRO-1). Over-long prompts are dropped
+when the set is loaded (every rank drops the same rows), so every rank holds as many prompts as
+every other at every step.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ SETTINGS = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=2", "grpo.num_g
 def make_problem(tiny_assets, tiny_policy):
     model, processor, _ = tiny_policy
     cfg = tiny_config(*SETTINGS).grpo
-    batch = sampled_batch(tiny_assets, model, processor, G=3, tokens=6)
-    batch = batch.select(torch.arange(9))  # 3 prompts: the ranks get 2 and 1 (uneven on purpose)
+    batch = sampled_batch(tiny_assets, model, processor, G=3, tokens=6, rows=(0, 40, 90, 7))
+    # 4 prompts: each rank gets 2, one per update (update batch = half the rollout batch)
     gen = torch.Generator().manual_seed(0)
     batch.advantages = torch.randn(len(batch), generator=gen)
     with torch.no_grad():
@@ -61,8 +61,8 @@ def _worker(rank: int, size: int, tmp: str, shard_state: bool) -> None:
     model, cfg, batch = torch.load(f"{tmp}/problem.pt", weights_only=False)
     cfg = cfg.model_copy(update={"shard_optimizer_state": shard_state})
     world = World(rank, size, 0)
-    _, update = update_policy(
-        PlainEngine(model, cfg, world), batch.select(rank_rows(batch, rank, size)), cfg, world
+    update = update_policy(
+        PlainEngine(model, cfg, world), batch.select(rank_rows(batch, rank, size)), cfg
     )
     if rank == 0:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -77,7 +77,7 @@ def test_two_ranks_update_like_one_process(tiny_assets, tiny_policy, tmp_path, s
     model, cfg, batch = make_problem(tiny_assets, tiny_policy)
     torch.save((model, cfg, batch), tmp_path / "problem.pt")
 
-    _, single = update_policy(PlainEngine(model, cfg), batch, cfg)
+    single = update_policy(PlainEngine(model, cfg), batch, cfg)
     mp.start_processes(
         _worker, args=(2, str(tmp_path), shard_state), nprocs=2, join=True, start_method="spawn"
     )
@@ -135,117 +135,62 @@ def test_stage_under_torchrun_on_cpu(tiny_assets, tmp_path, zero):
     assert [h["step"] for h in json.loads((out / "grpo_history.json").read_text())] == [1, 2, 3]
 
 
-# --------------------------------------------------------------------------- a rank whose every prompt is too long
+# --------------------------------------------------------------------------- over-long rows, dropped at load
 
 LONG = (
     " Explain every step of the count in great detail." * 8
 )  # ~190 more tokens: prompts of ~250 > 128
-AGREE = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=4", "grpo.num_generations=2", "grpo.micro_batch_size=2",
-         "grpo.max_completion_length=6", "grpo.max_prompt_length=128", "grpo.kl_coef=0.05", "grpo.learning_rate=1e-3",
-         "grpo.shard_optimizer_state=false")  # fmt: skip
+DROPPING = ("grpo.rollout_batch_size=4", "grpo.update_batch_size=4", "grpo.num_generations=2", "grpo.micro_batch_size=2",
+            "grpo.max_completion_length=6", "grpo.max_prompt_length=128", "grpo.kl_coef=0.05", "grpo.learning_rate=1e-3",
+            "grpo.shard_optimizer_state=false")  # fmt: skip
 
 
-def _too_long_worker(world, tmp, stage: str, assets: dict, long_ranks: tuple[int, ...]) -> dict:
-    """One GRPO step on 2 ranks where the prompts of `long_ranks` are all longer than max_prompt_length."""
+def _dropping_worker(world, tmp, stage: str, assets: dict) -> dict:
+    """One GRPO step on 2 ranks over a set whose odd rows are longer than max_prompt_length."""
     from coldstart.common.generation import HFBackend
     from coldstart.common.models import load_model, load_processor
-    from coldstart.grpo.data import PromptOrder, load_rl_dataset
+    from coldstart.grpo.data import load_rl_prompts
     from coldstart.grpo.stage import build_engine, prepare_policy
     from coldstart.grpo.trainer import grpo_step, setup_run
     from tests.grpo.ranks import skip_deepspeed_shm_kernel
+    from tests.grpo.test_data import with_long_rows
     from tests.grpo.test_trainer import DENSE
 
     skip_deepspeed_shm_kernel()
-    cfg = tiny_config(*AGREE).grpo
-    dataset = load_rl_dataset(assets["rl"]).select(range(8))
-    order = PromptOrder(len(dataset), cfg.rollout_batch_size, cfg.seed).indices(0)
-    long_rows = {row for rank in long_ranks for row in order[rank :: world.size]}
-    dataset = dataset.map(
-        lambda row, i: {"problem": row["problem"] + (LONG if i in long_rows else "")},
-        with_indices=True,
-    )
-    torch.manual_seed(world.rank)
+    cfg = tiny_config(*DROPPING).grpo
+    rl, images = with_long_rows(assets["rl"], tmp / f"rl-{world.rank}", LONG, rows=8)
     processor = load_processor(assets["model"], cfg.min_pixels, cfg.max_pixels)
+    dataset, data_metrics = load_rl_prompts(rl, images, processor, cfg)
+    torch.manual_seed(world.rank)
     policy, ref = prepare_policy(load_model(assets["model"]), cfg)
     engine = build_engine(policy, cfg, world, stage, ref)
     backend = HFBackend(engine.module, processor, cfg.system_prompt)
-    run = setup_run(cfg, engine, processor, dataset, backend=backend, **DENSE, world=world)
+    run = setup_run(cfg, engine, processor, dataset, backend=backend, **DENSE)
     metrics, _ = grpo_step(run, 0)
     with engine.full_weights() as trained:
         return {
+            "data": data_metrics,
             "metrics": metrics,
             "state": {k: v.detach().clone() for k, v in trained.state_dict().items()},
         }
 
 
 @pytest.mark.parametrize("stage", ["none", pytest.param("zero3", id="deepspeed-zero3")])
-def test_a_rank_with_only_too_long_prompts_takes_part_with_nothing(tiny_assets, tmp_path, stage):
-    """Rank 1's 2 prompts are too long: it trains on nothing (under ZeRO-3 it runs stand-in passes to keep the
-    collectives in step), rank 0 trains on its 2, both finish the step with the same weights and metrics."""
+def test_ranks_train_on_the_rows_that_fit(tiny_assets, tmp_path, stage):
+    """Half the rows are too long: every rank drops the same 4 at load and each trains on 2 of the
+    other 4 (under ZeRO-3 with no stand-in pass: the ranks run as many forwards and backwards);
+    both finish the step with the same weights and metrics."""
     from tests.grpo.ranks import errors_of, run_ranks
 
     ranks = run_ranks(
-        _too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (1,)
+        _dropping_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}
     )
     assert not errors_of(ranks), errors_of(ranks)
     first, second = ranks
-    assert (
-        first["metrics"]["prompts/dropped_too_long"] == 2
-        and first["metrics"]["completions/mean_length"] > 0
-    )
+    assert first["data"]["data/dropped_too_long"] == 4 and first["data"]["data/rows"] == 4
+    assert first["data"] == second["data"]
+    assert first["metrics"]["completions/mean_length"] > 0
     assert first["metrics"] == second["metrics"]
     start = load_model(tiny_assets["model"]).state_dict()
-    assert (
-        max((first["state"][k] - v).abs().max().item() for k, v in start.items()) > 0
-    )  # rank 0's prompts trained
+    assert max((first["state"][k] - v).abs().max().item() for k, v in start.items()) > 0
     assert all(torch.equal(first["state"][k], second["state"][k]) for k in start)
-
-
-@pytest.mark.parametrize("stage", ["none", pytest.param("zero3", id="deepspeed-zero3")])
-def test_every_prompt_too_long_is_the_same_error_on_every_rank(tiny_assets, tmp_path, stage):
-    """Before, the rank raised alone and the other waited in the step's first collective (run_ranks times out)."""
-    from tests.grpo.ranks import run_ranks
-
-    ranks = run_ranks(
-        _too_long_worker, tmp_path, stage, {k: str(v) for k, v in tiny_assets.items()}, (0, 1)
-    )
-    assert [r.get("error") for r in ranks] == ["PromptsTooLongError"] * 2, ranks
-    assert ranks[0]["message"] == ranks[1]["message"]
-    assert (
-        "rollout step 1: every prompt of this batch (4) is longer than max_prompt_length=128"
-        in ranks[0]["message"]
-    )
-    assert "raise grpo.max_prompt_length or lower grpo.max_pixels" in ranks[0]["message"]
-
-
-def _no_image_worker(world, tmp) -> None:
-    """agree_on_prompts under a ZeRO-3-like engine (weights gathered inside every forward) where rank 1's
-    prompt has no image: its forward would skip the vision tower's gathers that rank 0 runs."""
-    from types import SimpleNamespace
-
-    from PIL import Image
-
-    from coldstart.common.generation import PromptInput
-    from coldstart.grpo.rollout import PromptFit
-    from coldstart.grpo.trainer import agree_on_prompts
-
-    images = [] if world.rank == 1 else [Image.new("RGB", (56, 56))]
-    run = SimpleNamespace(engine=SimpleNamespace(lockstep_forward=True), world=world,
-                          cfg=SimpleNamespace(max_prompt_length=128))  # fmt: skip
-    agree_on_prompts(
-        run, [PromptInput("q", images)], PromptFit(encoded=None, kept=[0], lengths=[10]), step=0
-    )
-
-
-def test_zero3_prompt_without_an_image_is_the_same_error_on_every_rank(tmp_path):
-    from tests.grpo.ranks import run_ranks
-
-    ranks = run_ranks(_no_image_worker, tmp_path)
-    assert [r.get("error") for r in ranks] == ["InputError"] * 2, ranks
-    assert ranks[0]["message"] == ranks[1]["message"]
-    assert ranks[0]["message"].startswith(
-        "rollout step 1: 1 prompts without an image, and grpo.deepspeed=zero3 over 2 processes"
-    )
-    assert (
-        "use grpo.deepspeed=zero2 (or none), or give every RL row an image" in ranks[0]["message"]
-    )

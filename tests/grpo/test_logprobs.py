@@ -53,9 +53,9 @@ def test_logprobs_match_generation_scores(tiny_assets, tiny_policy):
     )
 
 
-def sampled_batch(tiny_assets, model, processor, G=3, tokens=10):
+def sampled_batch(tiny_assets, model, processor, G=3, tokens=10, rows=(0, 40, 90)):
     torch.manual_seed(1)
-    prompts = prompts_from(tiny_assets["rl"])
+    prompts = prompts_from(tiny_assets["rl"], rows)
     completions = HFBackend(model, processor, SYSTEM).generate(
         prompts, SamplingConfig(tokens, 1.0, 1.0, G)
     )

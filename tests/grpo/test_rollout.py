@@ -1,4 +1,4 @@
-"""Rollout layout: prompts too long are dropped (never cut), groups stay together, padding is trimmed."""
+"""Rollout layout: groups stay together, padding is trimmed; a prompt over the limit is a bug here."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ import pytest
 import torch
 
 from coldstart.common.generation import Completion, HFBackend, PromptInput, SamplingConfig
-from coldstart.grpo.rollout import (
-    PromptsTooLongError,
-    build_rollout_batch,
-    encode_prompts,
-    generate_rollout,
-)
+from coldstart.grpo.rollout import build_rollout_batch, encode_prompts, generate_rollout
 from tests.grpo.test_logprobs import SYSTEM, prompts_from
 
 
-def test_too_long_prompts_are_dropped_and_counted(tiny_assets, tiny_policy):
+def test_rollout_groups_and_the_prompt_limit(tiny_assets, tiny_policy):
+    """G rows per prompt, the prompt whole; a prompt longer than the limit reaching the rollout (the
+    set's were dropped at load, data.load_rl_prompts) is an error, never a cut."""
     model, processor, _ = tiny_policy
     (short,) = prompts_from(tiny_assets["rl"], rows=(0,))
     long = PromptInput(
@@ -23,18 +20,17 @@ def test_too_long_prompts_are_dropped_and_counted(tiny_assets, tiny_policy):
     )
     lengths = encode_prompts(processor, [short, long], SYSTEM).lengths.tolist()
     limit = (lengths[0] + lengths[1]) // 2
-    rollout = generate_rollout(HFBackend(model, processor, SYSTEM), processor, [long, short],
-                               SamplingConfig(4, 1.0, 1.0, 3), SYSTEM, limit)  # fmt: skip
-    assert rollout.kept == [1] and rollout.dropped_too_long == 1
+    backend = HFBackend(model, processor, SYSTEM)
+    rollout = generate_rollout(
+        backend, processor, [short], SamplingConfig(4, 1.0, 1.0, 3), SYSTEM, limit
+    )
     assert len(rollout.batch) == 3 and rollout.batch.prompt_index.tolist() == [0, 0, 0]
     assert (
         int(rollout.batch.attention_mask[0].sum()) - int(rollout.batch.completion_mask[0].sum())
         == lengths[0]
     )
-    with pytest.raises(PromptsTooLongError, match="max_prompt_length"):
-        generate_rollout(
-            HFBackend(model, processor, SYSTEM), processor, [long], SamplingConfig(4), SYSTEM, limit
-        )
+    with pytest.raises(RuntimeError, match="load-time measure"):
+        generate_rollout(backend, processor, [short, long], SamplingConfig(4), SYSTEM, limit)
 
 
 def test_layout_left_padded_prompts_right_padded_completions(tiny_assets, tiny_policy):

@@ -77,6 +77,7 @@ def test_main_trains_logs_and_saves(tiny_assets, tmp_path):
                              filter_string="tags.`coldstart.stage` = 'grpo'")[0]  # fmt: skip
     missing = [m for m in STEP_METRICS if m not in run.data.metrics]
     assert not missing, missing
+    assert run.data.metrics["grpo/data/dropped_too_long"] == 0  # logged once, at load
     reward_steps = [m.step for m in client.get_metric_history(run.info.run_id, "grpo/reward/mean")]
     assert len(reward_steps) >= 2 and 0 not in reward_steps  # the summary lands at the last step
     (version,) = client.search_model_versions("name='coldstart-tiny-grpo'")

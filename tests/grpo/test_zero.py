@@ -2,8 +2,8 @@
 with DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu), the tiny Qwen2.5-VL, DeepSpeed 0.19.
 
 - the config: the shared ZeRO files filled from `grpo.*`, and the errors at the edge;
-- an update under ZeRO equals the plain single-process update on the whole batch (uneven
-  shares: one rank runs zero-weighted stand-in micro-batches to keep ZeRO's collectives in step);
+- an update under ZeRO equals the plain single-process update on the whole batch (each rank
+  holds half of it: as many micro-batches as the other, so ZeRO's collectives stay in step);
 - whole GRPO steps (rollout on gathered weights, reference engine, off-policy log-probs, updates)
   equal the plain engine's over the same 2 ranks, and a run resumed from a ZeRO checkpoint ends
   where the uninterrupted one does; the checkpoint's weights load without DeepSpeed.
@@ -18,11 +18,10 @@ import safetensors.torch
 import torch
 
 from coldstart.common.config import GRPOConfig, config_from_dict
-from coldstart.common.models import load_model, load_processor
+from coldstart.common.models import load_model
 from coldstart.common.zero import CONFIG_FILES, resolve_auto
 from coldstart.grpo.engine_plain import PlainEngine
 from coldstart.grpo.engine_zero import deepspeed_config, micro_batches_per_update, reference_config
-from coldstart.grpo.rollout import stand_in_batch
 from coldstart.grpo.stage import build_engine
 from coldstart.grpo.trainer import update_policy
 from tests.grpo.conftest import tiny_config
@@ -156,7 +155,7 @@ def record_gradients(engine, full_grad) -> list[dict[str, torch.Tensor]]:
     return taken
 
 
-def _update_worker(world, tmp, stage: str, model_dir: str) -> dict:
+def _update_worker(world, tmp, stage: str) -> dict:
     from deepspeed.utils import safe_get_full_grad
 
     skip_deepspeed_shm_kernel()
@@ -166,9 +165,8 @@ def _update_worker(world, tmp, stage: str, model_dir: str) -> dict:
     # safe_get_full_grad is a collective (every rank records); DeepSpeed 0.19's ZeRO-2 version fails on
     # round-robin partitions (the shipped zero2.json), so per-parameter gradients are compared under ZeRO-3
     grads = record_gradients(engine, safe_get_full_grad) if stage == "zero3" else []
-    stand_in = stand_in_batch(load_processor(model_dir, 3136, 3136), cfg.system_prompt)
     share = batch.select(rank_rows(batch, world.rank, world.size))
-    updates = [update_policy(engine, share, cfg, world, stand_in)[1] for _ in range(ROUNDS)]
+    updates = [update_policy(engine, share, cfg) for _ in range(ROUNDS)]
     with engine.full_weights() as policy:
         state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
     return {"updates": updates, "state": state, "grads": grads}
@@ -176,18 +174,17 @@ def _update_worker(world, tmp, stage: str, model_dir: str) -> dict:
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_zero_update_equals_one_process(tiny_assets, tiny_policy, tmp_path, stage):
-    """Rank 0 holds 2 prompts, rank 1 one: in the second update of each rollout batch rank 1 has no
-    sequence and runs a stand-in; every update's summed gradient, its norm and the weights after
-    4 updates match one process holding the whole batch."""
+    """Each rank holds 2 of the 4 prompts, one per update: every update's summed gradient, its norm
+    and the weights after 4 updates match one process holding the whole batch."""
     model, cfg, batch = make_problem(tiny_assets, tiny_policy)
     torch.save((model, cfg, batch), tmp_path / "problem.pt")
     plain = PlainEngine(model, cfg.model_copy(update={"shard_optimizer_state": False}))
     plain_grads = record_gradients(
         plain, lambda p: p.grad if p.grad is not None else torch.zeros_like(p)
     )
-    single = [update_policy(plain, batch, cfg)[1] for _ in range(ROUNDS)]
+    single = [update_policy(plain, batch, cfg) for _ in range(ROUNDS)]
 
-    ranks = run_ranks(_update_worker, tmp_path, stage, str(tiny_assets["model"]))
+    ranks = run_ranks(_update_worker, tmp_path, stage)
     assert not errors_of(ranks), errors_of(ranks)
     assert len(plain_grads) == 2 * ROUNDS and len(ranks[0]["grads"]) in (0, 2 * ROUNDS)
     for ours, theirs in zip(ranks[0]["grads"], plain_grads, strict=False):
