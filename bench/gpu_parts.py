@@ -428,6 +428,8 @@ def part_grpo(ctx: Context, rec: Recorder) -> None:
     steps: list[dict[str, float]] = []
 
     def per_step(metrics: dict[str, float], step: int) -> None:
+        if "grpo/time/step_s" not in metrics:  # the data set's counts, logged once at step 0
+            return
         tokens = metrics["grpo/completions/mean_length"] * completions
         steps.append({
             "step": step,
