@@ -104,10 +104,10 @@ CACHE_SALT_ENV = "COLDSTART_CACHE_SALT"
 
 def local_cache_salt(cfg: PipelineConfig) -> str:
     """What kfp.local's cache key leaves out: the code that runs (SubprocessRunner runs this
-    checkout, not an immutable image) and the bytes of the local and s3 inputs the config names
-    by path (a data file changed in place keeps its path). Set on every task as an env var,
-    which kfp.local's key includes, so a cached output is reused only for this code and these
-    inputs."""
+    checkout, not an immutable image) and the inputs the config names by path (a data file
+    changed in place keeps its path): local ones by `dir_fingerprint`, as importers are keyed,
+    s3 ones by their ETags. Set on every task as an env var, which kfp.local's key includes, so a
+    cached output is reused only for this code and these inputs."""
     import coldstart
     import coldstart.pipelines
 
@@ -117,7 +117,9 @@ def local_cache_salt(cfg: PipelineConfig) -> str:
         for path in sorted(root.glob("**/*")):
             if path.is_file() and path.suffix in (".py", ".json", ".yaml", ".jinja"):
                 code[path.relative_to(root).as_posix()] = file_sha256(path)
-    inputs = {uri: content_digest(uri) for uri in config_input_paths(cfg)}
+    inputs = {
+        u: content_digest(u) if is_s3(u) else dir_fingerprint(u) for u in config_input_paths(cfg)
+    }
     return json_digest([code, inputs])[:16]
 
 

@@ -14,9 +14,8 @@ from kfp import dsl
 from kfp.dsl import Dataset, Model
 
 from coldstart.common.config import PipelineConfig
-from coldstart.common.digests import content_digest, json_digest
+from coldstart.common.digests import json_digest
 from coldstart.common.errors import InputError
-from coldstart.common.storage import is_s3
 from coldstart.pipelines.caching import import_metadata
 from coldstart.pipelines.resources import configure_task
 
@@ -94,15 +93,16 @@ def check_inputs(stage: str, uris: dict) -> StageSpec:
 
 def rerun_run_id(cfg: PipelineConfig, stage: str, uris: dict) -> str:
     """A stable id: the same stage, config and inputs map to the same id (a retry resumes its
-    checkpoints); new bytes at the same local paths to another. s3 inputs are keyed by URI here
-    (the submitting machine may hold no S3 keys): the stage itself keys its state by their
-    contents (eval's progress logs) or refuses another training's checkpoints.
+    checkpoints); a local input written again (the fingerprint its importer carries into
+    kfp.local's cache key) to another. s3 inputs are keyed by URI here (the submitting machine
+    may hold no S3 keys): the stage itself keys its state by their contents (eval's progress
+    logs) or refuses another training's checkpoints.
 
     Passing the KFP job id instead would change the task's inputs on every run, and the cluster's
     cache (which fingerprints resolved inputs) would never hit.
     """
-    contents = {name: content_digest(uri) for name, uri in uris.items() if not is_s3(uri)}
-    digest = json_digest([stage, cfg.digest(), uris, contents])
+    inputs = {name: import_metadata(uri) for name, uri in uris.items()}
+    digest = json_digest([stage, cfg.digest(), inputs])
     return f"rerun-{stage.replace('_', '-')}-{digest[:12]}"
 
 

@@ -952,25 +952,25 @@ def _relay_to_main_thread(terminated: threading.Event) -> Iterator[None]:
         earlier = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     except ValueError:  # not the main thread of the main interpreter
         earlier = None
-    if earlier not in (None, -1):  # someone else's (an event loop): leave it theirs
+    relaying = earlier == -1
+    if not relaying and earlier is not None:  # someone else's (an event loop): leave it theirs
         signal.set_wakeup_fd(earlier)
-        earlier = None
     main = threading.main_thread().ident
 
     def relay() -> None:
         _leave_stop_signals_to_the_main_thread()
         while data := os.read(read_fd, 64):
-            if signal.SIGTERM in data and not terminated.is_set() and main is not None:
+            if signal.SIGTERM in data and not terminated.is_set():
                 signal.pthread_kill(main, signal.SIGTERM)
 
     thread = threading.Thread(target=relay, name="sigterm-relay", daemon=True)
-    if earlier is not None:
+    if relaying:
         thread.start()
     try:
         yield
     finally:
-        if earlier is not None:
-            signal.set_wakeup_fd(earlier)
+        if relaying:
+            signal.set_wakeup_fd(-1)
         os.close(write_fd)
         if thread.is_alive():
             thread.join(timeout=1.0)
